@@ -1,0 +1,3 @@
+"""rlhfkit: the whole RLHF loop."""
+
+__version__ = "0.1.0"

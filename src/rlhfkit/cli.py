@@ -1,0 +1,90 @@
+"""``rlhfkit STAGE --config FILE.yaml [--field value ...]``: one subcommand per stage.
+
+Errors a user can fix (bad data, bad config, a run that must stop) print one line and exit
+non-zero; ``--debug`` shows the traceback as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+USAGE = """usage: rlhfkit STAGE [--config FILE.yaml] [--field value ...]
+
+stages:
+  sft     supervised fine-tuning on {prompt, completion}, {messages} or {text} data
+  rm      train a reward model on {prompt, chosen, rejected} pairs
+  dpo     direct preference optimisation (DPO, IPO, robust DPO, hinge) on pairs
+  demo    the built-in demo: SFT -> reward model -> DPO on a small built-in world
+
+`rlhfkit STAGE --help` lists every field of that stage with its default."""
+
+EXIT_USER_ERROR = 2
+
+
+def _stages():
+    from .config import DPOConfig, RMConfig, SFTConfig
+    from .train.dpo import run_dpo
+    from .train.rm import run_rm
+    from .train.sft import run_sft
+    from .world.demo import DemoConfig, run_demo
+
+    return {"sft": (SFTConfig, run_sft), "rm": (RMConfig, run_rm), "dpo": (DPOConfig, run_dpo),
+            "demo": (DemoConfig, run_demo)}
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.basicConfig(level=logging.INFO, format="[rlhfkit] %(message)s")
+    for name in ("httpx", "urllib3", "filelock", "datasets"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else EXIT_USER_ERROR
+    stage, rest = argv[0], argv[1:]
+    debug = "--debug" in rest
+    _quiet_libraries()
+    from .config import ConfigError, parse_config
+    from .data import DataError
+    from .train.loop import TrainingError
+
+    stages = _stages()
+    if stage not in stages:
+        print(f"rlhfkit: error: unknown stage {stage!r}\n\n{USAGE}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    cls, fn = stages[stage]
+    try:
+        cfg = parse_config(cls, rest, prog=f"rlhfkit {stage}")
+        summary = fn(cfg)
+    except (DataError, ConfigError, TrainingError, ValueError, OSError) as e:
+        if debug:
+            traceback.print_exc()
+        kind = type(e).__name__
+        print(f"rlhfkit {stage}: error: {e}" if kind in ("DataError", "ConfigError", "TrainingError")
+              else f"rlhfkit {stage}: error: {kind}: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"rlhfkit {stage}: interrupted", file=sys.stderr)
+        return 130
+    if summary is not None and stage != "demo":
+        print(f"rlhfkit {stage}: done -> {cfg.output_dir} ({summary.get('steps')} steps, "
+              f"{summary.get('train_seconds')} s)")
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

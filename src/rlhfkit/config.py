@@ -1,0 +1,168 @@
+"""Typed configs: one dataclass per stage, loaded from YAML with command-line overrides.
+
+``rlhfkit STAGE --config FILE.yaml --field value``: the YAML file sets the defaults, then
+`transformers`' ``HfArgumentParser`` parses the command line over them, so ``--help`` lists every
+field with its default and help text. Field names are a public contract (see the README):
+rename only with a deprecation that warns first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config file or field; the message names the file and field."""
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Fields every trainer shares."""
+
+    model: str = _f("", "Model folder or hub id to start from (required).")
+    data: str = _f("", "Training data: .jsonl/.json/.parquet/.csv file, a `datasets` folder, or a hub name (required).")
+    eval_data: str = _f("", "Held-out data in the same format; evaluated every `eval_steps` and at the end.")
+    output_dir: str = _f("", "Where the model folder, metrics.jsonl, summary.json, config.yaml and checkpoints/ go (required).")
+    max_steps: int = _f(-1, "Optimiser steps to run; -1 means `epochs` passes over the data.")
+    epochs: float = _f(1.0, "Passes over the training data when `max_steps` is -1.")
+    batch_size: int = _f(16, "Examples (pairs for RM/DPO) per optimiser step, across all processes.")
+    micro_batch_size: int = _f(0, "Examples per forward pass per process; 0 means `batch_size`. Accumulation is derived.")
+    learning_rate: float = _f(5e-5, "Peak AdamW learning rate.")
+    lr_scheduler: str = _f("cosine", "Decay after warm-up.", choices=["cosine", "linear", "constant"])
+    warmup_ratio: float = _f(0.0, "Fraction of the steps spent warming the learning rate up from 0.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.")
+    max_length: int = _f(512, "Longest prompt + response in tokens; longer examples are truncated and counted.")
+    max_prompt_length: int = _f(256, "Longest prompt in tokens (prompts keep their end).")
+    seed: int = _f(0, "Seed for initialisation, data order and sampling.")
+    logging_steps: int = _f(1, "Write train metrics every this many steps.")
+    eval_steps: int = _f(0, "Evaluate every this many steps; 0 evaluates only at the end.")
+    eval_batch_size: int = _f(32, "Examples per forward pass during evaluation.")
+    save_steps: int = _f(0, "Write a checkpoint every this many steps; 0 writes none until the end.")
+    save_total_limit: int = _f(2, "Checkpoints kept under output_dir/checkpoints/ (oldest deleted first).")
+    resume: bool = _f(False, "Continue from the newest checkpoint in output_dir/checkpoints/.")
+    report_to: list[str] = _f([], "Extra metric sinks besides metrics.jsonl: tensorboard, wandb, mlflow.")
+    device: str = _f("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")
+    dtype: str = _f("auto", "Compute dtype: auto = float32 on CPU, bfloat16 on GPUs that support it.",
+                    choices=["auto", "float32", "bfloat16", "float16"])
+    max_bad_steps: int = _f(5, "Stop after this many consecutive steps with a non-finite loss or gradient.")
+    trust_remote_code: bool = _f(False, "Allow model code from the checkpoint's folder or hub repo to run.")
+    allow_pickle: bool = _f(False, "Allow loading pickle (.bin) weights; off because unpickling can run code.")
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning on {prompt, completion}, {messages} or {text} records."""
+
+    completion_only_loss: bool = _f(True, "Train only on response tokens (prompt tokens masked out).")
+
+
+@dataclass
+class RMConfig(TrainConfig):
+    """Bradley-Terry reward model on {prompt, chosen, rejected} pairs."""
+
+    learning_rate: float = _f(1e-4, "Peak AdamW learning rate.")
+    use_margin: bool = _f(True, "Subtract a pair's `margin` field in the loss (Llama 2 eq. 2) when present.")
+    center_rewards_coef: float = _f(0.0, "Weight of mean((r_c + r_r)^2), which keeps rewards centred on 0.")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """Direct preference optimisation (and IPO, robust DPO, hinge) on {prompt, chosen, rejected} pairs."""
+
+    learning_rate: float = _f(1e-6, "Peak AdamW learning rate.")
+    ref_model: str = _f("", "Reference model folder; empty means the starting `model`.")
+    beta: float = _f(0.1, "Strength of the implicit KL to the reference (DPO's beta).")
+    loss_type: str = _f("sigmoid", "sigmoid = DPO, ipo, robust = rDPO, hinge = SLiC.",
+                        choices=["sigmoid", "ipo", "robust", "hinge"])
+    label_smoothing: float = _f(0.0, "Assumed label-flip rate: cDPO for sigmoid, rDPO's epsilon for robust.")
+    precompute_ref: bool = _f(False, "Compute reference log-probs once before training and free the reference model.")
+
+
+STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig}
+REQUIRED = ("model", "data", "output_dir")
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def read_yaml(path: str | Path, cls: type) -> dict[str, Any]:
+    """Read a config file; unknown fields are errors that name the file and suggest a spelling."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of field: value, got {type(raw).__name__}")
+    known = field_names(cls)
+    for key in raw:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            raise ConfigError(f"{path}: unknown field {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return raw
+
+
+def parse_config(cls: type, argv: list[str] | None = None, prog: str | None = None):
+    """YAML defaults from ``--config``, then command-line overrides; validated."""
+    from transformers import HfArgumentParser
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser(cls, prog=prog, description=(cls.__doc__ or "").strip())
+    parser.add_argument("--config", default=None, help="YAML file of field: value (command-line flags override it).")
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback on errors.")
+    if known.config:
+        parser.set_defaults(**read_yaml(known.config, cls))
+    # returns (config, namespace of --config/--debug, leftover strings)
+    parsed = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    cfg, extra = parsed[0], parsed[-1]
+    if extra:
+        raise ConfigError(f"unknown command-line arguments: {' '.join(extra)} (see --help)")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg) -> None:
+    if not isinstance(cfg, TrainConfig):
+        return
+    src = "config"
+    for name in REQUIRED:
+        if not getattr(cfg, name):
+            raise ConfigError(f"{src}: field {name!r} is required (set it in the YAML file or with --{name})")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"{src}: field 'batch_size' must be >= 1, got {cfg.batch_size}")
+    if cfg.micro_batch_size < 0:
+        raise ConfigError(f"{src}: field 'micro_batch_size' must be >= 0, got {cfg.micro_batch_size}")
+    if cfg.max_steps == 0 or (cfg.max_steps < 0 and cfg.epochs <= 0):
+        raise ConfigError(f"{src}: nothing to train: set 'max_steps' > 0 or 'epochs' > 0")
+    if cfg.max_length < 2:
+        raise ConfigError(f"{src}: field 'max_length' must be >= 2, got {cfg.max_length}")
+    for sink in cfg.report_to:
+        if sink not in ("tensorboard", "wandb", "mlflow"):
+            raise ConfigError(f"{src}: field 'report_to': unknown sink {sink!r} (tensorboard, wandb, mlflow)")
+    if isinstance(cfg, DPOConfig) and cfg.beta <= 0:
+        raise ConfigError(f"{src}: field 'beta' must be > 0, got {cfg.beta}")
+
+
+def dump_config(cfg, path: str | Path) -> None:
+    """The resolved config, loadable again with ``--config``."""
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), encoding="utf-8")

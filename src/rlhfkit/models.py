@@ -1,0 +1,196 @@
+"""Loading, saving and running policy, reference and reward models.
+
+Everything goes through the `transformers` Auto classes so that any Hugging Face folder or hub id
+works, and every stage writes a folder that ``from_pretrained`` loads back. Weights load from
+safetensors only unless the caller opts in to pickle; ``trust_remote_code`` is off unless set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase)
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --------------------------------------------------------------------------- device and dtype
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """fp32 on CPU (bf16 matmuls are ~100x slower on common CPUs), bf16 on GPUs that have it."""
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+        return DTYPES[dtype]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False,
+                   padding_side: str = "right") -> PreTrainedTokenizerBase:
+    """Tokenizer with a pad token. Where the model has none, EOS doubles as pad: that is safe here
+    because every reward read and loss uses the attention mask, never ``input_ids == pad``."""
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ValueError(f"{path}: the tokenizer has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+        log.info("%s: no pad token; using EOS (%r) as pad, disambiguated by the attention mask",
+                 path, tok.eos_token)
+    tok.padding_side = padding_side
+    return tok
+
+
+def _weights_kwargs(allow_pickle: bool, trust_remote_code: bool) -> dict:
+    # safetensors only by default: a pickle checkpoint can run arbitrary code when loaded.
+    return {"use_safetensors": None if allow_pickle else True, "trust_remote_code": trust_remote_code}
+
+
+def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                   allow_pickle: bool = False) -> PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, **_weights_kwargs(allow_pickle, trust_remote_code))
+    return model
+
+
+def load_reward_model(path: str, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32,
+                      trust_remote_code: bool = False, allow_pickle: bool = False) -> PreTrainedModel:
+    """A scalar-output sequence classifier from any checkpoint.
+
+    A causal-LM or bare encoder checkpoint (e.g. the MiniLM ``BertModel``) gets a new, randomly
+    initialised 1-output head; a sequence-classification checkpoint with one label loads as is.
+    """
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    extra = {}
+    if getattr(config, "num_labels", 2) != 1:
+        extra = {"num_labels": 1, "ignore_mismatched_sizes": True}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, dtype=dtype, **extra, **_weights_kwargs(allow_pickle, trust_remote_code))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, path: str | os.PathLike) -> None:
+    """A Hugging Face folder: config.json, model.safetensors, tokenizer files."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+
+
+# --------------------------------------------------------------------------- forward passes
+
+
+def position_ids_from_mask(attention_mask_BT: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... counted over real tokens only, so left padding does not shift positions."""
+    return (attention_mask_BT.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def to_right_padding(input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor,
+                     pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's real tokens to the left edge (stable), whatever the padding side was."""
+    order_BT = torch.argsort(1 - attention_mask_BT.long(), dim=1, stable=True)
+    mask = attention_mask_BT.gather(1, order_BT)
+    ids = input_ids_BT.gather(1, order_BT).masked_fill(mask == 0, pad_id)
+    return ids, mask
+
+
+def last_token_index(attention_mask_BT: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each right-padded row, from the mask (never from pad ids)."""
+    return attention_mask_BT.long().sum(-1) - 1
+
+
+def causal_lm_logits(model: PreTrainedModel, input_ids_BT: torch.Tensor,
+                     attention_mask_BT: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) logits; positions come from the mask so left- and right-padded rows agree."""
+    out = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT,
+                position_ids=position_ids_from_mask(attention_mask_BT), use_cache=False)
+    return out.logits
+
+
+def reward_forward(model: PreTrainedModel, input_ids_BT: torch.Tensor,
+                   attention_mask_BT: torch.Tensor) -> torch.Tensor:
+    """Scalar reward per row, read at the last real token by attention mask. Returns (B,).
+
+    The batch is first normalised to right padding, so left- and right-padded batches give the
+    same rewards. Decoder classifiers (a ``score`` head over every position) are read at the last
+    real token here rather than by ``transformers``' "last non-pad id" rule, which breaks when
+    pad == EOS. Encoder classifiers (BERT-style, pooled from the first token) run as they are.
+    """
+    ids, mask = to_right_padding(input_ids_BT, attention_mask_BT, pad_id=model.config.pad_token_id or 0)
+    if hasattr(model, "score"):
+        backbone = getattr(model, model.base_model_prefix)
+        hidden_BTH = backbone(input_ids=ids, attention_mask=mask,
+                              position_ids=position_ids_from_mask(mask), use_cache=False).last_hidden_state
+        last_BH = hidden_BTH[torch.arange(ids.shape[0], device=ids.device), last_token_index(mask)]
+        return model.score(last_BH).squeeze(-1).float()
+    return model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
+
+
+# --------------------------------------------------------------------------- tiny models for tests
+
+
+def build_word_tokenizer(texts: list[str], path: str | os.PathLike | None = None):
+    """A word-level fast tokenizer over the words of ``texts``, with pad/bos/eos/unk and a chat template.
+
+    Small and deterministic, for tests and the built-in world; real runs use the model's own tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<bos>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>"]
+    words = sorted({w for t in texts for w in t.split()} - set(specials))
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    core.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
+                                  bos_token="<bos>", eos_token="<eos>")
+    tok.add_special_tokens({"additional_special_tokens": specials[4:]})
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <eos> {% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    if path is not None:
+        tok.save_pretrained(path)
+    return tok
+
+
+def tiny_causal_lm(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+                   max_positions: int = 256, seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised Llama-style model sized for CPU tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 4,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def make_tiny_model_dir(path: str | os.PathLike, texts: list[str], seed: int = 0, **sizes) -> str:
+    """Write a tokenizer + tiny causal LM folder that every stage can load with ``from_pretrained``."""
+    tok = build_word_tokenizer(texts)
+    save_model(tiny_causal_lm(tok, seed=seed, **sizes), tok, path)
+    return str(path)

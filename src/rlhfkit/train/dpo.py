@@ -1,0 +1,114 @@
+"""Direct preference optimisation: learn from preference pairs with no reward model.
+
+Rafailov et al. 2023: the policy's log-ratio to a frozen reference, scaled by beta, is an implicit
+reward; the Bradley-Terry loss on it (``losses.dpo_loss``) trains the policy directly. Also IPO,
+robust DPO and hinge through ``loss_type``. Log-probs are summed over response tokens.
+
+With ``precompute_ref`` the reference log-probs of every pair are computed once before training
+and the reference model is freed, so only the policy is in memory while training (same result:
+the reference is frozen). Without it the reference runs alongside, under ``torch.no_grad``.
+
+Logged per step: the implicit rewards of chosen and rejected responses, their margin, reward
+accuracy, summed log-probs, and ``kl``: the per-token k1 estimate log pi - log ref averaged over
+the dataset's response tokens (an offline proxy: the responses are not samples of the policy).
+"""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from ..config import DPOConfig
+from ..data import load_preference
+from ..data.tokenize import collate_pairs, tokenize_preference
+from ..losses import dpo_loss, sequence_logprobs
+from ..models import causal_lm_logits, load_causal_lm, load_tokenizer
+from .loop import Run, Task, eval_batches, finish, start_run, train
+
+
+def response_logps(model, batch) -> torch.Tensor:
+    """Summed log-probs of each row's response tokens, (2B,): chosen rows then rejected rows."""
+    logits = causal_lm_logits(model, batch["input_ids"], batch["attention_mask"])
+    return sequence_logprobs(logits, batch["input_ids"], batch["loss_mask"])
+
+
+@torch.no_grad()
+def precompute_reference(run: Run, ref_model, pairs: list, collate) -> None:
+    """Store the reference's summed log-probs on every pair (``ref_chosen``, ``ref_rejected``)."""
+    ref_model.eval()
+    for start in range(0, len(pairs), run.cfg.eval_batch_size):
+        chunk = pairs[start:start + run.cfg.eval_batch_size]
+        batch = {k: v.to(run.device) for k, v in collate(chunk).items()}
+        with run.accelerator.autocast():
+            chosen, rejected = response_logps(ref_model, batch).float().chunk(2)
+        for pair, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
+            pair.ref_chosen, pair.ref_rejected = c, r
+
+
+def run_dpo(cfg: DPOConfig) -> dict:
+    pairs = load_preference(cfg.data)
+    eval_pairs = load_preference(cfg.eval_data) if cfg.eval_data else []
+    run = start_run(cfg, "dpo")
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    load = dict(trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    policy = load_causal_lm(cfg.model, **load).to(run.device)
+    ref_dtype = run.dtype  # frozen: may live in the compute dtype (bf16 on GPU) to halve its memory
+    ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=ref_dtype, **load).to(run.device).requires_grad_(False)
+    run.start_clock()
+
+    train_set, n_cut = tokenize_preference(pairs, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    eval_set, _ = tokenize_preference(eval_pairs, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    if n_cut:
+        run.print(f"truncated: {n_cut} of {len(train_set)} training pairs")
+    collate = lambda b: collate_pairs(b, tokenizer.pad_token_id)  # noqa: E731
+    if cfg.precompute_ref:
+        run.print(f"precomputing reference log-probs for {len(train_set) + len(eval_set)} pairs")
+        precompute_reference(run, ref, train_set + eval_set, collate)
+        ref = None
+        gc.collect()
+
+    def ref_logps(batch):
+        if "ref_logps" in batch:
+            return batch["ref_logps"]
+        with torch.no_grad():
+            return response_logps(ref, batch).float()
+
+    def pair_stats(model, batch):
+        pc, pr = response_logps(model, batch).float().chunk(2)
+        rc, rr = ref_logps(batch).chunk(2)
+        losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        n_tokens = batch["loss_mask"][:, 1:].sum()
+        kl_sum = float((pc - rc).sum() + (pr - rr).sum())
+        return losses, chosen_r, rejected_r, pc, pr, kl_sum, n_tokens
+
+    def loss_fn(model, batch, num_pairs):
+        losses, chosen_r, rejected_r, pc, pr, kl_sum, _ = pair_stats(model, batch)
+        loss = losses.sum() / num_pairs
+        return loss, {"loss": loss.item(), "rewards_chosen": float(chosen_r.sum()) / num_pairs,
+                      "rewards_rejected": float(rejected_r.sum()) / num_pairs,
+                      "margin": float((chosen_r - rejected_r).sum()) / num_pairs,
+                      "reward_accuracy": float((chosen_r > rejected_r).sum()) / num_pairs,
+                      "logps_chosen": float(pc.sum()) / num_pairs, "logps_rejected": float(pr.sum()) / num_pairs,
+                      "kl_sum": kl_sum, "response_tokens": float(batch["loss_mask"][:, 1:].sum())}
+
+    def evaluate(model):
+        n, correct, margin, loss_sum, kl_sum, tokens = 0, 0, 0.0, 0.0, 0.0, 0
+        for batch in eval_batches(run, eval_set, collate, cfg.eval_batch_size):
+            losses, chosen_r, rejected_r, _, _, kl, ntok = pair_stats(model, batch)
+            n += len(losses)
+            correct += int((chosen_r > rejected_r).sum())
+            margin += float((chosen_r - rejected_r).sum())
+            loss_sum += float(losses.sum())
+            kl_sum, tokens = kl_sum + kl, tokens + int(ntok)
+        return {"eval_reward_accuracy": correct / n, "eval_margin": margin / n, "eval_loss": loss_sum / n,
+                "eval_kl": kl_sum / max(tokens, 1), "eval_pairs": n}
+
+    task = Task(model=policy, examples=train_set, collate=collate, loss_fn=loss_fn,
+                evaluate=evaluate if eval_set else None, progress_keys=("loss", "reward_accuracy", "margin"),
+                ratios={"kl": ("kl_sum", "response_tokens")}, tokenizer=tokenizer)
+    summary = train(run, task)
+    summary.update(stage="dpo", num_pairs=len(train_set), truncated_examples=n_cut,
+                   precompute_ref=cfg.precompute_ref)
+    return finish(run, policy, tokenizer, summary)
+

@@ -1,0 +1,371 @@
+"""The training loop every offline recipe shares: batching, accumulation, clipping, the
+non-finite guard, logging, evaluation, and exact checkpoint/resume.
+
+A recipe (sft.py, rm.py, dpo.py) loads its models and data, defines ``loss_fn`` for one
+micro-batch and ``evaluate`` for the held-out set, and hands them to :func:`train`. The loop is
+plain PyTorch on `accelerate` (device placement, DDP, autocast); no ``transformers.Trainer``.
+
+Batching contract: ``batch_size`` examples per optimiser step across all processes, in
+``micro_batch_size`` pieces per process. ``loss_fn`` gets the step's total number of units
+(response tokens for SFT, pairs for RM/DPO) and divides its *sum* by it, so 4 x 2 accumulation,
+1 x 8 and 2 processes x 4 all produce the same gradient.
+
+Data order is a pure function of (seed, epoch): step s of epoch e reads positions
+[s*B, (s+1)*B) of a permutation seeded by seed + e. A checkpoint therefore needs only the step
+number to restore the data position exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from ..config import dump_config
+from ..models import resolve_device, resolve_dtype, save_model
+from ..tracking import MetricsLogger
+
+CHECKPOINTS = "checkpoints"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what was kept."""
+
+
+@dataclass
+class Run:
+    """What one training run shares between the recipe and the loop."""
+
+    cfg: Any
+    stage: str
+    accelerator: Accelerator
+    dtype: torch.dtype
+    output_dir: Path
+    start_step: int = 0
+    clock_start: float = field(default_factory=time.perf_counter)
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def start_clock(self) -> None:
+        """Called by the recipe once models are loaded: ``train_seconds`` counts from here."""
+        self.clock_start = time.perf_counter()
+
+    def print(self, msg: str) -> None:
+        if self.is_main:
+            tqdm.write(f"[rlhfkit {self.stage}] {msg}")
+
+
+def start_run(cfg, stage: str) -> Run:
+    """Seed everything, pick device and dtype, create output_dir and write the resolved config."""
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    mixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+    seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+    return Run(cfg=cfg, stage=stage, accelerator=accelerator, dtype=dtype, output_dir=out)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def batch_plan(n_examples: int, cfg, world: int) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, micro-batch size per process)."""
+    if n_examples < cfg.batch_size:
+        raise TrainingError(f"{cfg.data}: {n_examples} training examples is fewer than batch_size "
+                            f"{cfg.batch_size}; lower batch_size or add data")
+    if cfg.batch_size % world:
+        raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
+    steps_per_epoch = n_examples // cfg.batch_size
+    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    micro = min(cfg.micro_batch_size or cfg.batch_size, cfg.batch_size // world)
+    return steps_per_epoch, total, micro
+
+
+def step_indices(step: int, n_examples: int, batch_size: int, steps_per_epoch: int, seed: int) -> list[int]:
+    """The global batch of example indices for optimiser step ``step`` (see module docstring)."""
+    epoch, pos = divmod(step, steps_per_epoch)
+    perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch))
+    return perm[pos * batch_size:(pos + 1) * batch_size].tolist()
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def eval_batches(run: Run, examples: list, collate: Callable, batch_size: int):
+    """Yield device batches over a held-out set, in order."""
+    for i in range(0, len(examples), batch_size):
+        yield to_device(collate(examples[i:i + batch_size]), run.device)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Task:
+    """A recipe's side of the loop."""
+
+    model: torch.nn.Module
+    examples: list
+    collate: Callable[[list], dict]
+    loss_fn: Callable[[torch.nn.Module, dict, float], tuple[torch.Tensor, dict[str, float]]]
+    units: Callable[[Any], float] = lambda ex: 1.0
+    evaluate: Callable[[torch.nn.Module], dict] | None = None
+    progress_keys: tuple[str, ...] = ("loss",)
+    # name -> (numerator, denominator): per-unit metrics formed after summing over micro-batches
+    # and processes, e.g. kl per token = summed k1 / response tokens.
+    ratios: dict[str, tuple[str, str]] = field(default_factory=dict)
+    tokenizer: Any = None
+
+
+def make_optimizer(model: torch.nn.Module, cfg, total_steps: int):
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = int(round(cfg.warmup_ratio * total_steps))
+    scheduler = get_scheduler(cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
+                              optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
+def train(run: Run, task: Task) -> dict:
+    """Run the optimiser steps; returns the summary figures (the recipe adds its own)."""
+    cfg, acc = run.cfg, run.accelerator
+    steps_per_epoch, total, micro = batch_plan(len(task.examples), cfg, acc.num_processes)
+    optimizer, scheduler = make_optimizer(task.model, cfg, total)
+    model, optimizer = acc.prepare(task.model, optimizer)
+    state = {"bad_steps": 0, "skipped_steps": 0}
+    if cfg.resume:
+        run.start_step = load_checkpoint(run, acc.unwrap_model(model), optimizer, scheduler, state)
+    logger = MetricsLogger(run.output_dir, cfg.report_to, run.is_main,
+                           resume_step=run.start_step if cfg.resume else None, run_name=f"rlhfkit-{run.stage}")
+    bar = tqdm(total=total, initial=run.start_step, disable=not run.is_main, desc=run.stage, dynamic_ncols=True)
+    last, tokens_seen, step = {}, 0, run.start_step
+    try:
+        for step in range(run.start_step, total):
+            _fault_hook(step)
+            model.train()
+            t0 = time.perf_counter()
+            metrics, ntok = _one_step(run, task, model, optimizer, step, steps_per_epoch, micro, state)
+            scheduler.step()
+            tokens_seen += ntok
+            metrics.update(lr=scheduler.get_last_lr()[0], tokens_per_second=ntok / (time.perf_counter() - t0),
+                           skipped_steps=state["skipped_steps"])
+            last = metrics
+            done = step + 1
+            if done % cfg.logging_steps == 0 or done == total:
+                logger.log(done, metrics)
+            if task.evaluate and cfg.eval_steps and done % cfg.eval_steps == 0 and done != total:
+                logger.log(done, _evaluate(task, model))
+            if cfg.save_steps and done % cfg.save_steps == 0 and done != total:
+                save_checkpoint(run, acc.unwrap_model(model), optimizer, scheduler, done, state)
+            bar.update(1)
+            bar.set_postfix({k: f"{metrics[k]:.4g}" for k in task.progress_keys if k in metrics})
+        bar.close()
+        train_seconds = time.perf_counter() - run.clock_start
+        final_eval = _evaluate(task, model) if task.evaluate else {}
+        if final_eval:
+            logger.log(total, final_eval)
+    finally:
+        logger.close()
+    return {"steps": total, "train_seconds": round(train_seconds, 3), "resumed_from_step": run.start_step,
+            "skipped_steps": state["skipped_steps"], "train": last, **final_eval,
+            "tokens_per_second": round(tokens_seen / max(train_seconds, 1e-9), 1)}
+
+
+def _evaluate(task: Task, model) -> dict:
+    model.eval()
+    with torch.no_grad():
+        return task.evaluate(model)
+
+
+def _one_step(run: Run, task: Task, model, optimizer, step: int, steps_per_epoch: int, micro: int,
+              state: dict) -> tuple[dict, int]:
+    """Forward/backward over this process's micro-batches, clip, guard, optimiser step."""
+    cfg, acc = run.cfg, run.accelerator
+    world, rank = acc.num_processes, acc.process_index
+    indices = step_indices(step, len(task.examples), cfg.batch_size, steps_per_epoch, cfg.seed)
+    units = float(sum(task.units(task.examples[i]) for i in indices))
+    share = cfg.batch_size // world
+    mine = indices[rank * share:(rank + 1) * share]
+    chunks = [mine[i:i + micro] for i in range(0, len(mine), micro)]
+    sums: dict[str, float] = {}
+    ntok = 0
+    for k, chunk in enumerate(chunks):
+        batch = to_device(task.collate([task.examples[i] for i in chunk]), run.device)
+        ntok += int(batch["attention_mask"].sum())
+        sync = acc.no_sync(model) if k < len(chunks) - 1 and world > 1 else nullcontext()
+        with sync, acc.autocast():
+            loss, metrics = task.loss_fn(model, batch, units)
+            # DDP averages gradients over processes; the loss is a share of the global sum.
+            acc.backward(loss * world)
+        for name, v in metrics.items():
+            sums[name] = sums.get(name, 0.0) + float(v)
+    sums = _reduce(acc, sums)
+    for name, (num, den) in task.ratios.items():
+        sums[name] = sums.pop(num) / max(sums.pop(den), 1.0)
+    grad_norm = _grad_norm(acc, model, cfg.max_grad_norm)
+    if not (math.isfinite(sums.get("loss", 0.0)) and math.isfinite(grad_norm)):
+        _skip_bad_step(run, optimizer, step, state)
+    else:
+        optimizer.step()
+        state["bad_steps"] = 0
+    optimizer.zero_grad(set_to_none=True)
+    sums["grad_norm"] = grad_norm
+    return sums, ntok * world
+
+
+def _reduce(acc: Accelerator, sums: dict) -> dict:
+    if acc.num_processes == 1 or not sums:
+        return sums
+    keys = sorted(sums)
+    t = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device, dtype=torch.float64), "sum")
+    return dict(zip(keys, t.tolist()))
+
+
+def _grad_norm(acc: Accelerator, model, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm > 0:
+        return float(acc.clip_grad_norm_(params, max_norm))
+    return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
+
+
+def _skip_bad_step(run: Run, optimizer, step: int, state: dict) -> None:
+    """A non-finite loss or gradient: drop this step's update, count it, stop after too many in a row."""
+    state["bad_steps"] += 1
+    state["skipped_steps"] += 1
+    run.print(f"step {step + 1}: non-finite loss or gradient; update skipped "
+              f"({state['bad_steps']} in a row, limit {run.cfg.max_bad_steps})")
+    if state["bad_steps"] >= run.cfg.max_bad_steps:
+        good = latest_checkpoint(run.output_dir)
+        where = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
+        raise TrainingError(f"stopped at step {step + 1}: {state['bad_steps']} consecutive steps had a "
+                            f"non-finite loss or gradient (lower learning_rate, check the data); {where}")
+
+
+def _fault_hook(step: int) -> None:
+    """Test hook for the kill-and-resume tests: SIGKILL this process at the start of a step."""
+    target = os.environ.get("RLHFKIT_TEST_KILL_AT_STEP")
+    if target is not None and int(target) == step:
+        os.kill(os.getpid(), 9)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint; half-written ones (``.tmp-*``) are never picked."""
+    root = Path(output_dir) / CHECKPOINTS
+    done = sorted(root.glob("step-*")) if root.exists() else []
+    return done[-1] if done else None
+
+
+def save_checkpoint(run: Run, model, optimizer, scheduler, step: int, state: dict) -> Path | None:
+    """Write model, optimiser, scheduler, RNG states and the step to a temporary folder, then
+    rename it into place: a kill mid-write leaves the previous checkpoint untouched."""
+    if not run.is_main:
+        run.accelerator.wait_for_everyone()
+        return None
+    root = run.output_dir / CHECKPOINTS
+    final, tmp = root / f"step-{step:07d}", root / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, None, tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save({"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "rng.pt")
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    meta = {"step": step, **state, "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+            "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    (tmp / "trainer_state.json").write_text(json.dumps(meta))
+    _fsync_dir(tmp)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in sorted(root.glob("step-*"))[:-max(run.cfg.save_total_limit, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    run.accelerator.wait_for_everyone()
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in [*path.iterdir(), path] if path.is_dir() else [path]:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(run: Run, model, optimizer, scheduler, state: dict) -> int:
+    """Restore everything ``save_checkpoint`` wrote; returns the step to continue from (0 if none)."""
+    ckpt = latest_checkpoint(run.output_dir)
+    if ckpt is None:
+        run.print(f"resume: no checkpoint in {run.output_dir / CHECKPOINTS}; starting from step 0")
+        return 0
+    _load_weights(model, ckpt / "model.safetensors")
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    rng = torch.load(ckpt / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["cpu"])
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    meta = json.loads((ckpt / "trainer_state.json").read_text())
+    random.setstate((meta["python_rng"][0], tuple(meta["python_rng"][1]), meta["python_rng"][2]))
+    np_state = meta["numpy_rng"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    state.update(bad_steps=meta["bad_steps"], skipped_steps=meta["skipped_steps"])
+    run.print(f"resumed from {ckpt} (step {meta['step']})")
+    return int(meta["step"])
+
+
+def _load_weights(model, path: Path) -> None:
+    """Load a safetensors state dict; keys the file lacks must be tied to keys it has."""
+    tensors = load_file(str(path), device=str(next(model.parameters()).device))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {params[k].data_ptr() for k in tensors if k in params}
+    untied = [k for k in missing if k not in params or params[k].data_ptr() not in loaded]
+    if unexpected or untied:
+        raise TrainingError(f"{path}: checkpoint does not match the model "
+                            f"(missing {untied[:3]}, unexpected {unexpected[:3]})")
+
+
+def finish(run: Run, model, tokenizer, summary: dict) -> dict:
+    """Write the final Hugging Face folder and summary.json (main process only)."""
+    if run.is_main:
+        save_model(run.accelerator.unwrap_model(model), tokenizer, run.output_dir)
+        (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    run.accelerator.wait_for_everyone()
+    return summary

@@ -1,0 +1,74 @@
+"""Reward model: learn to predict which of two responses a person preferred.
+
+Stage 2 of the RLHF pipeline. Bradley-Terry loss -log sigmoid(r(x, y_c) - r(x, y_r) - margin)
+(``losses.bradley_terry``); the scalar reward is read at the last real token of each sequence by
+attention mask (``models.reward_forward``), whatever the padding side. Chosen and rejected rows go
+through the model in one concatenated batch. Held-out accuracy is reported with a 95% Wilson
+interval from the first evaluation, and a warning is printed when it cannot be told from chance.
+"""
+
+from __future__ import annotations
+
+from ..config import RMConfig
+from ..data import load_preference
+from ..data.tokenize import collate_pairs, tokenize_preference
+from ..evaluate.stats import wilson_interval
+from ..losses import bradley_terry
+from ..models import load_reward_model, load_tokenizer, reward_forward
+from .loop import Task, eval_batches, finish, start_run, train
+
+
+def pair_rewards(model, batch):
+    """(chosen rewards (B,), rejected rewards (B,)) from a concatenated pair batch."""
+    rewards = reward_forward(model, batch["input_ids"], batch["attention_mask"])
+    return rewards.chunk(2)
+
+
+def run_rm(cfg: RMConfig) -> dict:
+    pairs = load_preference(cfg.data)
+    eval_pairs = load_preference(cfg.eval_data) if cfg.eval_data else []
+    run = start_run(cfg, "rm")
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    model = load_reward_model(cfg.model, tokenizer, trust_remote_code=cfg.trust_remote_code,
+                              allow_pickle=cfg.allow_pickle)
+    model.to(run.device)
+    run.start_clock()
+
+    train_set, n_cut = tokenize_preference(pairs, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    eval_set, _ = tokenize_preference(eval_pairs, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    if n_cut:
+        run.print(f"truncated: {n_cut} of {len(train_set)} training pairs (max_length={cfg.max_length}, "
+                  f"max_prompt_length={cfg.max_prompt_length})")
+    collate = lambda b: collate_pairs(b, tokenizer.pad_token_id)  # noqa: E731
+
+    def loss_fn(model, batch, num_pairs):
+        chosen, rejected = pair_rewards(model, batch)
+        margin = batch["margin"] if cfg.use_margin else None
+        # bradley_terry averages over this micro-batch; rescale to a share of the step's pairs.
+        loss = bradley_terry(chosen, rejected, margin, cfg.center_rewards_coef) * len(chosen) / num_pairs
+        return loss, {"loss": loss.item(), "accuracy": float((chosen > rejected).sum()) / num_pairs,
+                      "margin": float((chosen - rejected).detach().sum()) / num_pairs,
+                      "reward_mean": float((chosen + rejected).detach().sum()) / (2 * num_pairs)}
+
+    def evaluate(model):
+        correct, n, diff_sum, loss_sum = 0, 0, 0.0, 0.0
+        for batch in eval_batches(run, eval_set, collate, cfg.eval_batch_size):
+            chosen, rejected = pair_rewards(model, batch)
+            correct += int((chosen > rejected).sum())
+            n += len(chosen)
+            diff_sum += float((chosen - rejected).sum())
+            loss_sum += float(bradley_terry(chosen, rejected)) * len(chosen)
+        low, high = wilson_interval(correct, n)
+        return {"eval_accuracy": correct / n, "eval_accuracy_ci": [low, high], "eval_margin": diff_sum / n,
+                "eval_loss": loss_sum / n, "eval_pairs": n}
+
+    task = Task(model=model, examples=train_set, collate=collate, loss_fn=loss_fn,
+                evaluate=evaluate if eval_set else None, progress_keys=("loss", "accuracy"),
+                tokenizer=tokenizer)
+    summary = train(run, task)
+    if eval_set and summary["eval_accuracy_ci"][0] <= 0.5:
+        run.print(f"warning: held-out accuracy {summary['eval_accuracy']:.3f} (95% CI "
+                  f"{summary['eval_accuracy_ci'][0]:.3f}-{summary['eval_accuracy_ci'][1]:.3f}) is not "
+                  "distinguishable from chance: check the labels, padding, and that the model was fine-tuned first")
+    summary.update(stage="rm", num_pairs=len(train_set), truncated_examples=n_cut)
+    return finish(run, model, tokenizer, summary)

@@ -1,0 +1,134 @@
+"""Every loss against numbers worked out by hand in the docstring (tolerance 1e-6)."""
+
+import math
+
+import pytest
+import torch
+
+from rlhfkit import losses
+
+TOL = dict(rtol=0, atol=1e-6)
+
+
+def t(x):
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def test_masked_mean_ignores_masked_nan():
+    """x = [1, 3, nan], mask = [1, 1, 0] -> mean (1 + 3) / 2 = 2; the NaN is never summed."""
+    x = t([1.0, 3.0, float("nan")])
+    assert losses.masked_mean(x, t([1, 1, 0])).item() == pytest.approx(2.0, abs=1e-7)
+
+
+def test_token_logprobs():
+    """logits [0, ln 3] -> softmax [1/4, 3/4]; target 1 -> ln 0.75 = -0.2876821, target 0 -> ln 0.25."""
+    logits = t([[[0.0, math.log(3.0)], [0.0, math.log(3.0)]]])
+    got = losses.token_logprobs(logits, torch.tensor([[1, 0]]))
+    torch.testing.assert_close(got, t([[-0.2876821, -1.3862944]]), **TOL)
+
+
+def test_sequence_logprobs_shifts_and_masks():
+    """Every position has logits [0, ln 3]. ids = [0, 1, 0]: position 0 predicts id 1
+    (ln 0.75 = -0.2876821), position 1 predicts id 0 (ln 0.25 = -1.3862944).
+    mask [0, 1, 1] (both predicted tokens are response) -> -1.6739764;
+    mask [0, 0, 1] (only the last) -> -1.3862944."""
+    logits = t([[[0.0, math.log(3.0)]] * 3] * 2)
+    ids = torch.tensor([[0, 1, 0], [0, 1, 0]])
+    mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
+    got = losses.sequence_logprobs(logits, ids, mask)
+    torch.testing.assert_close(got, t([-1.6739764, -1.3862944]), **TOL)
+
+
+def test_sft_nll_token_mean_and_global_normaliser():
+    """logps [[-1, -2, -3], [-0.5, -4, 0]], mask [[1, 1, 0], [1, 0, 0]]: masked sum -3.5 over
+    3 tokens -> 3.5 / 3 = 1.1666667. With the optimiser step's token count 7 -> 3.5 / 7 = 0.5."""
+    logps = t([[-1.0, -2.0, -3.0], [-0.5, -4.0, 0.0]])
+    mask = t([[1, 1, 0], [1, 0, 0]])
+    assert losses.sft_nll(logps, mask).item() == pytest.approx(1.1666667, abs=1e-6)
+    assert losses.sft_nll(logps, mask, num_tokens=7).item() == pytest.approx(0.5, abs=1e-7)
+
+
+def test_sft_nll_accumulation_equals_one_batch():
+    """Two micro-batches normalised by the step's total tokens sum to the full-batch loss."""
+    logps = t([[-1.0, -2.0, -3.0], [-0.5, -4.0, 0.0]])
+    mask = t([[1, 1, 1], [1, 0, 0]])
+    full = losses.sft_nll(logps, mask)
+    parts = losses.sft_nll(logps[:1], mask[:1], 4) + losses.sft_nll(logps[1:], mask[1:], 4)
+    torch.testing.assert_close(parts, full, **TOL)
+    assert full.item() == pytest.approx(6.5 / 4, abs=1e-7)
+
+
+def test_bradley_terry():
+    """r_c = [2, 0], r_r = [1, 0]: differences [1, 0].
+    -log s(1) = ln(1 + e^-1) = 0.3132617, -log s(0) = ln 2 = 0.6931472; mean 0.5032044."""
+    assert losses.bradley_terry(t([2.0, 0.0]), t([1.0, 0.0])).item() == pytest.approx(0.5032044, abs=1e-6)
+
+
+def test_bradley_terry_margin():
+    """margin [0.5, 0]: differences [0.5, 0]; -log s(0.5) = ln(1 + e^-0.5) = 0.4740770;
+    mean (0.4740770 + 0.6931472) / 2 = 0.5836121."""
+    got = losses.bradley_terry(t([2.0, 0.0]), t([1.0, 0.0]), margin_B=t([0.5, 0.0]))
+    assert got.item() == pytest.approx(0.5836121, abs=1e-6)
+
+
+def test_bradley_terry_centering():
+    """(r_c + r_r)^2 = [9, 0], mean 4.5; coef 0.01 adds 0.045: 0.5032044 + 0.045 = 0.5482044."""
+    got = losses.bradley_terry(t([2.0, 0.0]), t([1.0, 0.0]), center_coef=0.01)
+    assert got.item() == pytest.approx(0.5482044, abs=1e-6)
+
+
+# DPO: pi(y_c) = -1, pi(y_r) = -3, ref(y_c) = ref(y_r) = -2 -> log-ratios +1 and -1, h = 2.
+PC, PR, RC, RR = t([-1.0]), t([-3.0]), t([-2.0]), t([-2.0])
+
+
+@pytest.mark.parametrize("loss_type,beta,eps,expected", [
+    # beta h = 1: -log s(1) = 0.3132617
+    ("sigmoid", 0.5, 0.0, 0.3132617),
+    # cDPO: 0.9 * 0.3132617 + 0.1 * (-log s(-1) = 1.3132617) = 0.2819355 + 0.1313262
+    ("sigmoid", 0.5, 0.1, 0.4132617),
+    # rDPO: (0.9 * 0.3132617 - 0.1 * 1.3132617) / 0.8 = 0.1506094 / 0.8
+    ("robust", 0.5, 0.1, 0.1882617),
+    # IPO: (h - 1/(2 beta))^2 = (2 - 1)^2 = 1 at beta 0.5; (2 - 2)^2 = 0 at beta 0.25
+    ("ipo", 0.5, 0.0, 1.0),
+    ("ipo", 0.25, 0.0, 0.0),
+    # hinge: max(0, 1 - beta h) = 1 - 0.5 = 0.5 at beta 0.25; 0 at beta 0.5
+    ("hinge", 0.25, 0.0, 0.5),
+    ("hinge", 0.5, 0.0, 0.0),
+])
+def test_dpo_losses(loss_type, beta, eps, expected):
+    loss, rc, rr = losses.dpo_loss(PC, PR, RC, RR, beta, loss_type, eps)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    # implicit rewards: beta * log-ratio = +beta and -beta
+    assert rc.item() == pytest.approx(beta, abs=1e-7)
+    assert rr.item() == pytest.approx(-beta, abs=1e-7)
+
+
+def test_robust_dpo_zero_noise_is_dpo():
+    a = losses.dpo_loss(PC, PR, RC, RR, 0.1, "robust", 0.0)[0]
+    b = losses.dpo_loss(PC, PR, RC, RR, 0.1, "sigmoid", 0.0)[0]
+    torch.testing.assert_close(a, b, **TOL)
+
+
+def test_dpo_gradient_direction():
+    """The DPO gradient raises the chosen log-prob and lowers the rejected one."""
+    pc, pr = t([-1.0]).requires_grad_(), t([-3.0]).requires_grad_()
+    losses.dpo_loss(pc, pr, RC, RR, 0.5)[0].sum().backward()
+    # d/dpc of -log s(beta h) = -beta (1 - s(beta h)) = -0.5 * (1 - 0.7310586) = -0.1344707
+    assert pc.grad.item() == pytest.approx(-0.1344707, abs=1e-6)
+    assert pr.grad.item() == pytest.approx(0.1344707, abs=1e-6)
+
+
+def test_dpo_rejects_unknown_type():
+    with pytest.raises(ValueError, match="loss_type"):
+        losses.dpo_loss(PC, PR, RC, RR, 0.1, "nope")
+
+
+@pytest.mark.parametrize("estimator,expected", [
+    # log r = ref - pi: token 1 has log r = -2 - (-1) = -1, token 2 has log r = +1
+    ("k1", [1.0, -1.0]),                       # -log r: negative for the second token
+    ("k2", [0.5, 0.5]),                        # (log r)^2 / 2
+    ("k3", [0.3678794, 0.7182818]),            # (e^-1 - 1) + 1 = e^-1;  (e - 1) - 1 = e - 2
+])
+def test_kl_estimators(estimator, expected):
+    got = losses.kl_estimate(t([-1.0, -2.0]), t([-2.0, -1.0]), estimator)
+    torch.testing.assert_close(got, t(expected), **TOL)
