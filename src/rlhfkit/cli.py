@@ -49,7 +49,8 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        # Asked for: stdout, exit 0. Missing stage: an error, so stderr (as argparse does), exit 2.
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else EXIT_USER_ERROR
     stage, rest = argv[0], argv[1:]
     debug = "--debug" in rest

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,23 +118,63 @@ def read_yaml(path: str | Path, cls: type) -> dict[str, Any]:
         if key not in known:
             hint = difflib.get_close_matches(str(key), known, n=1)
             raise ConfigError(f"{path}: unknown field {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-    return raw
+    # argparse neither converts nor checks non-string defaults (nor checks `choices` on any
+    # default), so YAML values are typed and checked here, where the file can be named.
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return {key: _yaml_value(path, fields[key], hints.get(key), value) for key, value in raw.items()}
+
+
+def _yaml_value(path: Path, f: dataclasses.Field, hint, value):
+    """`value` as the field's type (int, float, str, bool, list[str]), or a ConfigError."""
+    given = value
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{path}: field {f.name!r}: expected {expected}, got {given!r}")
+
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is bool and not isinstance(value, bool):
+        raise bad("true or false")
+    if hint is int:
+        if not (is_number and (isinstance(value, int) or value.is_integer())):
+            raise bad("an integer")
+        value = int(value)
+    if hint is float:
+        if not (is_number or isinstance(value, str)):
+            raise bad("a number")
+        try:  # YAML 1.1 reads 1e-5 (no dot) as a string
+            value = float(value)
+        except (ValueError, OverflowError):
+            raise bad("a number") from None
+    if hint is str and not isinstance(value, str):
+        raise bad("a string")
+    if hint == list[str]:
+        value = [value] if isinstance(value, str) else value
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise bad("a list of strings")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{path}: field {f.name!r}: {value!r} is not one of {', '.join(choices)}")
+    return value
 
 
 def parse_config(cls: type, argv: list[str] | None = None, prog: str | None = None):
     """YAML defaults from ``--config``, then command-line overrides; validated."""
     from transformers import HfArgumentParser
 
-    pre = argparse.ArgumentParser(add_help=False)
+    # allow_abbrev=False: a misspelt prefix (--learning_rat) must not silently set a field.
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(cls, prog=prog, description=(cls.__doc__ or "").strip())
+    parser = HfArgumentParser(cls, prog=prog, description=(cls.__doc__ or "").strip(), allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML file of field: value (command-line flags override it).")
     parser.add_argument("--debug", action="store_true", help="Show the full traceback on errors.")
     if known.config:
         parser.set_defaults(**read_yaml(known.config, cls))
     # returns (config, namespace of --config/--debug, leftover strings)
-    parsed = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    # look_for_args_file=False: otherwise a '<argv[0]>.args' file beside the program silently adds flags.
+    parsed = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True,
+                                                look_for_args_file=False)
     cfg, extra = parsed[0], parsed[-1]
     if extra:
         raise ConfigError(f"unknown command-line arguments: {' '.join(extra)} (see --help)")
@@ -142,9 +183,13 @@ def parse_config(cls: type, argv: list[str] | None = None, prog: str | None = No
 
 
 def validate(cfg) -> None:
+    src = "config"
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, f.name) not in choices:
+            raise ConfigError(f"{src}: field {f.name!r}: {getattr(cfg, f.name)!r} is not one of {', '.join(choices)}")
     if not isinstance(cfg, TrainConfig):
         return
-    src = "config"
     for name in REQUIRED:
         if not getattr(cfg, name):
             raise ConfigError(f"{src}: field {name!r} is required (set it in the YAML file or with --{name})")

@@ -154,7 +154,7 @@ def collate_pairs(batch: list[TokenizedPair], pad_id: int) -> dict[str, torch.Te
            "attention_mask": _pad([[1] * len(r) for r in rows], 0),
            "loss_mask": _pad(masks, 0),
            "margin": torch.tensor([b.margin for b in batch], dtype=torch.float32)}
-    if all(b.ref_chosen is not None for b in batch):
+    if all(b.ref_chosen is not None and b.ref_rejected is not None for b in batch):
         out["ref_logps"] = torch.tensor([b.ref_chosen for b in batch] + [b.ref_rejected for b in batch],
                                         dtype=torch.float32)
     return out

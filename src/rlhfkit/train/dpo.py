@@ -5,8 +5,10 @@ reward; the Bradley-Terry loss on it (``losses.dpo_loss``) trains the policy dir
 robust DPO and hinge through ``loss_type``. Log-probs are summed over response tokens.
 
 With ``precompute_ref`` the reference log-probs of every pair are computed once before training
-and the reference model is freed, so only the policy is in memory while training (same result:
-the reference is frozen). Without it the reference runs alongside, under ``torch.no_grad``.
+(from the policy itself when the reference is the starting model, so no second copy is loaded;
+else from ``ref_model``, which is then freed): only the policy is in memory while training, with
+the same result since the reference is frozen. Without it the reference runs alongside, under
+``torch.no_grad``.
 
 Logged per step: the implicit rewards of chosen and rejected responses, their margin, reward
 accuracy, summed log-probs, and ``kl``: the per-token k1 estimate log pi - log ref averaged over
@@ -46,6 +48,24 @@ def precompute_reference(run: Run, ref_model, pairs: list, collate) -> None:
             pair.ref_chosen, pair.ref_rejected = c, r
 
 
+def score_pairs(model, ref, batch, cfg: DPOConfig):
+    """DPO loss per pair and the figures logged with it.
+
+    The reference log-probs come from the batch when precomputed, else from ``ref`` under no_grad.
+    Returns (loss (B,), chosen reward (B,), rejected reward (B,), policy log-probs of chosen and
+    rejected (B,) each, summed k1 log pi - log ref over response tokens, response token count).
+    """
+    pc, pr = response_logps(model, batch).float().chunk(2)
+    if "ref_logps" in batch:
+        rc, rr = batch["ref_logps"].chunk(2)
+    else:
+        with torch.no_grad():
+            rc, rr = response_logps(ref, batch).float().chunk(2)
+    losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+    kl_sum = float((pc - rc).detach().sum() + (pr - rr).detach().sum())
+    return losses, chosen_r, rejected_r, pc, pr, kl_sum, batch["loss_mask"][:, 1:].sum()
+
+
 def run_dpo(cfg: DPOConfig) -> dict:
     pairs = load_preference(cfg.data)
     eval_pairs = load_preference(cfg.eval_data) if cfg.eval_data else []
@@ -53,8 +73,13 @@ def run_dpo(cfg: DPOConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     load = dict(trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     policy = load_causal_lm(cfg.model, **load).to(run.device)
-    ref_dtype = run.dtype  # frozen: may live in the compute dtype (bf16 on GPU) to halve its memory
-    ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=ref_dtype, **load).to(run.device).requires_grad_(False)
+    # Before the first step the policy *is* the reference: with precompute_ref and no separate
+    # ref_model, its log-probs are taken from the policy and no second copy is ever loaded.
+    if cfg.precompute_ref and cfg.ref_model in ("", cfg.model):
+        ref = policy
+    else:  # frozen: held in the compute dtype (bf16 on GPU) to halve its memory
+        ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, **load)
+        ref = ref.to(run.device).requires_grad_(False)
     run.start_clock()
 
     train_set, n_cut = tokenize_preference(pairs, tokenizer, cfg.max_length, cfg.max_prompt_length)
@@ -68,34 +93,21 @@ def run_dpo(cfg: DPOConfig) -> dict:
         ref = None
         gc.collect()
 
-    def ref_logps(batch):
-        if "ref_logps" in batch:
-            return batch["ref_logps"]
-        with torch.no_grad():
-            return response_logps(ref, batch).float()
-
-    def pair_stats(model, batch):
-        pc, pr = response_logps(model, batch).float().chunk(2)
-        rc, rr = ref_logps(batch).chunk(2)
-        losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
-        n_tokens = batch["loss_mask"][:, 1:].sum()
-        kl_sum = float((pc - rc).sum() + (pr - rr).sum())
-        return losses, chosen_r, rejected_r, pc, pr, kl_sum, n_tokens
-
     def loss_fn(model, batch, num_pairs):
-        losses, chosen_r, rejected_r, pc, pr, kl_sum, _ = pair_stats(model, batch)
+        losses, chosen_r, rejected_r, pc, pr, kl_sum, _ = score_pairs(model, ref, batch, cfg)
         loss = losses.sum() / num_pairs
         return loss, {"loss": loss.item(), "rewards_chosen": float(chosen_r.sum()) / num_pairs,
                       "rewards_rejected": float(rejected_r.sum()) / num_pairs,
                       "margin": float((chosen_r - rejected_r).sum()) / num_pairs,
                       "reward_accuracy": float((chosen_r > rejected_r).sum()) / num_pairs,
-                      "logps_chosen": float(pc.sum()) / num_pairs, "logps_rejected": float(pr.sum()) / num_pairs,
+                      "logps_chosen": float(pc.detach().sum()) / num_pairs,
+                      "logps_rejected": float(pr.detach().sum()) / num_pairs,
                       "kl_sum": kl_sum, "response_tokens": float(batch["loss_mask"][:, 1:].sum())}
 
     def evaluate(model):
         n, correct, margin, loss_sum, kl_sum, tokens = 0, 0, 0.0, 0.0, 0.0, 0
         for batch in eval_batches(run, eval_set, collate, cfg.eval_batch_size):
-            losses, chosen_r, rejected_r, _, _, kl, ntok = pair_stats(model, batch)
+            losses, chosen_r, rejected_r, _, _, kl, ntok = score_pairs(model, ref, batch, cfg)
             n += len(losses)
             correct += int((chosen_r > rejected_r).sum())
             margin += float((chosen_r - rejected_r).sum())

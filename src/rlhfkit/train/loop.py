@@ -189,6 +189,7 @@ def train(run: Run, task: Task) -> dict:
             if task.evaluate and cfg.eval_steps and done % cfg.eval_steps == 0 and done != total:
                 logger.log(done, _evaluate(task, model))
             if cfg.save_steps and done % cfg.save_steps == 0 and done != total:
+                state["epoch"], state["batch_in_epoch"] = divmod(done, steps_per_epoch)  # data position
                 save_checkpoint(run, acc.unwrap_model(model), optimizer, scheduler, done, state)
             bar.update(1)
             bar.set_postfix({k: f"{metrics[k]:.4g}" for k in task.progress_keys if k in metrics})

@@ -80,6 +80,6 @@ def run_demo(cfg: DemoConfig) -> dict:
         f"  DPO implicit-reward acc.   {s_dpo['eval_reward_accuracy']:.3f}",
         f"  kind responses, SFT        {sft_rate:.1%}",
         f"  kind responses, DPO        {dpo_rate:.1%}",
-        f"  a DPO sample               {examples[0]!r}",
+        *[f"  DPO sample                 {t!r}" for t in examples[:3]],
         f"  summary                    {out / 'summary.json'}"]))
     return summary

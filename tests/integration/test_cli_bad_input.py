@@ -1,0 +1,180 @@
+"""Bad training data through the real CLI: one line on stderr, exit 2, nothing written.
+
+Each case runs ``python -m rlhfkit STAGE --data BAD_FILE ...`` in a subprocess and checks what a
+user sees: exit code 2, exactly one non-blank stderr line that names the file, the line
+(``bad.jsonl:3``) and the field where there is one, no traceback, and an ``output_dir`` left as it
+was (no model.safetensors, summary.json or config.yaml). The bad record sits between good ones so
+a wrong line number fails.
+
+A subprocess spends seconds importing torch and transformers, so the module fixture ``results``
+starts the selected cases' processes concurrently (one per core, at most 8) and each test checks
+its own result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rlhfkit.models import make_tiny_model_dir
+from rlhfkit.world import toy
+
+GOOD_PAIRS = [json.dumps(r) for r in toy.preference_records(3, seed=0)]
+GOOD_SFT = [json.dumps(r) for r in toy.sft_records(3, seed=0)]
+PAIR = {"prompt": "how is the tea ?", "chosen": "the tea is warm and sweet .", "rejected": "the tea is cold and sour ."}
+SFT = {"prompt": "how is the tea ?", "completion": "the tea is warm and sweet ."}
+MISSING = object()  # a file that is never created
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    stage: str
+    content: object  # bytes written to the data file, or MISSING
+    line: int | None  # expected 'name.jsonl:<line>' in the error
+    field: str | None  # expected "field '<field>'" in the error
+    message: str  # expected fragment of the error message
+    debug: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.id}.jsonl"
+
+
+def lines(good: list[str], at: int, bad: str | bytes) -> bytes:
+    """The good lines with `bad` put at 1-based line `at`."""
+    rows = [r.encode() for r in good]
+    rows.insert(at - 1, bad if isinstance(bad, bytes) else bad.encode())
+    return b"\n".join(rows) + b"\n"
+
+
+def pair(**changes) -> str:
+    return json.dumps({k: v for k, v in {**PAIR, **changes}.items() if v is not MISSING})
+
+
+def pref_cases(stage: str) -> list[Case]:
+    g = GOOD_PAIRS
+    return [
+        Case(f"{stage}-empty-file", stage, b"", None, None, "empty: no records"),
+        Case(f"{stage}-missing-field", stage, lines(g, 2, pair(rejected=MISSING)), 2, "rejected", "missing"),
+        Case(f"{stage}-mistyped-field", stage, lines(g, 3, pair(chosen=5)), 3, "chosen",
+             "expected a string or a list of messages, got number"),
+        Case(f"{stage}-identical", stage, lines(g, 2, pair(rejected=PAIR["chosen"])), 2, "rejected",
+             "identical to 'chosen'"),
+        Case(f"{stage}-empty-string", stage, lines(g, 4, pair(prompt="")), 4, "prompt", "empty string"),
+        Case(f"{stage}-bad-json", stage, lines(g, 3, '{"prompt": "how is the tea ?", "chosen": '), 3, None,
+             "invalid JSON"),
+        Case(f"{stage}-bad-utf8", stage, lines(g, 2, b'{"prompt": "how is the \xff ?", "chosen": "a", "rejected": "b"}'),
+             2, None, "invalid UTF-8 (byte 0xff"),
+        Case(f"{stage}-not-object", stage, lines(g, 2, '["how is the tea ?", "good", "bad"]'), 2, None,
+             "expected a JSON object, got list"),
+        Case(f"{stage}-no-such-file", stage, MISSING, None, None, "no such file"),
+    ]
+
+
+def sft(**changes) -> str:
+    return json.dumps({k: v for k, v in {**SFT, **changes}.items() if v is not MISSING})
+
+
+ALL_DPO = pref_cases("dpo")
+SOME_RM = [c for c in pref_cases("rm") if c.id.split("-", 1)[1] in ("identical", "bad-utf8")]
+SOME_SFT = [
+    Case("sft-missing-field", "sft", lines(GOOD_SFT, 2, sft(completion=MISSING)), 2, "completion", "missing"),
+    Case("sft-mistyped-field", "sft", lines(GOOD_SFT, 3, sft(completion=5)), 3, "completion",
+         "expected a string or a list of messages, got number"),
+    Case("sft-not-object", "sft", lines(GOOD_SFT, 1, '"how is the tea ?"'), 1, None,
+         "expected a JSON object, got string"),
+]
+CASES = ALL_DPO + SOME_RM + SOME_SFT
+DEBUG_CASE = Case("dpo-debug", "dpo", lines(GOOD_PAIRS, 3, pair(chosen=5)), 3, "chosen",
+                  "expected a string or a list of messages, got number", debug=True)
+
+
+@dataclass
+class Result:
+    case: Case
+    data: Path
+    out: Path
+    before: dict
+    returncode: int
+    stderr: str
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model", toy.vocabulary_texts())
+
+
+def run_case(case: Case, root: Path, model: str) -> Result:
+    folder = root / case.id
+    folder.mkdir()
+    data = folder / case.name
+    if case.content is not MISSING:
+        data.write_bytes(case.content)
+    out = folder / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("written before the run\n")
+    before = snapshot(out)
+    cmd = [sys.executable, "-m", "rlhfkit", case.stage, "--model", model, "--data", str(data),
+           "--output_dir", str(out), "--max_steps", "2", "--batch_size", "2"] + (["--debug"] if case.debug else [])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    return Result(case, data, out, before, proc.returncode, proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def results(request, tiny_model_dir, tmp_path_factory) -> dict[str, Result]:
+    """Run every selected case of this module at once; {case id: Result}."""
+    wanted = [item.callspec.params["case"] for item in request.session.items
+              if item.module is request.module and "case" in getattr(getattr(item, "callspec", None), "params", {})]
+    root = tmp_path_factory.mktemp("cli")
+    workers = max(1, min(os.cpu_count() or 1, 8))
+    with ThreadPoolExecutor(workers) as pool:
+        done = pool.map(lambda c: run_case(c, root, tiny_model_dir), wanted)
+        return {r.case.id: r for r in done}
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_data_is_one_line_exit_2_and_writes_nothing(case, results):
+    r = results[case.id]
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    msg = error_lines(r.stderr)
+    assert len(msg) == 1, r.stderr
+    line = msg[0]
+    assert line.startswith(f"rlhfkit {case.stage}: error: {r.data}"), line
+    where = f"{case.name}:{case.line}:" if case.line is not None else f"{case.name}: "
+    assert where in line, line
+    if case.field is not None:
+        assert f"field '{case.field}'" in line, line
+    else:
+        assert "field '" not in line, line
+    assert case.message in line, line
+    assert snapshot(r.out) == r.before  # no model.safetensors, summary.json, config.yaml, checkpoints
+
+
+@pytest.mark.parametrize("case", [DEBUG_CASE], ids=lambda c: c.id)
+def test_debug_shows_the_traceback_then_the_same_line(case, results):
+    r = results[case.id]
+    assert r.returncode == 2, r.stderr
+    assert "Traceback (most recent call last)" in r.stderr
+    assert "rlhfkit.data.errors.DataError" in r.stderr
+    expected = f"rlhfkit dpo: error: {r.data}:3: field 'chosen': {case.message}"
+    assert error_lines(r.stderr)[-1] == expected
+    assert snapshot(r.out) == r.before
