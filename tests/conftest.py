@@ -18,3 +18,15 @@ def world_dir(tmp_path_factory):
     paths = toy.write_dataset(root / "data", seed=0)
     paths["base"] = make_tiny_model_dir(root / "base", toy.vocabulary_texts(), seed=0, hidden_size=128)
     return paths
+
+
+@pytest.fixture(scope="session")
+def sft_dir(world_dir, tmp_path_factory):
+    """The toy world's SFT model: says kind and unkind reviews about equally often."""
+    from rlhfkit.config import SFTConfig
+    from rlhfkit.train.sft import run_sft
+
+    out = tmp_path_factory.mktemp("sft")
+    run_sft(SFTConfig(model=world_dir["base"], data=world_dir["sft"], output_dir=str(out), max_steps=300,
+                      learning_rate=2e-3, batch_size=32, max_length=32, warmup_ratio=0.1, logging_steps=50, seed=0))
+    return str(out)

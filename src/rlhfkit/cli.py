@@ -17,6 +17,10 @@ stages:
   sft     supervised fine-tuning on {prompt, completion}, {messages} or {text} data
   rm      train a reward model on {prompt, chosen, rejected} pairs
   dpo     direct preference optimisation (DPO, IPO, robust DPO, hinge) on pairs
+  ppo     PPO with a critic against a reward model and/or reward functions, KL to a reference
+  rloo    REINFORCE leave-one-out (several samples per prompt)
+  grpo    group relative policy optimisation (group-normalised rewards, KL in the loss)
+  best-of-n  sample N completions per prompt and keep the best by a reward source
   demo    the built-in demo: SFT -> reward model -> DPO on a small built-in world
 
 `rlhfkit STAGE --help` lists every field of that stage with its default."""
@@ -25,14 +29,19 @@ EXIT_USER_ERROR = 2
 
 
 def _stages():
-    from .config import DPOConfig, RMConfig, SFTConfig
+    from .best_of_n import run_best_of_n
+    from .config import BestOfNConfig, DPOConfig, GRPOConfig, PPOConfig, RLOOConfig, RMConfig, SFTConfig
     from .train.dpo import run_dpo
+    from .train.grpo import run_grpo
+    from .train.ppo import run_ppo
+    from .train.rloo import run_rloo
     from .train.rm import run_rm
     from .train.sft import run_sft
     from .world.demo import DemoConfig, run_demo
 
     return {"sft": (SFTConfig, run_sft), "rm": (RMConfig, run_rm), "dpo": (DPOConfig, run_dpo),
-            "demo": (DemoConfig, run_demo)}
+            "ppo": (PPOConfig, run_ppo), "rloo": (RLOOConfig, run_rloo), "grpo": (GRPOConfig, run_grpo),
+            "best-of-n": (BestOfNConfig, run_best_of_n), "demo": (DemoConfig, run_demo)}
 
 
 def _quiet_libraries() -> None:

@@ -93,7 +93,96 @@ class DPOConfig(TrainConfig):
     precompute_ref: bool = _f(False, "Compute reference log-probs once before training and free the reference model.")
 
 
-STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig}
+@dataclass
+class OnlineConfig(TrainConfig):
+    """Fields shared by the online RL trainers (PPO, RLOO, GRPO): sample, score, update.
+
+    ``batch_size`` counts prompts per step; each is sampled ``num_generations`` times.
+    """
+
+    data: str = _f("", "Prompts: records with a `prompt` (string or messages); other columns reach reward functions (required).")
+    learning_rate: float = _f(1e-6, "Peak AdamW learning rate.")
+    ref_model: str = _f("", "Frozen reference for the KL penalty; empty means the starting `model`.")
+    reward_model: str = _f("", "Reward-model folder (from `rlhfkit rm`) used as a reward source.")
+    reward_fn: list[str] = _f([], "Reward functions `path/to/file.py:name` or `module:name`, TRL signature fn(prompts, completions, **columns) -> list[float].")
+    reward_weights: list[float] = _f([], "One weight per reward source (reward_model first, then reward_fn in order); default all 1.")
+    max_new_tokens: int = _f(64, "Longest sampled response in tokens.")
+    temperature: float = _f(1.0, "Sampling temperature; log-probs in the loss use the same temperature.")
+    top_k: int = _f(0, "Sample from the k most likely tokens only; 0 disables.")
+    top_p: float = _f(1.0, "Nucleus sampling threshold; 1 disables.")
+    stop_strings: list[str] = _f([], "Strings that end a response (besides the tokenizer's and chat template's EOS).")
+    num_generations: int = _f(1, "Completions sampled per prompt.")
+    kl_coef: float = _f(0.05, "KL penalty coefficient (initial value when adaptive).")
+    kl_target: float = _f(0.0, "Target KL per sequence; > 0 switches on the adaptive controller (Ziegler et al. 2019).")
+    kl_horizon: int = _f(10000, "Adaptive controller horizon in sequences.")
+    kl_estimator: str = _f("k1", "Per-token KL estimator: k1 (log-ratio), k2, k3.", choices=["k1", "k2", "k3"])
+    kl_in: str = _f("reward", "Apply the KL as a per-token reward penalty or as a loss term.", choices=["reward", "loss"])
+    missing_eos_penalty: float = _f(0.0, "Subtracted from the score of a response cut by max_new_tokens without EOS.")
+    reward_clip: float = _f(0.0, "Clip scores to [-c, c]; 0 disables.")
+    normalize_reward: bool = _f(False, "Normalise scores by a running mean and std (kept in checkpoints).")
+    ppo_epochs: int = _f(1, "Passes of clipped-surrogate updates over each batch of samples.")
+    mini_batch_size: int = _f(0, "Sequences per optimiser step within a batch of samples; 0 means all of them.")
+    cliprange: float = _f(0.2, "PPO policy ratio clip range.")
+
+
+@dataclass
+class PPOConfig(OnlineConfig):
+    """PPO with a learned critic (Ouyang et al. 2022; Huang et al. 2024, "The N+ implementation details of RLHF with PPO")."""
+
+    ppo_epochs: int = _f(4, "Passes of clipped-surrogate updates over each batch of samples.")
+    value_model: str = _f("", "Critic initialisation: a folder; empty means `reward_model` if set, else the policy.")
+    value_head: str = _f("separate", "separate: a critic network of its own; shared: a value head on the policy's backbone.",
+                         choices=["separate", "shared"])
+    gamma: float = _f(1.0, "Discount factor.")
+    lam: float = _f(0.95, "GAE lambda.")
+    cliprange_value: float = _f(0.2, "Value clip range.")
+    vf_coef: float = _f(0.1, "Weight of the value loss.")
+    whiten_advantages: bool = _f(True, "Whiten advantages over each batch of samples.")
+
+
+@dataclass
+class RLOOConfig(OnlineConfig):
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): each completion's baseline is its siblings' mean reward."""
+
+    num_generations: int = _f(4, "Completions sampled per prompt (>= 2: the siblings are the baseline).")
+
+
+@dataclass
+class GRPOConfig(OnlineConfig):
+    """Group relative policy optimisation (Shao et al. 2024): group-normalised rewards, KL in the loss."""
+
+    num_generations: int = _f(4, "Completions sampled per prompt (>= 2).")
+    kl_estimator: str = _f("k3", "Per-token KL estimator: k1, k2, k3.", choices=["k1", "k2", "k3"])
+    kl_in: str = _f("loss", "Apply the KL as a per-token reward penalty or as a loss term.", choices=["reward", "loss"])
+    kl_coef: float = _f(0.04, "KL penalty coefficient (GRPO's beta).")
+    scale_rewards: bool = _f(True, "Divide by the group's std (False: Dr. GRPO's unscaled advantages).")
+
+
+@dataclass
+class BestOfNConfig:
+    """Sample N completions per prompt, keep the best by a reward source (rejection sampling)."""
+
+    model: str = _f("", "Policy folder or hub id to sample from (required).")
+    data: str = _f("", "Prompts: records with a `prompt` (required).")
+    output_dir: str = _f("", "Where best_of_n.jsonl and summary.json go (required).")
+    n: int = _f(4, "Completions sampled per prompt.")
+    reward_model: str = _f("", "Reward-model folder used as a reward source.")
+    reward_fn: list[str] = _f([], "Reward functions `file.py:name` or `module:name` (TRL signature).")
+    reward_weights: list[float] = _f([], "One weight per reward source; default all 1.")
+    max_new_tokens: int = _f(64, "Longest sampled response in tokens.")
+    max_prompt_length: int = _f(256, "Longest prompt in tokens (prompts keep their end).")
+    temperature: float = _f(1.0, "Sampling temperature.")
+    top_k: int = _f(0, "Sample from the k most likely tokens only; 0 disables.")
+    top_p: float = _f(1.0, "Nucleus sampling threshold; 1 disables.")
+    stop_strings: list[str] = _f([], "Strings that end a response.")
+    batch_size: int = _f(64, "Sequences sampled per forward pass.")
+    seed: int = _f(0, "Sampling seed.")
+    device: str = _f("auto", "auto, cpu, cuda.")
+    trust_remote_code: bool = _f(False, "Allow model code from the checkpoint's folder or hub repo to run.")
+
+
+STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "ppo": PPOConfig,
+                                  "rloo": RLOOConfig, "grpo": GRPOConfig, "best-of-n": BestOfNConfig}
 REQUIRED = ("model", "data", "output_dir")
 
 
@@ -148,6 +237,11 @@ def _yaml_value(path: Path, f: dataclasses.Field, hint, value):
             raise bad("a number") from None
     if hint is str and not isinstance(value, str):
         raise bad("a string")
+    if hint == list[float]:
+        value = [value] if isinstance(value, (int, float)) else value
+        if not (isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise bad("a list of numbers")
+        value = [float(v) for v in value]
     if hint == list[str]:
         value = [value] if isinstance(value, str) else value
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
@@ -188,6 +282,12 @@ def validate(cfg) -> None:
         choices = f.metadata.get("choices")
         if choices and getattr(cfg, f.name) not in choices:
             raise ConfigError(f"{src}: field {f.name!r}: {getattr(cfg, f.name)!r} is not one of {', '.join(choices)}")
+    if isinstance(cfg, BestOfNConfig):
+        for name in REQUIRED:
+            if not getattr(cfg, name):
+                raise ConfigError(f"{src}: field {name!r} is required (set it in the YAML file or with --{name})")
+        if cfg.n < 1 or not (cfg.reward_model or cfg.reward_fn):
+            raise ConfigError(f"{src}: best-of-n needs 'n' >= 1 and a reward source ('reward_model' or 'reward_fn')")
     if not isinstance(cfg, TrainConfig):
         return
     for name in REQUIRED:
@@ -204,6 +304,8 @@ def validate(cfg) -> None:
     for sink in cfg.report_to:
         if sink not in ("tensorboard", "wandb", "mlflow"):
             raise ConfigError(f"{src}: field 'report_to': unknown sink {sink!r} (tensorboard, wandb, mlflow)")
+    if isinstance(cfg, OnlineConfig):
+        validate_online(cfg)
     if isinstance(cfg, DPOConfig) and cfg.beta <= 0:
         raise ConfigError(f"{src}: field 'beta' must be > 0, got {cfg.beta}")
 
@@ -211,3 +313,18 @@ def validate(cfg) -> None:
 def dump_config(cfg, path: str | Path) -> None:
     """The resolved config, loadable again with ``--config``."""
     Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def validate_online(cfg: OnlineConfig) -> None:
+    src = "config"
+    if not cfg.reward_model and not cfg.reward_fn:
+        raise ConfigError(f"{src}: set 'reward_model' and/or 'reward_fn': online RL needs a reward source")
+    n_sources = int(bool(cfg.reward_model)) + len(cfg.reward_fn)
+    if cfg.reward_weights and len(cfg.reward_weights) != n_sources:
+        raise ConfigError(f"{src}: field 'reward_weights' has {len(cfg.reward_weights)} values for {n_sources} reward sources")
+    if cfg.num_generations < 1 or (not isinstance(cfg, PPOConfig) and cfg.num_generations < 2):
+        raise ConfigError(f"{src}: field 'num_generations' must be >= 2 for RLOO/GRPO (>= 1 for PPO), got {cfg.num_generations}")
+    if cfg.kl_target < 0 or cfg.kl_coef < 0:
+        raise ConfigError(f"{src}: fields 'kl_coef' and 'kl_target' must be >= 0")
+    if cfg.max_new_tokens < 1 or cfg.ppo_epochs < 1:
+        raise ConfigError(f"{src}: fields 'max_new_tokens' and 'ppo_epochs' must be >= 1")

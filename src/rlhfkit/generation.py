@@ -1,32 +1,310 @@
-"""Batched sampling from a causal LM.
+"""Batched sampling from a causal LM with a KV cache: tokens, log-probs, masks and texts.
 
-For now a thin layer over ``transformers``' ``generate`` with left padding and a seeded
-generator; the interface (prompts in, completion texts out) is what callers rely on.
+One decoding loop serves every stage that samples (PPO / RLOO / GRPO rollouts, evaluation, the
+demo); generation is most of an RLHF step's time (PITFALLS 1), so it is batched and cached:
+
+- all prompts run together in chunks of ``batch_size`` rows (sorted by length, so a chunk carries
+  little padding), left-padded;
+- ``position_ids`` are counted over real tokens (attention-mask cumsum - 1) at the prefill and at
+  every decode step, so left padding never shifts positions; models with absolute positions
+  (GPT-2) give wrong tokens otherwise;
+- a ``DynamicCache`` holds keys and values; each decode step feeds one token per row and extends
+  the attention mask by one column;
+- a row stops at an end token or when its text contains a stop string. End tokens are decided in
+  one place, ``eos_ids`` (PITFALLS 5): the tokenizer's EOS, the model's generation-config EOS and
+  the chat template's end-of-turn token. Finished rows are cut out of the batch (and the cache)
+  once a quarter of it is done, and the loop ends when every row is done.
+
+Log-probs are those of the full tempered distribution, log softmax(logits / T), *before* top-k /
+top-p truncation (for T == 0, greedy, of softmax(logits)). That is the quantity the trainer
+recomputes with a plain forward pass, so PPO's ratio pi_theta / pi_old starts at exactly 1;
+truncation only changes which tokens get drawn.
+
+``sample`` (prompts in, texts out) is the small interface the demo and evaluation use.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 import torch
 
-from .data.tokenize import prompt_ids
+from .data.tokenize import prompt_ids as _prompt_ids
+from .models import position_ids_from_mask
 
 
-@torch.no_grad()
+@dataclass
+class Rollout:
+    """Sampled responses, padded to the longest one; row i answers ``prompt_ids[i]``."""
+
+    prompt_ids: list[list[int]]  # unpadded prompt ids, one list per row
+    response_ids: torch.Tensor  # (B, T) long, right-padded with the pad id
+    logprobs: torch.Tensor  # (B, T) float32, log p(token) under softmax(logits / T) before truncation; 0 on padding
+    mask: torch.Tensor  # (B, T) long, 1 on generated tokens up to and including the EOS / stop-string token
+    ended: torch.Tensor  # (B,) bool, True where the row ended by EOS or stop string (False: max_new_tokens cut it)
+    texts: list[str]  # decoded responses without special tokens, cut before any stop string
+
+
+# --------------------------------------------------------------------------- end tokens
+
+# End-of-turn markers of common chat templates (ChatML, Llama 3, Gemma, Phi-3, Command-R).
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|END_OF_TURN_TOKEN|>")
+
+
+def _single_id(tokenizer, text: str) -> int | None:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 and ids[0] != tokenizer.unk_token_id else None
+
+
+def _special_ids(tokenizer) -> set[int]:
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return set(tokenizer.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", False)}
+
+
+def _end_of_turn_ids(tokenizer) -> list[int]:
+    """The chat template's end-of-turn token(s), where one encodes to a single special id."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return []
+    found = [i for name in _END_OF_TURN if name in str(template) and (i := _single_id(tokenizer, name)) is not None]
+    # Probe: render one assistant turn and take the special token right after its content.
+    probe = "rlhfkitprobe"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": probe}], tokenize=False)
+    except Exception:  # a template may insist on a system turn, alternation, tools, ...
+        text = None
+    if isinstance(text, str) and probe in text:
+        after = tokenizer.encode(text[text.rindex(probe) + len(probe):].lstrip(), add_special_tokens=False)
+        if after and after[0] in _special_ids(tokenizer) and after[0] not in (tokenizer.bos_token_id,
+                                                                                tokenizer.unk_token_id):
+            found.append(after[0])
+    return found
+
+
+def eos_ids(tokenizer, model=None) -> list[int]:
+    """The ids that end a response: the tokenizer's EOS, the model's ``generation_config``
+    EOS (int or list) and the chat template's end-of-turn token, deduplicated, in that order."""
+    ids: list = [tokenizer.eos_token_id]
+    if model is not None:
+        config = getattr(model, "generation_config", None) or getattr(model, "config", None)
+        model_eos = getattr(config, "eos_token_id", None)
+        ids += list(model_eos) if isinstance(model_eos, (list, tuple)) else [model_eos]
+    ids += _end_of_turn_ids(tokenizer)
+    out: list[int] = []
+    for i in ids:
+        if i is not None and int(i) not in out:
+            out.append(int(i))
+    return out
+
+
+# --------------------------------------------------------------------------- one decoding step
+
+
+def _truncate(logits_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k, then nucleus (Holtzman et al. 2020): keep the most likely tokens whose mass reaches top_p."""
+    if top_k and top_k < logits_BV.shape[-1]:
+        kth_B1 = logits_BV.topk(top_k, dim=-1).values[:, -1:]
+        logits_BV = logits_BV.masked_fill(logits_BV < kth_B1, float("-inf"))
+    if top_p < 1.0:
+        sorted_BV, order_BV = logits_BV.sort(dim=-1, descending=True)
+        probs_BV = sorted_BV.softmax(-1)
+        drop_BV = probs_BV.cumsum(-1) - probs_BV >= top_p  # mass before this token already reaches top_p
+        logits_BV = logits_BV.masked_fill(drop_BV.scatter(1, order_BV, drop_BV), float("-inf"))
+    return logits_BV
+
+
+def _picker(temperature: float, top_k: int, top_p: float,
+            generator: torch.Generator | None) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(B, V) logits -> (B,) tokens and their (B,) log-probs under the full tempered distribution."""
+    truncate = bool(top_k) or top_p < 1.0
+
+    def pick(logits_BV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits_BV = logits_BV.float()
+        if temperature == 0:
+            token_B = logits_BV.argmax(-1)
+            return token_B, logits_BV.log_softmax(-1).gather(1, token_B[:, None]).squeeze(1)
+        logits_BV = logits_BV / temperature
+        logp_BV = logits_BV.log_softmax(-1)
+        probs_BV = _truncate(logits_BV, top_k, top_p).softmax(-1) if truncate else logp_BV.exp()
+        token_B = torch.multinomial(probs_BV, 1, generator=generator).squeeze(1)
+        return token_B, logp_BV.gather(1, token_B[:, None]).squeeze(1)
+
+    return pick
+
+
+def _forward_params(model) -> set[str]:
+    params = set(inspect.signature(model.forward).parameters)
+    if not params & {"cache", "past_key_values"} and hasattr(model, "get_base_model"):  # PEFT wrapper
+        return _forward_params(model.get_base_model())
+    return params
+
+
+def _forward_fn(model) -> Callable:
+    """model(ids, mask, positions, cache) -> (B, V) logits of the last position only."""
+    params = _forward_params(model)
+    cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
+    keep = next(({k: 1} for k in ("logits_to_keep", "num_logits_to_keep") if k in params), {})
+
+    def forward(ids_BS, mask_BS, positions_BS, cache):
+        out = model(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions_BS, use_cache=True,
+                    **{cache_kw: cache}, **keep)
+        return out.logits[:, -1]
+
+    return forward
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)  # sliding-window layers get their own cache type
+    except TypeError:  # transformers 4.x
+        return DynamicCache()
+
+
+class _StopStrings:
+    """Which rows' generated text now contains a stop string.
+
+    Only the last ``window`` tokens are decoded each step: a row stops at the first step its text
+    contains a stop string, so a new match must lie in the text the newest tokens added. The
+    window (4 tokens per character, plus slack) covers byte-level tokens that split a character.
+    """
+
+    def __init__(self, tokenizer, strings: Sequence[str]):
+        self.tokenizer, self.strings = tokenizer, list(strings)
+        self.window = 4 * max(map(len, self.strings)) + 8
+
+    def hits(self, generated: list[list[int]]) -> list[bool]:
+        texts = self.tokenizer.batch_decode([g[-self.window:] for g in generated], skip_special_tokens=True)
+        return [any(s in t for s in self.strings) for t in texts]
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _decode_chunk(forward, pick, rows: list[list[int]], max_new_tokens: int, end_ids: torch.Tensor,
+                  stops: _StopStrings | None, pad_id: int, model):
+    """Sample one chunk of left-padded prompts. Returns (B, T) tokens, log-probs, mask and (B,) ended."""
+    device = end_ids.device
+    B, width = len(rows), max(map(len, rows))
+    ids_BS = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+    attn_BS = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    tokens_BT = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logp_BT = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=device)
+    mask_BT = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+    ended_B = torch.zeros(B, dtype=torch.bool, device=device)
+    generated: list[list[int]] = [[] for _ in range(B)]  # host copy, only for stop strings
+
+    cache = _new_cache(model)
+    logits_bV = forward(ids_BS, attn_BS, position_ids_from_mask(attn_BS), cache)
+    row_b = torch.arange(B, device=device)  # chunk row of each row still in the batch (b <= B)
+    live_b = torch.ones(B, dtype=torch.bool, device=device)
+    steps = 0
+    for t in range(max_new_tokens):
+        token_b, logp_b = pick(logits_bV)
+        # Rows that finished but are still in the batch write pad / 0: where(), no host sync.
+        tokens_BT[row_b, t] = token_b.where(live_b, pad_id)
+        logp_BT[row_b, t] = logp_b.where(live_b, 0.0)
+        mask_BT[row_b, t] = live_b.long()
+        steps = t + 1
+        done_b = live_b & torch.isin(token_b, end_ids)
+        if stops is not None:
+            at, toks = row_b.tolist(), token_b.tolist()
+            live = [b for b, ok in enumerate(live_b.tolist()) if ok]
+            for b in live:
+                generated[at[b]].append(toks[b])
+            flags = [False] * len(at)
+            for b, hit in zip(live, stops.hits([generated[at[b]] for b in live])):
+                flags[b] = hit
+            done_b |= torch.tensor(flags, device=device)
+        ended_B[row_b] |= done_b
+        live_b &= ~done_b
+        n_live = int(live_b.sum())
+        if n_live == 0 or t == max_new_tokens - 1:
+            break
+        if 4 * (len(live_b) - n_live) >= len(live_b):  # drop finished rows: their compute is wasted
+            keep_b = live_b.nonzero().squeeze(1)
+            cache.batch_select_indices(keep_b)
+            attn_BS, row_b, token_b, live_b = attn_BS[keep_b], row_b[keep_b], token_b[keep_b], live_b[keep_b]
+        attn_BS = torch.cat([attn_BS, attn_BS.new_ones(len(attn_BS), 1)], dim=1)
+        logits_bV = forward(token_b[:, None], attn_BS, position_ids_from_mask(attn_BS)[:, -1:], cache)
+    return tokens_BT[:, :steps], logp_BT[:, :steps], mask_BT[:, :steps], ended_B
+
+
+def _check(max_new_tokens: int, temperature: float, top_k: int, top_p: float, batch_size: int) -> None:
+    if max_new_tokens < 0 or temperature < 0 or top_k < 0 or batch_size < 1 or not 0.0 < top_p <= 1.0:
+        raise ValueError("need max_new_tokens >= 0, temperature >= 0, top_k >= 0, 0 < top_p <= 1, batch_size >= 1; "
+                         f"got {max_new_tokens}, {temperature}, {top_k}, {top_p}, {batch_size}")
+
+
+def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, stop_strings: Sequence[str] = (),
+             eos_token_ids: Sequence[int] | None = None, generator: torch.Generator | None = None,
+             batch_size: int = 64) -> Rollout:
+    """Sample up to ``max_new_tokens`` tokens after each prompt (unpadded id lists).
+
+    ``temperature == 0`` is greedy. ``top_k`` / ``top_p`` truncate the distribution tokens are drawn
+    from, never the one log-probs are reported under (see the module docstring). ``eos_token_ids``
+    defaults to ``eos_ids(tokenizer, model)``; a stop string that is exactly one special token
+    (e.g. ``"<|im_end|>"``) counts as an end id, since decoded texts skip special tokens.
+    ``generator`` (on the model's device) makes sampling reproducible. Tensors come back on the
+    model's device. The model runs in eval mode under ``no_grad``; its train/eval mode is restored.
+    """
+    _check(max_new_tokens, temperature, top_k, top_p, batch_size)
+    if any(len(r) == 0 for r in prompt_ids):
+        raise ValueError("every prompt needs at least one token (add BOS or use the chat template)")
+    device = next(model.parameters()).device
+    ends = list(eos_ids(tokenizer, model) if eos_token_ids is None else eos_token_ids)
+    special = _special_ids(tokenizer)
+    token_stops = {s: i for s in stop_strings if (i := _single_id(tokenizer, s)) is not None and i in special}
+    ends += [i for i in token_stops.values() if i not in ends]
+    text_stops = [s for s in stop_strings if s and s not in token_stops]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ends[0] if ends else 0)
+    end_ids = torch.tensor(ends or [-1], dtype=torch.long, device=device)
+    stops = _StopStrings(tokenizer, text_stops) if text_stops else None
+
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    forward, pick = _forward_fn(model), _picker(temperature, top_k, top_p, generator)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            pieces = [_decode_chunk(forward, pick, [list(prompt_ids[i]) for i in c], max_new_tokens, end_ids,
+                                    stops, pad_id, model) if max_new_tokens else None for c in chunks]
+    finally:
+        model.train(was_training)
+
+    n, T = len(prompt_ids), max([p[0].shape[1] for p in pieces if p is not None], default=0)
+    response = torch.full((n, T), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(n, T, dtype=torch.float32, device=device)
+    mask = torch.zeros(n, T, dtype=torch.long, device=device)
+    ended = torch.zeros(n, dtype=torch.bool, device=device)
+    for chunk, piece in zip(chunks, pieces):
+        if piece is None:
+            continue
+        idx, (tok, lp, m, e), width = torch.tensor(chunk, device=device), piece, piece[0].shape[1]
+        response[idx, :width], logprobs[idx, :width], mask[idx, :width], ended[idx] = tok, lp, m, e
+    texts = tokenizer.batch_decode([r[m.bool()].tolist() for r, m in zip(response.cpu(), mask.cpu())],
+                                   skip_special_tokens=True)
+    return Rollout([list(p) for p in prompt_ids], response, logprobs, mask, ended,
+                   [_cut(t, text_stops) for t in texts])
+
+
+def _cut(text: str, stop_strings: Sequence[str]) -> str:
+    """The text before the earliest stop string."""
+    return text[:min([i for s in stop_strings if (i := text.find(s)) >= 0], default=len(text))]
+
+
 def sample(model, tokenizer, prompts: list, max_new_tokens: int = 32, temperature: float = 1.0,
            top_p: float = 1.0, batch_size: int = 32, seed: int = 0) -> list[str]:
-    """One completion per prompt (string or chat messages), decoded without special tokens."""
-    torch.manual_seed(seed)
+    """One completion per prompt (string or chat messages), decoded without special tokens, stripped."""
     device = next(model.parameters()).device
-    model.eval()
-    out: list[str] = []
-    pad = tokenizer.pad_token_id
-    for start in range(0, len(prompts), batch_size):
-        rows = [prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]]
-        width = max(map(len, rows))
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             do_sample=temperature > 0, temperature=temperature or None, top_p=top_p,
-                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-    return [t.strip() for t in out]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    rows = [_prompt_ids(tokenizer, p) for p in prompts]
+    rollout = generate(model, tokenizer, rows, max_new_tokens, temperature=temperature, top_p=top_p,
+                       generator=generator, batch_size=batch_size)
+    return [t.strip() for t in rollout.texts]

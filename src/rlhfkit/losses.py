@@ -130,3 +130,147 @@ def kl_estimate(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor, estimator: str
     if estimator == "k3":
         return torch.expm1(log_r_BT) - log_r_BT
     raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {KL_ESTIMATORS}")
+
+
+# ---------------------------------------------------------------------------------------------
+# On-policy RL: advantage estimation and the PPO objectives.
+# ``_PG`` is per prompt over its G sampled generations.
+# ---------------------------------------------------------------------------------------------
+
+
+def whiten(x_BT: torch.Tensor, mask_BT: torch.Tensor, shift_mean: bool = True,
+           eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) with mean and variance over all masked positions of the batch.
+
+    The variance is the unbiased one (divide by n - 1), as TRL's ``masked_whiten`` and
+    OpenRLHF's advantage normalisation use. With one masked element the variance is taken as
+    0 (the result is 0) instead of raising, so that no host sync is needed. ``shift_mean=False``
+    adds the mean back: the scale is normalised but the sign of the average is kept (used for
+    rewards, whose mean carries signal). Positions where the mask is 0 are returned as 0, and
+    NaN or inf there never reaches the statistics nor the gradient.
+    """
+    keep_BT = mask_BT.bool()
+    x_BT = torch.where(keep_BT, x_BT, torch.zeros_like(x_BT))
+    n = keep_BT.sum()
+    mean = masked_sum(x_BT, keep_BT) / n.clamp(min=1)
+    var = masked_sum((x_BT - mean) ** 2, keep_BT) / (n - 1).clamp(min=1)
+    out_BT = (x_BT - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out_BT = out_BT + mean
+    return torch.where(keep_BT, out_BT, torch.zeros_like(out_BT))
+
+
+def gae(rewards_BT: torch.Tensor, values_BT: torch.Tensor, mask_BT: torch.Tensor,
+        gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over response tokens. Returns (advantages, returns), (B, T).
+
+    Schulman et al. 2016 ("High-Dimensional Continuous Control Using GAE") eq. 16:
+      delta_t = r_t + gamma V(s_{t+1}) - V(s_t),   A_t = sum_l (gamma lam)^l delta_{t+l},
+    computed backwards as A_t = delta_t + gamma lam A_{t+1}. Rows are right-padded (mask 1 for
+    t < length_b, then 0); the episode ends after the last real token, so V there is 0.
+    Rewards and values at masked positions are ignored (NaN allowed). returns = A + V are the
+    value targets (the TD(lam) returns). Both outputs are 0 where the mask is 0. Callers pass
+    detached rewards and values, as the advantage is a constant in the policy loss.
+    """
+    keep_BT = mask_BT.bool()
+    m_BT = keep_BT.to(values_BT.dtype)
+    r_BT = torch.where(keep_BT, rewards_BT, torch.zeros_like(rewards_BT))
+    v_BT = torch.where(keep_BT, values_BT, torch.zeros_like(values_BT))
+    next_value_B = torch.zeros_like(v_BT[:, 0])
+    next_adv_B = torch.zeros_like(v_BT[:, 0])
+    advs_reversed = []
+    for t in reversed(range(v_BT.shape[1])):
+        delta_B = r_BT[:, t] + gamma * next_value_B - v_BT[:, t]
+        # (B,) For right-padded rows r and V are already 0 past the end; the mask keeps the
+        # output 0 at any masked position even if a caller's mask is not a suffix.
+        next_adv_B = (delta_B + gamma * lam * next_adv_B) * m_BT[:, t]
+        next_value_B = v_BT[:, t]
+        advs_reversed.append(next_adv_B)
+    adv_BT = torch.stack(advs_reversed[::-1], dim=1)
+    returns_BT = (adv_BT + v_BT) * m_BT
+    return adv_BT, returns_BT
+
+
+def ppo_policy_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, advantages_BT: torch.Tensor,
+                    mask_BT: torch.Tensor, clip_range: float,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO clipped surrogate, as a loss to minimise. Returns (loss, clip_frac, approx_kl).
+
+    Schulman et al. 2017 eq. 7 per token, with ratio = exp(logp - old_logp):
+      loss = masked mean over all tokens of max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps)).
+    The max of the negated terms is the pessimistic min of eq. 7; where the clipped term wins
+    the gradient is 0, which is what stops a step from moving the ratio further out of range.
+    clip_frac is the share of tokens where the clipped term is strictly larger;
+    approx_kl = masked mean of (logp - old_logp)^2 / 2 (the k2 estimator, see ``kl_estimate``).
+    Both diagnostics are detached.
+    """
+    keep_BT = mask_BT.bool()
+    zero_BT = torch.zeros_like(logp_BT)
+    log_ratio_BT = torch.where(keep_BT, logp_BT - old_logp_BT, zero_BT)
+    adv_BT = torch.where(keep_BT, advantages_BT, zero_BT)
+    ratio_BT = torch.exp(log_ratio_BT)
+    unclipped_BT = -adv_BT * ratio_BT
+    clipped_BT = -adv_BT * torch.clamp(ratio_BT, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped_BT, clipped_BT), keep_BT)
+    clip_frac = masked_mean((clipped_BT > unclipped_BT).to(logp_BT.dtype), keep_BT).detach()
+    approx_kl = masked_mean(0.5 * log_ratio_BT ** 2, keep_BT).detach()
+    return loss, clip_frac, approx_kl
+
+
+def ppo_value_loss(values_BT: torch.Tensor, old_values_BT: torch.Tensor, returns_BT: torch.Tensor,
+                   mask_BT: torch.Tensor, clip_range_value: float,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss. Returns (loss, clip_frac).
+
+    0.5 * masked mean of max((v - R)^2, (v_clip - R)^2), v_clip = old + clamp(v - old, -c, c):
+    the value-clipping of OpenAI baselines' PPO2 and Ziegler et al. 2019's lm-human-preferences,
+    which keeps the value head within c of the values that computed the advantages.
+    clip_frac (detached) is the share of tokens where the clipped term is strictly larger.
+    """
+    keep_BT = mask_BT.bool()
+    zero_BT = torch.zeros_like(values_BT)
+    v_BT = torch.where(keep_BT, values_BT, zero_BT)
+    old_BT = torch.where(keep_BT, old_values_BT, zero_BT)
+    ret_BT = torch.where(keep_BT, returns_BT, zero_BT)
+    v_clipped_BT = old_BT + torch.clamp(v_BT - old_BT, -clip_range_value, clip_range_value)
+    unclipped_BT = (v_BT - ret_BT) ** 2
+    clipped_BT = (v_clipped_BT - ret_BT) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_BT, clipped_BT), keep_BT)
+    clip_frac = masked_mean((clipped_BT > unclipped_BT).to(values_BT.dtype), keep_BT).detach()
+    return loss, clip_frac
+
+
+def rloo_advantages(rewards_PG: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out advantages: r_i - mean_{j != i} r_j within each prompt's group.
+
+    Kool et al. 2019 ("Buy 4 REINFORCE samples, get a baseline for free"); Ahmadian et al. 2024
+    ("Back to Basics"), the RLOO estimator. Each sample's baseline excludes the sample itself,
+    so the estimate is unbiased. Equals G / (G - 1) (r_i - mean_j r_j); each group's advantages sum to 0.
+    ``rewards_PG`` is (P prompts, G generations); G must be at least 2.
+    """
+    if rewards_PG.dim() != 2:
+        raise ValueError(f"rloo_advantages wants (P, G) rewards, got shape {tuple(rewards_PG.shape)}")
+    g = rewards_PG.shape[1]
+    if g < 2:
+        raise ValueError(f"RLOO needs at least 2 generations per prompt, got G={g}")
+    others_mean_PG = (rewards_PG.sum(dim=1, keepdim=True) - rewards_PG) / (g - 1)
+    return rewards_PG - others_mean_PG
+
+
+def grpo_advantages(rewards_PG: torch.Tensor, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
+    """GRPO outcome-supervision advantages: (r - group mean) / (group std + eps).
+
+    Shao et al. 2024 (DeepSeekMath) section 4.1.2, outcome supervision: every token of a response
+    gets its group-normalised reward. The std is the unbiased one (torch's default), as in TRL.
+    ``scale=False`` returns r - mean, dropping the std division (Dr. GRPO, Liu et al. 2025,
+    "Understanding R1-Zero-Like Training"), which otherwise up-weights near-uniform groups.
+    A group of equal rewards gives zeros. ``rewards_PG`` is (P, G); G must be at least 2.
+    """
+    if rewards_PG.dim() != 2:
+        raise ValueError(f"grpo_advantages wants (P, G) rewards, got shape {tuple(rewards_PG.shape)}")
+    if rewards_PG.shape[1] < 2:
+        raise ValueError(f"GRPO needs at least 2 generations per prompt, got G={rewards_PG.shape[1]}")
+    centred_PG = rewards_PG - rewards_PG.mean(dim=1, keepdim=True)
+    if not scale:
+        return centred_PG
+    return centred_PG / (rewards_PG.std(dim=1, keepdim=True) + eps)

@@ -11,10 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from rlhfkit.config import DPOConfig, RMConfig, SFTConfig
+from rlhfkit.config import DPOConfig, RMConfig
 from rlhfkit.train.dpo import run_dpo
 from rlhfkit.train.rm import run_rm
-from rlhfkit.train.sft import run_sft
 from rlhfkit.world import toy
 from rlhfkit.world.demo import kind_rate
 
@@ -23,10 +22,12 @@ COMMON = dict(batch_size=32, max_length=32, max_prompt_length=16, warmup_ratio=0
 
 
 @pytest.fixture(scope="module")
-def pipeline(world_dir, tmp_path_factory):
+def pipeline(world_dir, sft_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline")
-    sft = run_sft(SFTConfig(model=world_dir["base"], data=world_dir["sft"], output_dir=str(out / "sft"),
-                            max_steps=300, learning_rate=2e-3, **COMMON))
+    import shutil
+
+    shutil.copytree(sft_dir, out / "sft")  # the session's SFT run (tests/conftest.py), same settings
+    sft = json.loads((out / "sft" / "summary.json").read_text())
     rm = run_rm(RMConfig(model=str(out / "sft"), data=world_dir["prefs"], eval_data=world_dir["prefs_eval"],
                          output_dir=str(out / "rm"), max_steps=60, learning_rate=1e-3, eval_steps=20, **COMMON))
     dpo = run_dpo(DPOConfig(model=str(out / "sft"), data=world_dir["prefs"], eval_data=world_dir["prefs_eval"],

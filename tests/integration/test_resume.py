@@ -1,5 +1,5 @@
 """Kill and resume: a run SIGKILLed mid-training and resumed ends with the same weights as a run
-that was never interrupted (SFT, reward model, DPO)."""
+that was never interrupted (SFT, reward model, DPO, PPO, RLOO, GRPO)."""
 
 import json
 import os
@@ -20,17 +20,26 @@ def _cli(stage, args, env_extra=None):
                           capture_output=True, text=True, timeout=300)
 
 
+ONLINE = {"ppo": ["--num_generations", "2", "--ppo_epochs", "2", "--mini_batch_size", "8"],
+          "rloo": ["--num_generations", "2"],
+          # adaptive KL and reward normalisation: their state must survive the kill too
+          "grpo": ["--num_generations", "2", "--kl_target", "0.5", "--kl_horizon", "16", "--normalize_reward", "true"]}
+
+
 def _args(world_dir, stage, out):
-    data = world_dir["sft"] if stage == "sft" else world_dir["prefs"]
+    data = {"sft": world_dir["sft"], "rm": world_dir["prefs"], "dpo": world_dir["prefs"]}.get(stage, world_dir["prompts"])
+    batch = "4" if stage in ONLINE else "8"
     args = ["--model", world_dir["base"], "--data", data, "--output_dir", str(out), "--max_steps", "8",
-            "--batch_size", "8", "--micro_batch_size", "4", "--save_steps", "2", "--save_total_limit", "2",
+            "--batch_size", batch, "--micro_batch_size", "4", "--save_steps", "2", "--save_total_limit", "2",
             "--max_length", "32", "--max_prompt_length", "16", "--learning_rate", "1e-3", "--seed", "5"]
     if stage == "dpo":
         args += ["--beta", "0.5"]
+    if stage in ONLINE:
+        args += ["--reward_fn", "rlhfkit.world.toy:kind_reward", "--max_new_tokens", "8", *ONLINE[stage]]
     return args
 
 
-@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo", "ppo", "rloo", "grpo"])
 def test_sigkill_then_resume_matches_uninterrupted(world_dir, tmp_path, stage):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     done = _cli(stage, _args(world_dir, stage, straight))
@@ -53,6 +62,7 @@ def test_sigkill_then_resume_matches_uninterrupted(world_dir, tmp_path, stage):
     # and training moved the weights, so equality is not trivial
     base = load_file(world_dir["base"] + "/model.safetensors")
     shared = [k for k in base if k in a]
+    assert shared
     assert max((a[k] - base[k]).abs().max().item() for k in shared) > 1e-3
 
     steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]

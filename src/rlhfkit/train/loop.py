@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
+from safetensors.torch import save_model as save_module
+from transformers import PreTrainedModel
 from tqdm.auto import tqdm
 
 from ..config import dump_config
@@ -301,7 +303,11 @@ def save_checkpoint(run: Run, model, optimizer, scheduler, step: int, state: dic
     root = run.output_dir / CHECKPOINTS
     final, tmp = root / f"step-{step:07d}", root / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, None, tmp)
+    if isinstance(model, PreTrainedModel):
+        save_model(model, None, tmp)
+    else:  # e.g. PPO's policy + critic: one state dict (shared tensors stored once)
+        tmp.mkdir(parents=True)
+        save_module(model, str(tmp / "model.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save({"cpu": torch.get_rng_state(),
@@ -346,7 +352,8 @@ def load_checkpoint(run: Run, model, optimizer, scheduler, state: dict) -> int:
     random.setstate((meta["python_rng"][0], tuple(meta["python_rng"][1]), meta["python_rng"][2]))
     np_state = meta["numpy_rng"]
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
-    state.update(bad_steps=meta["bad_steps"], skipped_steps=meta["skipped_steps"])
+    # the rest of the saved state: counters, and recipe state such as a KL controller's
+    state.update({k: v for k, v in meta.items() if k not in ("step", "python_rng", "numpy_rng")})
     run.print(f"resumed from {ckpt} (step {meta['step']})")
     return int(meta["step"])
 

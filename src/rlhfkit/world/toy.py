@@ -88,3 +88,8 @@ def write_dataset(folder: str | Path, seed: int = 0, chat: bool = False, n_sft: 
             "prefs": write_jsonl(folder / "prefs.jsonl", preference_records(n_pairs, seed + 1, chat)),
             "prefs_eval": write_jsonl(folder / "prefs_eval.jsonl", preference_records(n_eval_pairs, seed + 2, chat)),
             "prompts": write_jsonl(folder / "prompts.jsonl", prompt_records(seed, chat))}
+
+
+def kind_reward(prompts: list, completions: list[str], **columns) -> list[float]:
+    """A rule-based reward with TRL's signature: kind words minus unkind words in the completion."""
+    return [float(sum(w in KIND for w in c.split()) - sum(w in UNKIND for w in c.split())) for c in completions]

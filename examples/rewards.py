@@ -1,0 +1,22 @@
+"""Example reward functions with TRL's signature: fn(prompts, completions, **columns) -> list[float].
+
+Use one with `--reward_fn examples/rewards.py:kind_words`. Extra columns of the prompt file (for
+example an `answer` column) arrive as keyword lists, one value per completion.
+"""
+
+KIND = {"good", "great", "fresh", "tasty", "lovely", "warm", "sweet", "crisp"}
+
+
+def kind_words(prompts, completions, **columns):
+    """+1 per kind word, capped at 2, minus 1 per repeated word: rewards kindness, not spam."""
+    scores = []
+    for text in completions:
+        words = text.split()
+        kind = min(sum(w in KIND for w in words), 2)
+        scores.append(float(kind - (len(words) - len(set(words)))))
+    return scores
+
+
+def exact_answer(prompts, completions, answer, **columns):
+    """1.0 when the completion contains the reference `answer` column, else 0.0."""
+    return [1.0 if str(a) in c else 0.0 for c, a in zip(completions, answer)]

@@ -1,0 +1,27 @@
+"""GRPO: group relative policy optimisation (Shao et al. 2024, DeepSeekMath, section 4.1).
+
+Each prompt is sampled ``num_generations`` times; a completion's advantage is its reward
+normalised within the group, (r - mean) / (std + eps), for every token (``scale_rewards: false``
+drops the division, as Dr. GRPO recommends). The KL to the reference is a loss term with the k3
+estimator by default (``kl_in: loss``, ``kl_estimator: k3``). The surrogate loss is averaged over
+all response tokens of a mini-batch; note that it is not a progress signal (it can sit near 0
+while the reward rises): watch ``reward`` and ``kl``.
+"""
+
+from __future__ import annotations
+
+from ..config import GRPOConfig
+from ..losses import grpo_advantages
+from .online import Algorithm, Experience, run_online
+from .rloo import sequence_rewards
+
+
+def run_grpo(cfg: GRPOConfig) -> dict:
+    def advantages(exp: Experience, kl_coef: float) -> dict:
+        rewards = sequence_rewards(exp, kl_coef, cfg.kl_in)
+        adv = grpo_advantages(rewards.view(-1, cfg.num_generations), scale=cfg.scale_rewards).reshape(-1)
+        exp.advantages = adv[:, None] * exp.mask
+        return {"total_reward": float(rewards.mean()), "non_score_reward": float((rewards - exp.scores).mean()),
+                "advantage_std": float(adv.std())}
+
+    return run_online(cfg, "grpo", Algorithm("grpo", advantages))

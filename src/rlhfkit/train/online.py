@@ -1,0 +1,350 @@
+"""The online RL engine PPO, RLOO and GRPO share: sample -> score -> advantages -> clipped updates.
+
+Each step takes ``batch_size`` prompts, samples ``num_generations`` completions of each with the
+KV-cache sampler, scores them with the reward sources, computes the reference log-probs and the
+per-token KL, lets the algorithm turn that into advantages, then runs ``ppo_epochs`` passes of
+PPO-clip updates over mini-batches. The algorithms differ only in :class:`Algorithm`'s hooks:
+
+  PPO   per-token rewards (score at the last token, -kl_coef * KL per token), a critic, GAE.
+  RLOO  one reward per sequence, baseline = the mean of the other completions of the prompt.
+  GRPO  group-normalised rewards, KL as a loss term (k3).
+
+Simplifications, on purpose: the log-probs the sampler returned are the "old" log-probs of the
+ratio (no second forward pass; the sampler's log-probs equal a fresh forward pass's, which
+tests/unit/test_generation.py checks). Log-probs use the sampling temperature throughout.
+Sampling and mini-batch order are seeded by (seed, step), so a resumed run draws exactly what
+the uninterrupted run drew.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..data import load_prompts
+from ..data.tokenize import prompt_ids
+from ..generation import generate
+from ..kl import make_kl_controller
+from ..losses import kl_estimate, masked_mean, masked_sum, ppo_policy_loss, token_logprobs
+from ..models import causal_lm_logits, load_causal_lm, load_tokenizer
+from ..rewards import make_reward
+from ..tracking import MetricsLogger
+from .loop import (Run, _fault_hook, _grad_norm, _skip_bad_step, batch_plan, finish, load_checkpoint,
+                   make_optimizer, save_checkpoint, start_run, step_indices)
+
+
+@dataclass
+class Experience:
+    """One step's samples, as right-padded prompt+response rows. Per-token tensors are in the
+    shifted layout (B, T-1): position t holds what concerns token t+1."""
+
+    input_ids: torch.Tensor        # (N, T)
+    attention_mask: torch.Tensor   # (N, T)
+    mask: torch.Tensor             # (N, T-1) float: 1 where token t+1 is a response token
+    old_logp: torch.Tensor         # (N, T-1) sampler log-probs
+    ref_logp: torch.Tensor         # (N, T-1)
+    kl: torch.Tensor               # (N, T-1) per-token KL estimate (configured estimator)
+    scores: torch.Tensor           # (N,) reward after penalty/clip/normalisation
+    raw_scores: torch.Tensor       # (N,) reward as the sources gave it
+    ended: torch.Tensor            # (N,) bool
+    texts: list[str]
+    advantages: torch.Tensor | None = None   # (N, T-1)
+    returns: torch.Tensor | None = None      # (N, T-1), PPO's value targets
+    values: torch.Tensor | None = None       # (N, T-1), PPO's critic at sampling time
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class Algorithm:
+    """A recipe's side of the engine."""
+
+    name: str
+    advantages: Callable[[Experience, float], dict]           # fills exp.advantages (+returns); returns metrics
+    build_model: Callable[[torch.nn.Module, Run], torch.nn.Module] = lambda policy, run: policy
+    policy_of: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model
+    values: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    value_loss: Callable[[torch.Tensor, Experience, torch.Tensor], tuple[torch.Tensor, dict]] | None = None
+    save_extra: Callable[[Run, torch.nn.Module], None] = lambda run, model: None
+    progress_keys: tuple[str, ...] = ("reward", "kl")
+
+
+def last_token_onehot(mask_BT: torch.Tensor) -> torch.Tensor:
+    """1 at each row's last response position (shifted layout), 0 elsewhere."""
+    idx = torch.arange(mask_BT.shape[1], device=mask_BT.device).expand_as(mask_BT)
+    last = (idx * mask_BT).argmax(dim=1, keepdim=True)
+    return torch.zeros_like(mask_BT).scatter_(1, last, 1.0) * (mask_BT.sum(1, keepdim=True) > 0)
+
+
+def sequence_kl(exp: Experience) -> torch.Tensor:
+    """(N,) summed per-token KL of each response."""
+    return masked_sum(exp.kl, exp.mask, dim=1)
+
+
+def policy_logprobs(policy, input_ids, attention_mask, temperature: float):
+    """(N, T-1) tempered log-probs of the next tokens, and the logits they came from."""
+    logits = causal_lm_logits(policy, input_ids, attention_mask)[:, :-1].float() / temperature
+    return token_logprobs(logits, input_ids[:, 1:]), logits
+
+
+def _entropy(logits_BTV: torch.Tensor, mask_BT: torch.Tensor) -> float:
+    logp = torch.log_softmax(logits_BTV.detach(), -1)
+    return float(masked_mean(-(logp.exp() * logp).sum(-1), mask_BT))
+
+
+class RunningMoments:
+    """Running mean/std of scores (Chan et al. parallel update), for ``normalize_reward``."""
+
+    def __init__(self, state: dict | None = None):
+        self.count, self.mean, self.m2 = (state or {}).get("moments", (0, 0.0, 0.0))
+
+    def update(self, x: torch.Tensor) -> None:
+        n, mean, var = x.numel(), float(x.mean()), float(x.var(unbiased=False))
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += var * n + delta ** 2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / max(self.count - 1, 1)) ** 0.5
+
+    def state(self) -> dict:
+        return {"moments": (self.count, self.mean, self.m2)}
+
+
+@dataclass
+class Engine:
+    """Everything one online run holds."""
+
+    run: Run
+    algo: Algorithm
+    tokenizer: object
+    model: torch.nn.Module
+    ref: torch.nn.Module
+    reward: object
+    prompts: list
+    prompt_rows: list[list[int]]
+    kl_ctl: object
+    moments: RunningMoments
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def policy(self):
+        return self.algo.policy_of(self.run.accelerator.unwrap_model(self.model))
+
+
+def _seeded(seed: int, step: int, salt: int, device="cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step * 7_919 + salt) % 2**63)
+
+
+def _score(eng: Engine, prompt_idx: list[int], texts: list[str], ended: torch.Tensor) -> tuple:
+    cfg = eng.run.cfg
+    prompts = [eng.prompts[i].prompt for i in prompt_idx]
+    columns: dict[str, list] = {}
+    for i in prompt_idx:
+        for k, v in eng.prompts[i].extra.items():
+            columns.setdefault(k, []).append(v)
+    columns = {k: v for k, v in columns.items() if len(v) == len(prompt_idx)}
+    raw = eng.reward(prompts, texts, **columns).float()
+    scores = raw.clone()
+    if cfg.missing_eos_penalty:
+        scores = scores - cfg.missing_eos_penalty * (~ended.cpu()).float()
+    if cfg.reward_clip > 0:
+        scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+    if cfg.normalize_reward:
+        eng.moments.update(scores)
+        scores = (scores - eng.moments.mean) / (eng.moments.std + 1e-8)
+    return raw, scores
+
+
+def _rows(eng: Engine, rows: list[list[int]], rollout) -> tuple[torch.Tensor, ...]:
+    """Right-padded prompt+response ids, attention mask, response mask and sampler log-probs
+    moved into the shifted layout."""
+    pad = eng.tokenizer.pad_token_id
+    lengths = rollout.mask.sum(1).tolist()
+    seqs = [p + rollout.response_ids[i, :n].tolist() for i, (p, n) in enumerate(zip(rows, lengths))]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    mask = torch.zeros(len(seqs), width - 1)
+    old = torch.zeros(len(seqs), width - 1)
+    for i, (p, s, n) in enumerate(zip(rows, seqs, lengths)):
+        ids[i, :len(s)] = torch.tensor(s)
+        attn[i, :len(s)] = 1
+        mask[i, len(p) - 1:len(p) - 1 + n] = 1
+        old[i, len(p) - 1:len(p) - 1 + n] = rollout.logprobs[i, :n].float().cpu()
+    return ids, attn, mask, old
+
+
+@torch.no_grad()
+def collect(eng: Engine, step: int, indices: list[int]) -> Experience:
+    """Sample, score and compute reference log-probs and KL for one step."""
+    cfg, run = eng.run.cfg, eng.run
+    prompt_idx = [i for i in indices for _ in range(cfg.num_generations)]
+    rows = [eng.prompt_rows[i] for i in prompt_idx]
+    t0 = time.perf_counter()
+    rollout = generate(eng.policy, eng.tokenizer, rows, cfg.max_new_tokens, temperature=cfg.temperature,
+                       top_k=cfg.top_k, top_p=cfg.top_p, stop_strings=cfg.stop_strings,
+                       generator=_seeded(cfg.seed, step, 1, run.device), batch_size=max(len(rows), 1))
+    t1 = time.perf_counter()
+    raw, scores = _score(eng, prompt_idx, rollout.texts, rollout.ended)
+    t2 = time.perf_counter()
+    ids, attn, mask, old = _rows(eng, rows, rollout)
+    dev = run.device
+    ids, attn, mask, old = ids.to(dev), attn.to(dev), mask.to(dev), old.to(dev)
+    with run.accelerator.autocast():
+        ref_logp = policy_logprobs(eng.ref, ids, attn, cfg.temperature)[0].float()
+    kl = kl_estimate(old, ref_logp, cfg.kl_estimator) * mask
+    exp = Experience(ids, attn, mask, old, ref_logp, kl, scores.to(dev), raw.to(dev), rollout.ended.to(dev),
+                     rollout.texts)
+    if eng.algo.values is not None:
+        eng.model.eval()
+        with run.accelerator.autocast():
+            exp.values = eng.algo.values(eng.model, ids, attn).float() * mask
+    eng.timings = {"time_generation": t1 - t0, "time_scoring": t2 - t1}
+    return exp
+
+
+def update(eng: Engine, exp: Experience, step: int, optimizer, scheduler, state: dict) -> dict:
+    """``ppo_epochs`` passes of clipped-surrogate updates over mini-batches of the experience."""
+    cfg, acc = eng.run.cfg, eng.run.accelerator
+    n = len(exp)
+    mini = cfg.mini_batch_size or n
+    micro = cfg.micro_batch_size or mini
+    sums: dict[str, float] = {}
+    updates = 0
+    eng.model.train()
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(n, generator=_seeded(cfg.seed, step, 100 + epoch)).tolist()
+        for start in range(0, n, mini):
+            idx = order[start:start + mini]
+            tokens = float(exp.mask[idx].sum().clamp(min=1))
+            stats: dict[str, float] = {}
+            for m in range(0, len(idx), micro):
+                part = idx[m:m + micro]
+                with acc.autocast():
+                    loss, mstats = _micro_loss(eng, exp, part, tokens)
+                acc.backward(loss)
+                for k, v in mstats.items():
+                    stats[k] = stats.get(k, 0.0) + v
+            stats["grad_norm"] = _grad_norm(acc, eng.model, cfg.max_grad_norm)
+            if all(torch.isfinite(torch.tensor(v)) for v in stats.values()):
+                optimizer.step()
+                state["bad_steps"] = 0
+            else:
+                _skip_bad_step(eng.run, optimizer, step, state)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            updates += 1
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+    return {k: v / updates for k, v in sums.items()}
+
+
+def _micro_loss(eng: Engine, exp: Experience, part: list[int], tokens: float) -> tuple[torch.Tensor, dict]:
+    """Loss of a micro-batch as its share of the mini-batch's token mean, and its statistics."""
+    cfg = eng.run.cfg
+    ids, attn, mask = exp.input_ids[part], exp.attention_mask[part], exp.mask[part]
+    share = float(mask.sum()) / tokens
+    logp, logits = policy_logprobs(eng.algo.policy_of(eng.model), ids, attn, cfg.temperature)
+    pg_loss, clip_frac, approx_kl = ppo_policy_loss(logp, exp.old_logp[part], exp.advantages[part], mask, cfg.cliprange)
+    loss = pg_loss
+    stats = {"policy_loss": pg_loss.item() * share, "clip_frac": float(clip_frac) * share,
+             "approx_kl": float(approx_kl) * share, "entropy": _entropy(logits, mask) * share}
+    if cfg.kl_in == "loss":
+        kl_loss = masked_mean(kl_estimate(logp, exp.ref_logp[part], cfg.kl_estimator), mask)
+        loss = loss + eng.kl_ctl.value * kl_loss
+        stats["kl_loss"] = kl_loss.item() * share
+    if eng.algo.value_loss is not None:
+        v_loss, v_stats = eng.algo.value_loss(eng.model, exp, torch.tensor(part))
+        loss = loss + cfg.vf_coef * v_loss
+        stats.update({k: v * share for k, v in v_stats.items()})
+    stats["loss"] = loss.item() * share
+    return loss * share, stats
+
+
+def _experience_metrics(eng: Engine, exp: Experience) -> dict:
+    seq_kl = sequence_kl(exp)
+    k1 = masked_sum(exp.old_logp - exp.ref_logp, exp.mask, dim=1)
+    k3 = masked_sum(kl_estimate(exp.old_logp, exp.ref_logp, "k3"), exp.mask, dim=1)
+    metrics = {"reward": float(exp.raw_scores.mean()), "reward_std": float(exp.raw_scores.std()) if len(exp) > 1 else 0.0,
+               "kl": float(seq_kl.mean()), "kl_k1": float(k1.mean()), "kl_k3": float(k3.mean()),
+               "kl_coef": eng.kl_ctl.value, "response_length": float(exp.mask.sum(1).mean()),
+               "eos_rate": float(exp.ended.float().mean())}
+    parts = getattr(eng.reward, "last_parts", {})
+    if len(parts) > 1:
+        metrics.update({f"reward/{k}": v for k, v in parts.items()})
+    return metrics
+
+
+def run_online(cfg, stage: str, algo: Algorithm) -> dict:
+    """Load, then loop: collect -> advantages -> update -> log -> checkpoint."""
+    prompts = load_prompts(cfg.data)
+    if cfg.temperature <= 0:
+        raise ValueError("online RL samples from the policy: temperature must be > 0")
+    run = start_run(cfg, stage)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    load = dict(trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    policy = load_causal_lm(cfg.model, **load).to(run.device)
+    ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, **load).to(run.device).eval().requires_grad_(False)
+    reward = make_reward(cfg.reward_model, cfg.reward_fn, cfg.reward_weights, run.device, cfg.trust_remote_code)
+    model = algo.build_model(policy, run).to(run.device)
+    run.start_clock()
+    rows = [prompt_ids(tokenizer, p.prompt)[-cfg.max_prompt_length:] for p in prompts]
+    steps_per_epoch, total, _ = batch_plan(len(prompts), cfg, run.accelerator.num_processes)
+    mini = cfg.mini_batch_size or cfg.batch_size * cfg.num_generations
+    updates_per_step = cfg.ppo_epochs * -(-cfg.batch_size * cfg.num_generations // mini)
+    optimizer, scheduler = make_optimizer(model, cfg, total * updates_per_step)
+    model, optimizer = run.accelerator.prepare(model, optimizer)
+    state = {"bad_steps": 0, "skipped_steps": 0}
+    kl_ctl = make_kl_controller(cfg.kl_coef, cfg.kl_target or None, cfg.kl_horizon)
+    if cfg.resume:
+        run.start_step = load_checkpoint(run, run.accelerator.unwrap_model(model), optimizer, scheduler, state)
+        kl_ctl.load_state_dict(state.get("kl_controller", kl_ctl.state_dict()))
+    eng = Engine(run, algo, tokenizer, model, ref, reward, prompts, rows, kl_ctl, RunningMoments(state))
+    return _loop(eng, optimizer, scheduler, state, steps_per_epoch, total, policy)
+
+
+def _loop(eng: Engine, optimizer, scheduler, state: dict, steps_per_epoch: int, total: int, policy) -> dict:
+    from tqdm.auto import tqdm
+
+    run, cfg = eng.run, eng.run.cfg
+    logger = MetricsLogger(run.output_dir, cfg.report_to, run.is_main,
+                           resume_step=run.start_step if cfg.resume else None, run_name=f"rlhfkit-{run.stage}")
+    bar = tqdm(total=total, initial=run.start_step, disable=not run.is_main, desc=run.stage, dynamic_ncols=True)
+    last: dict = {}
+    samples: list[str] = []
+    try:
+        for step in range(run.start_step, total):
+            _fault_hook(step)
+            indices = step_indices(step, len(eng.prompts), cfg.batch_size, steps_per_epoch, cfg.seed)
+            exp = collect(eng, step, indices)
+            metrics = _experience_metrics(eng, exp)
+            metrics.update(eng.algo.advantages(exp, eng.kl_ctl.value))
+            t0 = time.perf_counter()
+            metrics.update(update(eng, exp, step, optimizer, scheduler, state))
+            metrics.update(eng.timings, time_training=time.perf_counter() - t0, lr=scheduler.get_last_lr()[0],
+                           skipped_steps=state["skipped_steps"])
+            eng.kl_ctl.update(metrics["kl"], len(exp))
+            last, done, samples = metrics, step + 1, exp.texts[:4]
+            if done % cfg.logging_steps == 0 or done == total:
+                logger.log(done, metrics)
+            if cfg.save_steps and done % cfg.save_steps == 0 and done != total:
+                state.update(kl_controller=eng.kl_ctl.state_dict(), **eng.moments.state())
+                save_checkpoint(run, run.accelerator.unwrap_model(eng.model), optimizer, scheduler, done, state)
+            bar.update(1)
+            bar.set_postfix({k: f"{metrics[k]:.4g}" for k in eng.algo.progress_keys if k in metrics})
+        bar.close()
+    finally:
+        logger.close()
+    summary = {"stage": run.stage, "steps": total, "train_seconds": round(time.perf_counter() - run.clock_start, 3),
+               "resumed_from_step": run.start_step, "skipped_steps": state["skipped_steps"], "train": last,
+               "final_kl_coef": eng.kl_ctl.value, "samples": samples}
+    eng.algo.save_extra(run, run.accelerator.unwrap_model(eng.model))
+    return finish(run, policy, eng.tokenizer, summary)

@@ -1,0 +1,95 @@
+"""PPO with a learned critic (Schulman et al. 2017; for RLHF: Ziegler et al. 2019, Ouyang et al.
+2022; implementation details after Huang et al. 2024, "The N+ implementation details of RLHF").
+
+Per-token rewards: -kl_coef * KL_t at every response token (``kl_in: reward``), plus the score
+at the last token. A critic predicts the value of each prefix; GAE(gamma, lam) turns rewards and
+values into advantages (whitened over the batch) and value targets. The critic is a network of
+its own, initialised from ``value_model``, else the reward model, else the policy
+(``value_head: separate``), or a linear head on the policy's last hidden state
+(``value_head: shared``). Policy and critic share one optimiser; the loss is the clipped
+surrogate + ``vf_coef`` x the clipped value loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import PPOConfig
+from ..losses import gae, ppo_value_loss, whiten
+from ..models import causal_lm_logits, load_reward_model, position_ids_from_mask, save_model
+from .online import Algorithm, Experience, last_token_onehot, run_online
+
+
+class ActorCritic(torch.nn.Module):
+    """The policy and its critic, trained together. ``critic`` None means a shared-backbone head."""
+
+    def __init__(self, policy, critic=None):
+        super().__init__()
+        self.policy, self.critic = policy, critic
+        if critic is None:
+            self.value_head = torch.nn.Linear(policy.config.hidden_size, 1)
+            torch.nn.init.normal_(self.value_head.weight, std=1 / (policy.config.hidden_size + 1) ** 0.5)
+            torch.nn.init.zeros_(self.value_head.bias)
+
+    def values(self, input_ids, attention_mask) -> torch.Tensor:
+        """(N, T-1): V(prefix up to t), aligned with the shifted per-token layout."""
+        pos = position_ids_from_mask(attention_mask)
+        if self.critic is None:
+            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                              output_hidden_states=True, use_cache=False)
+            return self.value_head(out.hidden_states[-1]).squeeze(-1)[:, :-1]
+        backbone = getattr(self.critic, self.critic.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                          use_cache=False).last_hidden_state
+        return self.critic.score(hidden).squeeze(-1)[:, :-1]
+
+
+def build_critic(cfg: PPOConfig, policy, run):
+    if cfg.value_head == "shared":
+        return ActorCritic(policy)
+    from ..models import load_tokenizer
+
+    path = cfg.value_model or cfg.reward_model or cfg.model
+    critic = load_reward_model(path, load_tokenizer(path, cfg.trust_remote_code), trust_remote_code=cfg.trust_remote_code)
+    if not hasattr(critic, "score"):
+        raise ValueError(f"value_model {path}: the critic needs a decoder with a per-token `score` head; "
+                         "use value_model: <a causal LM folder> or value_head: shared")
+    return ActorCritic(policy, critic)
+
+
+def run_ppo(cfg: PPOConfig) -> dict:
+    def advantages(exp: Experience, kl_coef: float) -> dict:
+        last = last_token_onehot(exp.mask)
+        kl_reward = -kl_coef * exp.kl if cfg.kl_in == "reward" else torch.zeros_like(exp.kl)
+        rewards = kl_reward + exp.scores[:, None] * last
+        adv, returns = gae(rewards, exp.values, exp.mask, cfg.gamma, cfg.lam)
+        exp.returns = returns
+        exp.advantages = whiten(adv, exp.mask) if cfg.whiten_advantages else adv
+        non_score = (kl_reward * exp.mask).sum(1)
+        return {"non_score_reward": float(non_score.mean()), "total_reward": float((exp.scores + non_score).mean())}
+
+    def value_loss(model, exp: Experience, part):
+        values = model.values(exp.input_ids[part], exp.attention_mask[part]).float()
+        loss, clip_frac = ppo_value_loss(values, exp.values[part], exp.returns[part], exp.mask[part],
+                                         cfg.cliprange_value)
+        mask = exp.mask[part]
+        resid = (exp.returns[part] - values.detach())[mask.bool()]
+        target = exp.returns[part][mask.bool()]
+        explained = 1 - resid.var() / target.var().clamp(min=1e-8) if target.numel() > 1 else torch.tensor(0.0)
+        return loss, {"value_loss": loss.item(), "value_clip_frac": float(clip_frac),
+                      "explained_variance": float(explained)}
+
+    def save_extra(run, model):
+        if not run.is_main:
+            return
+        if model.critic is not None:
+            save_model(model.critic, None, run.output_dir / "value_model")
+        else:
+            from safetensors.torch import save_file
+
+            save_file(model.value_head.state_dict(), str(run.output_dir / "value_head.safetensors"))
+
+    algo = Algorithm("ppo", advantages, build_model=lambda policy, run: build_critic(cfg, policy, run),
+                     policy_of=lambda model: model.policy, values=lambda model, ids, attn: model.values(ids, attn),
+                     value_loss=value_loss, save_extra=save_extra)
+    return run_online(cfg, "ppo", algo)

@@ -1,0 +1,121 @@
+"""Online RL learns on a rule-based reward, reports KL, and responds to the KL levers.
+
+Task: the toy world's SFT model reviews dishes kindly about half the time; the reward is
+kind words minus unkind words (``rlhfkit.world.toy:kind_reward``). Every run starts from the
+same SFT model with the same prompts.
+"""
+
+import json
+
+import pytest
+
+from rlhfkit.best_of_n import kl_bound, run_best_of_n
+from rlhfkit.config import BestOfNConfig, GRPOConfig, PPOConfig, RLOOConfig, RMConfig
+from rlhfkit.train.grpo import run_grpo
+from rlhfkit.train.ppo import run_ppo
+from rlhfkit.train.rloo import run_rloo
+
+pytestmark = pytest.mark.slow
+REWARD = ["rlhfkit.world.toy:kind_reward"]
+
+
+def _common(world_dir, sft_dir, out, **kw):
+    base = dict(model=sft_dir, data=world_dir["prompts"], output_dir=str(out), reward_fn=REWARD, max_new_tokens=12,
+                batch_size=8, learning_rate=5e-4, max_steps=20, max_length=32, max_prompt_length=16, seed=0)
+    return {**base, **kw}
+
+
+def _rows(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _mean(rows, key, sl):
+    vals = [r[key] for r in rows[sl]]
+    return sum(vals) / len(vals)
+
+
+RUNNERS = {
+    "ppo": (run_ppo, PPOConfig, dict(num_generations=2)),
+    "rloo": (run_rloo, RLOOConfig, dict(num_generations=4)),
+    "grpo": (run_grpo, GRPOConfig, dict(num_generations=4)),
+}
+
+
+@pytest.mark.parametrize("algo", ["ppo", "rloo", "grpo"])
+def test_reward_rises_with_kl_reported(world_dir, sft_dir, tmp_path, algo):
+    run, cls, extra = RUNNERS[algo]
+    summary = run(cls(**_common(world_dir, sft_dir, tmp_path, **extra)))
+    rows = _rows(tmp_path)
+    assert len(rows) == 20 and summary["steps"] == 20
+    start, end = _mean(rows, "reward", slice(0, 3)), _mean(rows, "reward", slice(-5, None))
+    # the SFT model scores about 0 (half kind, half unkind); the best possible review scores 2
+    assert start < 0.5 and end >= start + 0.5, (start, end)
+    for r in rows:
+        assert {"kl", "kl_k1", "kl_k3", "entropy", "clip_frac", "approx_kl", "response_length", "eos_rate",
+                "time_generation", "time_scoring", "time_training", "total_reward", "non_score_reward"} <= set(r)
+        assert r["kl_k3"] >= 0.0
+    assert _mean(rows, "kl", slice(-5, None)) > 0.0
+
+
+def test_ppo_metrics_and_critic_outputs(world_dir, sft_dir, tmp_path):
+    run_ppo(PPOConfig(**_common(world_dir, sft_dir, tmp_path, max_steps=3, num_generations=2)))
+    rows = _rows(tmp_path)
+    assert {"value_loss", "explained_variance", "value_clip_frac"} <= set(rows[-1])
+    assert (tmp_path / "value_model" / "model.safetensors").exists()
+    assert (tmp_path / "model.safetensors").exists()
+
+
+def test_ppo_shared_value_head(world_dir, sft_dir, tmp_path):
+    summary = run_ppo(PPOConfig(**_common(world_dir, sft_dir, tmp_path, max_steps=3, value_head="shared")))
+    assert summary["steps"] == 3 and (tmp_path / "value_head.safetensors").exists()
+
+
+def test_larger_kl_coef_ends_at_smaller_kl(world_dir, sft_dir, tmp_path):
+    kls = {}
+    for coef in (0.0, 1.0):
+        out = tmp_path / f"coef{coef}"
+        run_rloo(RLOOConfig(**_common(world_dir, sft_dir, out, num_generations=4, kl_coef=coef)))
+        kls[coef] = _mean(_rows(out), "kl", slice(-5, None))
+    assert kls[1.0] < 0.5 * kls[0.0], kls
+
+
+def test_adaptive_controller_moves_kl_toward_target(world_dir, sft_dir, tmp_path):
+    """From the same small coefficient, the fixed run drifts far past the target; the adaptive run
+    raises its coefficient and ends nearer the target."""
+    target = 0.5
+    fixed, adaptive = tmp_path / "fixed", tmp_path / "adaptive"
+    run_rloo(RLOOConfig(**_common(world_dir, sft_dir, fixed, num_generations=4, kl_coef=0.01, max_steps=30)))
+    run_rloo(RLOOConfig(**_common(world_dir, sft_dir, adaptive, num_generations=4, kl_coef=0.01, max_steps=30,
+                                  kl_target=target, kl_horizon=16)))
+    f_rows, a_rows = _rows(fixed), _rows(adaptive)
+    assert all(r["kl_coef"] == 0.01 for r in f_rows)
+    assert a_rows[-1]["kl_coef"] > 0.1  # 10x the start: KL sat above target
+    f_kl, a_kl = _mean(f_rows, "kl", slice(-5, None)), _mean(a_rows, "kl", slice(-5, None))
+    assert f_kl > target and abs(a_kl - target) < abs(f_kl - target), (f_kl, a_kl)
+
+
+def test_ppo_with_a_trained_reward_model(world_dir, sft_dir, tmp_path):
+    from rlhfkit.train.rm import run_rm
+
+    rm_dir = tmp_path / "rm"
+    run_rm(RMConfig(model=sft_dir, data=world_dir["prefs"], output_dir=str(rm_dir), max_steps=40, batch_size=32,
+                    learning_rate=1e-3, max_length=32, max_prompt_length=16))
+    out = tmp_path / "ppo"
+    summary = run_ppo(PPOConfig(**_common(world_dir, sft_dir, out, reward_fn=[], reward_model=str(rm_dir),
+                                          num_generations=2, max_steps=12)))
+    rows = _rows(out)
+    assert summary["steps"] == 12
+    assert _mean(rows, "reward", slice(-4, None)) > _mean(rows, "reward", slice(0, 3))
+    # the critic starts from the reward model
+    assert (out / "value_model" / "config.json").exists()
+
+
+def test_best_of_n(world_dir, sft_dir, tmp_path):
+    summary = run_best_of_n(BestOfNConfig(model=sft_dir, data=world_dir["prompts"], output_dir=str(tmp_path), n=4,
+                                          reward_fn=REWARD, max_new_tokens=12))
+    assert summary["kl_bound"] == pytest.approx(0.6362944, abs=1e-6)  # ln 4 - 3/4
+    assert kl_bound(1) == 0.0
+    rows = [json.loads(x) for x in (tmp_path / "best_of_n.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and all(len(r["candidates"]) == 4 for r in rows)
+    assert all(r["reward"] == max(r["rewards"]) for r in rows)
+    assert summary["mean_reward_best"] > summary["mean_reward_all"] + 0.3

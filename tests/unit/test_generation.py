@@ -1,0 +1,324 @@
+"""The KV-cache sampler against references: HF ``generate`` (greedy), a full forward pass
+(log-probs), and hand-written rules for EOS, stop strings, seeds and truncation.
+
+Two tiny random models: the Llama from ``make_tiny_model_dir`` (rotary positions, so a constant
+position shift per row changes nothing) and a GPT-2 (absolute positions: a left-padded row whose
+positions are not counted from the mask generates different tokens, so position bugs show).
+Default initialisation (std 0.02) gives near-uniform logits on which greedy decoding just repeats
+the last prompt token; ``_spread`` redraws the weight matrices with std 0.1 so outputs vary.
+"""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from rlhfkit.generation import Rollout, eos_ids, generate, sample
+from rlhfkit.models import build_word_tokenizer, load_causal_lm, load_tokenizer, make_tiny_model_dir
+
+TEXTS = ["the quick brown fox jumps over the lazy dog", "a cat sat on a mat and then ran home",
+         "red green blue yellow purple orange"]
+PROMPTS = ["the quick brown fox", "a", "red green blue yellow purple orange cat", "then ran"]
+
+
+def _spread(model, std: float = 0.1, seed: int = 1):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, std)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    path = make_tiny_model_dir(tmp_path_factory.mktemp("llama"), TEXTS)
+    return load_tokenizer(path), _spread(load_causal_lm(path))
+
+
+@pytest.fixture(scope="module")
+def gpt2(llama):
+    tok = llama[0]
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    return tok, _spread(GPT2LMHeadModel(config))
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def lm(request):
+    return request.getfixturevalue(request.param)
+
+
+def _prompt_rows(tok, prompts=PROMPTS):
+    return [tok(p)["input_ids"] for p in prompts]
+
+
+def _left_pad(rows, pad):
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def _responses(rollout: Rollout) -> list[list[int]]:
+    return [r[m.bool()].tolist() for r, m in zip(rollout.response_ids, rollout.mask)]
+
+
+def _reference_logprobs(model, rollout: Rollout, temperature: float, side: str) -> torch.Tensor:
+    """log softmax(logits / T) of each response token from one plain forward over prompt + response."""
+    rows = [p + r for p, r in zip(rollout.prompt_ids, _responses(rollout))]
+    width = max(map(len, rows))
+    pads = [[0] * (width - len(r)) for r in rows]
+    ids = torch.tensor([p + r if side == "left" else r + p for p, r in zip(pads, rows)])
+    mask = torch.tensor([[0] * len(p) + [1] * len(r) if side == "left" else [1] * len(r) + [0] * len(p)
+                         for p, r in zip(pads, rows)])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    out = torch.zeros_like(rollout.logprobs)
+    for i, (prompt, response) in enumerate(zip(rollout.prompt_ids, _responses(rollout))):
+        start = (width - len(rows[i]) if side == "left" else 0) + len(prompt) - 1  # logits that predict token 0
+        at = torch.arange(len(response)) + start
+        out[i, :len(response)] = logp[i, at, torch.tensor(response, dtype=torch.long)]
+    return out
+
+
+# --------------------------------------------------------------------------- 1. greedy == HF generate
+
+
+def test_greedy_equals_hf_generate_with_left_padding(lm):
+    tok, model = lm
+    rows = _prompt_rows(tok)
+    assert len({len(r) for r in rows}) == len(rows), "prompts must differ in length to exercise left padding"
+    ends = eos_ids(tok, model)
+    ours = generate(model, tok, rows, max_new_tokens=16, temperature=0.0)
+    ids, mask = _left_pad(rows, tok.pad_token_id)
+    hf = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=16,
+                        pad_token_id=tok.pad_token_id, eos_token_id=ends)[:, ids.shape[1]:]
+    assert ours.response_ids.shape == hf.shape
+    assert torch.equal(ours.response_ids, hf)
+    assert len({tuple(r) for r in _responses(ours)}) > 1, "degenerate model: every row generated the same"
+
+
+def test_chunked_equals_one_batch(llama):
+    tok, model = llama
+    rows = _prompt_rows(tok) + _prompt_rows(tok, ["dog", "purple orange cat sat"])
+    one = generate(model, tok, rows, max_new_tokens=10, temperature=0.0, batch_size=64)
+    chunked = generate(model, tok, rows, max_new_tokens=10, temperature=0.0, batch_size=2)
+    assert torch.equal(one.response_ids, chunked.response_ids) and torch.equal(one.mask, chunked.mask)
+    torch.testing.assert_close(one.logprobs, chunked.logprobs, atol=1e-5, rtol=0)
+    assert one.prompt_ids == rows and chunked.texts == one.texts
+
+
+# --------------------------------------------------------------------------- 2. log-probs == full forward
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (0.7, 5, 0.8)])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_logprobs_equal_full_forward(lm, temperature, top_k, top_p, side):
+    tok, model = lm
+    gen = torch.Generator().manual_seed(3)
+    rollout = generate(model, tok, _prompt_rows(tok), max_new_tokens=12, temperature=temperature, top_k=top_k,
+                       top_p=top_p, generator=gen)
+    assert rollout.logprobs.dtype == torch.float32
+    assert torch.all(rollout.logprobs[rollout.mask == 0] == 0)
+    assert torch.all(rollout.logprobs[rollout.mask == 1] < 0)
+    reference = _reference_logprobs(model, rollout, temperature, side)
+    torch.testing.assert_close(rollout.logprobs, reference, atol=1e-5, rtol=0)
+
+
+def test_greedy_logprobs_are_untempered(llama):
+    tok, model = llama
+    rollout = generate(model, tok, _prompt_rows(tok), max_new_tokens=8, temperature=0.0)
+    torch.testing.assert_close(rollout.logprobs, _reference_logprobs(model, rollout, 1.0, "right"),
+                               atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- 3. EOS
+
+
+def _free_run(tok, model, rows, n=12):
+    """Greedy tokens with no end token at all: every row runs the full n steps."""
+    rollout = generate(model, tok, rows, max_new_tokens=n, temperature=0.0, eos_token_ids=[])
+    assert rollout.mask.all() and not rollout.ended.any()
+    return rollout.response_ids.tolist()
+
+
+def test_eos_ends_row_and_rows_without_eos_run_to_the_limit(lm):
+    tok, model = lm
+    rows = _prompt_rows(tok)
+    free = _free_run(tok, model, rows)
+    # An "EOS" that some rows emit (not at step 0) and at least one row never emits.
+    eos = next(t for r in free for t in r[1:] if t not in r[0:1] and any(t not in other for other in free))
+    out = generate(model, tok, rows, max_new_tokens=12, temperature=0.0, eos_token_ids=[eos])
+    assert out.ended.any() and not out.ended.all()
+    for i, tokens in enumerate(free):
+        if eos in tokens:
+            k = tokens.index(eos)
+            assert out.ended[i]
+            assert out.mask[i].tolist() == [1] * (k + 1) + [0] * (out.mask.shape[1] - k - 1)
+            assert out.response_ids[i, :k + 1].tolist() == tokens[:k + 1]  # EOS itself included
+            assert torch.all(out.response_ids[i, k + 1:] == tok.pad_token_id)
+            assert torch.all(out.logprobs[i, k + 1:] == 0)
+        else:  # cut by max_new_tokens; must be unaffected by other rows leaving the batch
+            assert not out.ended[i]
+            assert out.mask[i].sum() == 12 and out.response_ids[i].tolist() == tokens
+
+
+def test_all_rows_ending_early_stops_the_loop(llama):
+    tok, model = llama
+    rows = _prompt_rows(tok)
+    free = _free_run(tok, model, rows)
+    ends = sorted({r[1] for r in free})  # every row's second token ends it
+    out = generate(model, tok, rows, max_new_tokens=12, temperature=0.0, eos_token_ids=ends)
+    assert out.ended.all()
+    longest = max(min(r.index(e) for e in ends if e in r) + 1 for r in free)
+    assert out.response_ids.shape == (len(rows), longest) and out.mask.sum(1).max() == longest
+
+
+def test_default_end_tokens_include_tokenizer_eos(llama):
+    tok, model = llama
+    assert tok.eos_token_id in eos_ids(tok, model)
+    rows = _prompt_rows(tok)
+    free = _free_run(tok, model, rows)
+    out = generate(model, tok, rows, max_new_tokens=12, temperature=0.0)
+    for i, tokens in enumerate(free):
+        assert bool(out.ended[i]) == (tok.eos_token_id in tokens)
+
+
+# --------------------------------------------------------------------------- 4. stop strings
+
+
+def _expected_stop(tok, tokens, stop):
+    """(steps kept, ended) by the rule: stop at the first token after which the decoded text contains ``stop``."""
+    for t in range(len(tokens)):
+        if stop in tok.decode(tokens[:t + 1], skip_special_tokens=True):
+            return t + 1, True
+    return len(tokens), False
+
+
+@pytest.mark.parametrize("span", [1, 2])
+def test_stop_strings_end_rows_and_are_cut_from_texts(llama, span):
+    tok, model = llama
+    rows = _prompt_rows(tok)
+    free = _free_run(tok, model, rows)
+    specials = set(tok.all_special_ids)  # a special-token stop string is an end id (tested below)
+    at = next(j for j in range(1, 12 - span) if not specials & set(free[0][j:j + span]))
+    stop = tok.decode(free[0][at:at + span])  # one word, or two words across a token boundary
+    out = generate(model, tok, rows, max_new_tokens=12, temperature=0.0, stop_strings=[stop], eos_token_ids=[])
+    assert out.ended[0]
+    for i, tokens in enumerate(free):
+        kept, ended = _expected_stop(tok, tokens, stop)
+        assert out.mask[i].sum() == kept and bool(out.ended[i]) == ended
+        assert out.response_ids[i, :kept].tolist() == tokens[:kept]
+        full = tok.decode(tokens[:kept], skip_special_tokens=True)
+        assert out.texts[i] == (full[:full.index(stop)] if ended else full)
+        assert stop not in out.texts[i]
+
+
+def test_special_token_stop_string_acts_as_end_id(llama):
+    tok, model = llama
+    rows = _prompt_rows(tok)
+    by_id = generate(model, tok, rows, max_new_tokens=12, temperature=0.0, eos_token_ids=[tok.eos_token_id])
+    by_string = generate(model, tok, rows, max_new_tokens=12, temperature=0.0, eos_token_ids=[],
+                         stop_strings=[tok.eos_token])
+    assert torch.equal(by_id.response_ids, by_string.response_ids) and torch.equal(by_id.ended, by_string.ended)
+
+
+# --------------------------------------------------------------------------- 5. seeds, 6. top-k
+
+
+def test_seeded_generator_reproduces_and_seeds_differ(llama):
+    tok, model = llama
+    rows = _prompt_rows(tok) * 2
+
+    def run(seed):
+        return generate(model, tok, rows, max_new_tokens=12, temperature=1.0, top_p=0.95,
+                        generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = run(7), run(7), run(8)
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.logprobs, b.logprobs)
+    assert torch.equal(a.mask, b.mask) and a.texts == b.texts
+    assert not torch.equal(a.response_ids, c.response_ids)
+
+
+def test_top_k_1_sampling_equals_greedy(lm):
+    tok, model = lm
+    rows = _prompt_rows(tok)
+    greedy = generate(model, tok, rows, max_new_tokens=12, temperature=0.0)
+    top1 = generate(model, tok, rows, max_new_tokens=12, temperature=1.0, top_k=1,
+                    generator=torch.Generator().manual_seed(0))
+    assert torch.equal(greedy.response_ids, top1.response_ids)
+    torch.testing.assert_close(greedy.logprobs, top1.logprobs, atol=1e-6, rtol=0)  # same distribution at T=1
+
+
+def test_tiny_top_p_is_greedy(llama):
+    tok, model = llama
+    rows = _prompt_rows(tok)
+    greedy = generate(model, tok, rows, max_new_tokens=12, temperature=0.0)
+    nucleus = generate(model, tok, rows, max_new_tokens=12, temperature=1.0, top_p=1e-6,
+                       generator=torch.Generator().manual_seed(0))
+    assert torch.equal(greedy.response_ids, nucleus.response_ids)
+
+
+# --------------------------------------------------------------------------- 7. eos_ids
+
+
+def test_eos_ids_include_chat_end_of_turn_and_generation_config(llama):
+    tok = build_word_tokenizer(TEXTS)
+    tok.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>", "<|end|>"]})
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    end = tok.convert_tokens_to_ids("<|end|>")
+    assert eos_ids(tok) == [tok.eos_token_id, end]
+
+    _, model = llama
+    model.generation_config.eos_token_id = [tok.eos_token_id, 9, 11]
+    try:
+        assert eos_ids(tok, model) == [tok.eos_token_id, 9, 11, end]
+        model.generation_config.eos_token_id = 9
+        assert eos_ids(tok, model) == [tok.eos_token_id, 9, end]
+    finally:
+        model.generation_config.eos_token_id = tok.eos_token_id
+
+
+def test_eos_ids_find_chatml_end_and_ignore_missing_template():
+    tok = build_word_tokenizer(TEXTS)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> "
+                         "{% endfor %}")
+    assert eos_ids(tok) == [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
+    tok.chat_template = None
+    assert eos_ids(tok) == [tok.eos_token_id]
+
+
+# --------------------------------------------------------------------------- sample() and housekeeping
+
+
+def test_sample_strings_and_chat_prompts(llama):
+    tok, model = llama
+    model.train()
+    prompts = ["the quick brown fox", [{"role": "user", "content": "a cat sat"}]] * 3
+    texts = sample(model, tok, prompts, max_new_tokens=6, temperature=1.0, batch_size=4, seed=5)
+    assert model.training, "train/eval mode must be restored"
+    model.eval()
+    assert len(texts) == 6 and all(isinstance(t, str) and t == t.strip() for t in texts)
+    assert texts == sample(model, tok, prompts, max_new_tokens=6, temperature=1.0, batch_size=4, seed=5)
+    assert all(w in tok.get_vocab() for t in texts for w in t.split())
+    greedy = sample(model, tok, prompts, max_new_tokens=6, temperature=0.0)
+    assert greedy[0] == greedy[2] and greedy[1] == greedy[3]
+
+
+def test_texts_and_edge_cases(llama):
+    tok, model = llama
+    rows = _prompt_rows(tok)
+    out = generate(model, tok, rows, max_new_tokens=5, temperature=0.0)
+    assert out.texts == tok.batch_decode(_responses(out), skip_special_tokens=True)
+    assert out.response_ids.dtype == torch.long and out.mask.dtype == torch.long and out.ended.dtype == torch.bool
+    empty = generate(model, tok, rows, max_new_tokens=0)
+    assert empty.response_ids.shape == (4, 0) and empty.texts == [""] * 4 and not empty.ended.any()
+    for bad in (dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-1), dict(batch_size=0)):
+        with pytest.raises(ValueError):
+            generate(model, tok, rows, max_new_tokens=4, **bad)
+    with pytest.raises(ValueError):
+        generate(model, tok, [[]], max_new_tokens=4)

@@ -1,0 +1,62 @@
+"""Pieces of the online engine that are plain arithmetic."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rlhfkit.train.online import Experience, RunningMoments, _score, last_token_onehot, sequence_kl
+
+
+def test_last_token_onehot():
+    mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0.0]])
+    expected = torch.tensor([[0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0.0]])
+    assert torch.equal(last_token_onehot(mask), expected)
+
+
+def test_running_moments_match_the_whole_sample():
+    torch.manual_seed(0)
+    a, b = torch.randn(7) * 3 + 1, torch.randn(5) - 2
+    m = RunningMoments()
+    m.update(a)
+    m.update(b)
+    both = torch.cat([a, b])
+    assert m.mean == pytest.approx(float(both.mean()), abs=1e-6)
+    assert m.std == pytest.approx(float(both.std()), abs=1e-6)  # unbiased
+    restored = RunningMoments(m.state())
+    assert (restored.count, restored.mean, restored.std) == (m.count, m.mean, m.std)
+
+
+class _Const:
+    def __call__(self, prompts, completions, **columns):
+        return torch.tensor([1.0, 5.0, -4.0])
+
+
+def _engine(**cfg):
+    base = dict(missing_eos_penalty=0.0, reward_clip=0.0, normalize_reward=False)
+    prompts = [SimpleNamespace(prompt=f"p{i}", extra={}) for i in range(3)]
+    return SimpleNamespace(run=SimpleNamespace(cfg=SimpleNamespace(**{**base, **cfg})), prompts=prompts,
+                           reward=_Const(), moments=RunningMoments())
+
+
+def test_missing_eos_penalty_and_clip():
+    """raw [1, 5, -4]; rows 0 and 2 hit max_new_tokens without EOS: -2 each -> [-1, 5, -6];
+    clip at 3 -> [-1, 3, -3]. The raw scores are kept for logging."""
+    raw, scores = _score(_engine(missing_eos_penalty=2.0, reward_clip=3.0), [0, 1, 2], ["a", "b", "c"],
+                         torch.tensor([False, True, False]))
+    assert raw.tolist() == [1.0, 5.0, -4.0]
+    assert scores.tolist() == [-1.0, 3.0, -3.0]
+
+
+def test_normalize_reward():
+    """[1, 5, -4]: mean 2/3, unbiased std sqrt(((1/3)^2 + (13/3)^2 + (14/3)^2) / 2) = 4.5092498."""
+    _, scores = _score(_engine(normalize_reward=True), [0, 1, 2], ["a", "b", "c"], torch.tensor([True] * 3))
+    expected = (torch.tensor([1.0, 5.0, -4.0]) - 2 / 3) / 4.5092498
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-5)
+
+
+def test_sequence_kl_sums_response_tokens():
+    kl = torch.tensor([[0.5, 1.0, 9.0], [0.25, 0.25, 0.25]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1.0]])
+    exp = Experience(*(torch.zeros(2, 3),) * 2, mask, *(torch.zeros(2, 3),) * 2, kl, *(torch.zeros(2),) * 3, ["a", "b"])
+    assert sequence_kl(exp).tolist() == [1.5, 0.75]
