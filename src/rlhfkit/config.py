@@ -94,15 +94,9 @@ class DPOConfig(TrainConfig):
 
 
 @dataclass
-class OnlineConfig(TrainConfig):
-    """Fields shared by the online RL trainers (PPO, RLOO, GRPO): sample, score, update.
+class SamplingConfig:
+    """Reward sources and sampling settings, shared by the online trainers and best-of-N."""
 
-    ``batch_size`` counts prompts per step; each is sampled ``num_generations`` times.
-    """
-
-    data: str = _f("", "Prompts: records with a `prompt` (string or messages); other columns reach reward functions (required).")
-    learning_rate: float = _f(1e-6, "Peak AdamW learning rate.")
-    ref_model: str = _f("", "Frozen reference for the KL penalty; empty means the starting `model`.")
     reward_model: str = _f("", "Reward-model folder (from `rlhfkit rm`) used as a reward source.")
     reward_fn: list[str] = _f([], "Reward functions `path/to/file.py:name` or `module:name`, TRL signature fn(prompts, completions, **columns) -> list[float].")
     reward_weights: list[float] = _f([], "One weight per reward source (reward_model first, then reward_fn in order); default all 1.")
@@ -111,6 +105,18 @@ class OnlineConfig(TrainConfig):
     top_k: int = _f(0, "Sample from the k most likely tokens only; 0 disables.")
     top_p: float = _f(1.0, "Nucleus sampling threshold; 1 disables.")
     stop_strings: list[str] = _f([], "Strings that end a response (besides the tokenizer's and chat template's EOS).")
+
+
+@dataclass
+class OnlineConfig(SamplingConfig, TrainConfig):
+    """Fields shared by the online RL trainers (PPO, RLOO, GRPO): sample, score, update.
+
+    ``batch_size`` counts prompts per step; each is sampled ``num_generations`` times.
+    """
+
+    data: str = _f("", "Prompts: records with a `prompt` (string or messages); other columns reach reward functions (required).")
+    learning_rate: float = _f(1e-6, "Peak AdamW learning rate.")
+    ref_model: str = _f("", "Frozen reference for the KL penalty; empty means the starting `model`.")
     num_generations: int = _f(1, "Completions sampled per prompt.")
     kl_coef: float = _f(0.05, "KL penalty coefficient (initial value when adaptive).")
     kl_target: float = _f(0.0, "Target KL per sequence; > 0 switches on the adaptive controller (Ziegler et al. 2019).")
@@ -159,22 +165,14 @@ class GRPOConfig(OnlineConfig):
 
 
 @dataclass
-class BestOfNConfig:
+class BestOfNConfig(SamplingConfig):
     """Sample N completions per prompt, keep the best by a reward source (rejection sampling)."""
 
     model: str = _f("", "Policy folder or hub id to sample from (required).")
     data: str = _f("", "Prompts: records with a `prompt` (required).")
     output_dir: str = _f("", "Where best_of_n.jsonl and summary.json go (required).")
     n: int = _f(4, "Completions sampled per prompt.")
-    reward_model: str = _f("", "Reward-model folder used as a reward source.")
-    reward_fn: list[str] = _f([], "Reward functions `file.py:name` or `module:name` (TRL signature).")
-    reward_weights: list[float] = _f([], "One weight per reward source; default all 1.")
-    max_new_tokens: int = _f(64, "Longest sampled response in tokens.")
     max_prompt_length: int = _f(256, "Longest prompt in tokens (prompts keep their end).")
-    temperature: float = _f(1.0, "Sampling temperature.")
-    top_k: int = _f(0, "Sample from the k most likely tokens only; 0 disables.")
-    top_p: float = _f(1.0, "Nucleus sampling threshold; 1 disables.")
-    stop_strings: list[str] = _f([], "Strings that end a response.")
     batch_size: int = _f(64, "Sequences sampled per forward pass.")
     seed: int = _f(0, "Sampling seed.")
     device: str = _f("auto", "auto, cpu, cuda.")

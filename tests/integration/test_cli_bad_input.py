@@ -178,3 +178,17 @@ def test_debug_shows_the_traceback_then_the_same_line(case, results):
     expected = f"rlhfkit dpo: error: {r.data}:3: field 'chosen': {case.message}"
     assert error_lines(r.stderr)[-1] == expected
     assert snapshot(r.out) == r.before
+
+
+def test_online_stage_refuses_bad_prompts_in_one_line(world_dir, tmp_path):
+    """`rlhfkit grpo` validates its prompt file like the offline stages: one line, file:line, field."""
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "how is the soup ?"}\n{"prompt": ""}\n', encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "rlhfkit", "grpo", "--model", world_dir["base"], "--data", str(bad),
+                           "--output_dir", str(tmp_path / "out"), "--reward_fn", "rlhfkit.world.toy:kind_reward"],
+                          capture_output=True, text=True, timeout=120)
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "prompts.jsonl:2" in lines[0] and "field 'prompt'" in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
