@@ -21,6 +21,8 @@ stages:
   rloo    REINFORCE leave-one-out (several samples per prompt)
   grpo    group relative policy optimisation (group-normalised rewards, KL in the loss)
   best-of-n  sample N completions per prompt and keep the best by a reward source
+  sample-pairs  sample k responses per prompt from a policy into {prompt, response_a, response_b} pairs
+  pipeline  run stages listed in a YAML file, each feeding the next; finished stages are skipped
   demo    the built-in demo: SFT -> reward model -> DPO on a small built-in world
 
 `rlhfkit STAGE --help` lists every field of that stage with its default."""
@@ -29,19 +31,10 @@ EXIT_USER_ERROR = 2
 
 
 def _stages():
-    from .best_of_n import run_best_of_n
-    from .config import BestOfNConfig, DPOConfig, GRPOConfig, PPOConfig, RLOOConfig, RMConfig, SFTConfig
-    from .train.dpo import run_dpo
-    from .train.grpo import run_grpo
-    from .train.ppo import run_ppo
-    from .train.rloo import run_rloo
-    from .train.rm import run_rm
-    from .train.sft import run_sft
+    from .stages import registry
     from .world.demo import DemoConfig, run_demo
 
-    return {"sft": (SFTConfig, run_sft), "rm": (RMConfig, run_rm), "dpo": (DPOConfig, run_dpo),
-            "ppo": (PPOConfig, run_ppo), "rloo": (RLOOConfig, run_rloo), "grpo": (GRPOConfig, run_grpo),
-            "best-of-n": (BestOfNConfig, run_best_of_n), "demo": (DemoConfig, run_demo)}
+    return {**registry(), "demo": (DemoConfig, run_demo)}
 
 
 def _quiet_libraries() -> None:
@@ -69,13 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     from .train.loop import TrainingError
 
     stages = _stages()
-    if stage not in stages:
+    if stage not in stages and stage != "pipeline":
         print(f"rlhfkit: error: unknown stage {stage!r}\n\n{USAGE}", file=sys.stderr)
         return EXIT_USER_ERROR
-    cls, fn = stages[stage]
     try:
-        cfg = parse_config(cls, rest, prog=f"rlhfkit {stage}")
-        summary = fn(cfg)
+        if stage == "pipeline":  # its file lists stages, so it has no config dataclass of its own
+            from .pipeline import main as pipeline_main
+
+            summary = pipeline_main([a for a in rest if a != "--debug"])
+        else:
+            cls, fn = stages[stage]
+            cfg = parse_config(cls, rest, prog=f"rlhfkit {stage}")
+            summary = fn(cfg)
     except (DataError, ConfigError, TrainingError, ValueError, OSError) as e:
         if debug:
             traceback.print_exc()
@@ -86,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rlhfkit {stage}: interrupted", file=sys.stderr)
         return 130
-    if summary is not None and stage != "demo":
+    if isinstance(summary, dict) and "train_seconds" in summary and stage != "demo":
         print(f"rlhfkit {stage}: done -> {cfg.output_dir} ({summary.get('steps')} steps, "
               f"{summary.get('train_seconds')} s)")
     return 0

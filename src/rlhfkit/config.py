@@ -94,12 +94,18 @@ class DPOConfig(TrainConfig):
 
 
 @dataclass
-class SamplingConfig:
-    """Reward sources and sampling settings, shared by the online trainers and best-of-N."""
+class RewardSourceConfig:
+    """Reward sources, shared by the online trainers and best-of-N."""
 
     reward_model: str = _f("", "Reward-model folder (from `rlhfkit rm`) used as a reward source.")
     reward_fn: list[str] = _f([], "Reward functions `path/to/file.py:name` or `module:name`, TRL signature fn(prompts, completions, **columns) -> list[float].")
     reward_weights: list[float] = _f([], "One weight per reward source (reward_model first, then reward_fn in order); default all 1.")
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings, shared by everything that samples from a policy."""
+
     max_new_tokens: int = _f(64, "Longest sampled response in tokens.")
     temperature: float = _f(1.0, "Sampling temperature; log-probs in the loss use the same temperature.")
     top_k: int = _f(0, "Sample from the k most likely tokens only; 0 disables.")
@@ -108,7 +114,21 @@ class SamplingConfig:
 
 
 @dataclass
-class OnlineConfig(SamplingConfig, TrainConfig):
+class SamplerRunConfig(GenerationConfig):
+    """A policy, a prompt file and an output folder: the frame of the sampling-only stages."""
+
+    model: str = _f("", "Policy folder or hub id to sample from (required).")
+    data: str = _f("", "Prompts: records with a `prompt`; other columns are carried along (required).")
+    output_dir: str = _f("", "Where the results, summary.json and config.yaml go (required).")
+    max_prompt_length: int = _f(256, "Longest prompt in tokens (prompts keep their end).")
+    batch_size: int = _f(64, "Sequences sampled per forward pass.")
+    seed: int = _f(0, "Sampling seed.")
+    device: str = _f("auto", "auto, cpu, cuda.")
+    trust_remote_code: bool = _f(False, "Allow model code from the checkpoint's folder or hub repo to run.")
+
+
+@dataclass
+class OnlineConfig(RewardSourceConfig, GenerationConfig, TrainConfig):
     """Fields shared by the online RL trainers (PPO, RLOO, GRPO): sample, score, update.
 
     ``batch_size`` counts prompts per step; each is sampled ``num_generations`` times.
@@ -165,22 +185,22 @@ class GRPOConfig(OnlineConfig):
 
 
 @dataclass
-class BestOfNConfig(SamplingConfig):
+class BestOfNConfig(RewardSourceConfig, SamplerRunConfig):
     """Sample N completions per prompt, keep the best by a reward source (rejection sampling)."""
 
-    model: str = _f("", "Policy folder or hub id to sample from (required).")
-    data: str = _f("", "Prompts: records with a `prompt` (required).")
-    output_dir: str = _f("", "Where best_of_n.jsonl and summary.json go (required).")
     n: int = _f(4, "Completions sampled per prompt.")
-    max_prompt_length: int = _f(256, "Longest prompt in tokens (prompts keep their end).")
-    batch_size: int = _f(64, "Sequences sampled per forward pass.")
-    seed: int = _f(0, "Sampling seed.")
-    device: str = _f("auto", "auto, cpu, cuda.")
-    trust_remote_code: bool = _f(False, "Allow model code from the checkpoint's folder or hub repo to run.")
+
+
+@dataclass
+class SamplePairsConfig(SamplerRunConfig):
+    """Sample k responses per prompt from a policy and write them as pairs to compare."""
+
+    k: int = _f(2, "Responses sampled per prompt (even); written as k/2 pairs {prompt, response_a, response_b}.")
 
 
 STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "ppo": PPOConfig,
-                                  "rloo": RLOOConfig, "grpo": GRPOConfig, "best-of-n": BestOfNConfig}
+                                  "rloo": RLOOConfig, "grpo": GRPOConfig, "best-of-n": BestOfNConfig,
+                                  "sample-pairs": SamplePairsConfig}
 REQUIRED = ("model", "data", "output_dir")
 
 
@@ -197,22 +217,36 @@ def read_yaml(path: str | Path, cls: type) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such config file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    raw = raw or {}
+    return check_mapping(raw or {}, cls, str(path))
+
+
+def check_mapping(raw, cls: type, where: str) -> dict[str, Any]:
+    """Field values for ``cls`` from a mapping, typed and checked; errors name ``where`` and the field."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of field: value, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: expected a mapping of field: value, got {type(raw).__name__}")
     known = field_names(cls)
     for key in raw:
         if key not in known:
             hint = difflib.get_close_matches(str(key), known, n=1)
-            raise ConfigError(f"{path}: unknown field {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            raise ConfigError(f"{where}: unknown field {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     # argparse neither converts nor checks non-string defaults (nor checks `choices` on any
     # default), so YAML values are typed and checked here, where the file can be named.
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    return {key: _yaml_value(path, fields[key], hints.get(key), value) for key, value in raw.items()}
+    return {key: _yaml_value(where, fields[key], hints.get(key), value) for key, value in raw.items()}
 
 
-def _yaml_value(path: Path, f: dataclasses.Field, hint, value):
+def from_mapping(cls: type, raw: dict, where: str):
+    """A validated config of ``cls`` from a mapping (a pipeline stage's fields, say)."""
+    cfg = cls(**check_mapping(raw, cls, where))
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("config:", f"{where}:", 1)) from None
+    return cfg
+
+
+def _yaml_value(path, f: dataclasses.Field, hint, value):
     """`value` as the field's type (int, float, str, bool, list[str]), or a ConfigError."""
     given = value
 
@@ -280,10 +314,13 @@ def validate(cfg) -> None:
         choices = f.metadata.get("choices")
         if choices and getattr(cfg, f.name) not in choices:
             raise ConfigError(f"{src}: field {f.name!r}: {getattr(cfg, f.name)!r} is not one of {', '.join(choices)}")
-    if isinstance(cfg, BestOfNConfig):
+    if isinstance(cfg, SamplerRunConfig):
         for name in REQUIRED:
             if not getattr(cfg, name):
                 raise ConfigError(f"{src}: field {name!r} is required (set it in the YAML file or with --{name})")
+    if isinstance(cfg, SamplePairsConfig) and (cfg.k < 2 or cfg.k % 2):
+        raise ConfigError(f"{src}: field 'k' must be an even number >= 2, got {cfg.k}")
+    if isinstance(cfg, BestOfNConfig):
         if cfg.n < 1 or not (cfg.reward_model or cfg.reward_fn):
             raise ConfigError(f"{src}: best-of-n needs 'n' >= 1 and a reward source ('reward_model' or 'reward_fn')")
     if not isinstance(cfg, TrainConfig):

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from .data.tokenize import prompt_ids as _prompt_ids
-from .models import position_ids_from_mask
+from .losses import token_logprobs
+from .models import causal_lm_logits, position_ids_from_mask
 
 
 @dataclass
@@ -308,3 +309,28 @@ def sample(model, tokenizer, prompts: list, max_new_tokens: int = 32, temperatur
     rollout = generate(model, tokenizer, rows, max_new_tokens, temperature=temperature, top_p=top_p,
                        generator=generator, batch_size=batch_size)
     return [t.strip() for t in rollout.texts]
+
+
+def rollout_rows(prompt_rows: list[list[int]], rollout: Rollout, pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Prompt + response as right-padded training rows: (ids (N, T), attention mask (N, T),
+    response mask (N, T-1), sampler log-probs (N, T-1)), the per-token tensors in the shifted
+    layout where position t concerns token t+1."""
+    lengths = rollout.mask.sum(1).tolist()
+    seqs = [p + rollout.response_ids[i, :n].tolist() for i, (p, n) in enumerate(zip(prompt_rows, lengths))]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    mask = torch.zeros(len(seqs), width - 1)
+    old = torch.zeros(len(seqs), width - 1)
+    for i, (p, s, n) in enumerate(zip(prompt_rows, seqs, lengths)):
+        ids[i, :len(s)] = torch.tensor(s)
+        attn[i, :len(s)] = 1
+        mask[i, len(p) - 1:len(p) - 1 + n] = 1
+        old[i, len(p) - 1:len(p) - 1 + n] = rollout.logprobs[i, :n].float().cpu()
+    return ids, attn, mask, old
+
+
+def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0):
+    """(N, T-1) log-probs of the next tokens at ``temperature``, and the (N, T-1, V) logits."""
+    logits = causal_lm_logits(model, input_ids, attention_mask)[:, :-1].float() / temperature
+    return token_logprobs(logits, input_ids[:, 1:]), logits

@@ -21,3 +21,25 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == n else min(1.0, centre + half)
     return (low, high)
+
+
+def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (Efron & Tibshirani 1993), seeded so reports repeat."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    return (float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2)))
+
+
+def win_rate(scores, baseline_scores, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Paired win rate of ``scores`` over ``baseline_scores`` (same prompts, same order): a win
+    counts 1, a tie 0.5. Returns the rate and its 95% bootstrap interval."""
+    if len(scores) != len(baseline_scores) or not len(scores):
+        raise ValueError(f"win_rate needs two equal, non-empty lists; got {len(scores)} and {len(baseline_scores)}")
+    outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline_scores)]
+    low, high = bootstrap_ci(outcomes, n_boot=n_boot, seed=seed)
+    return {"winrate": sum(outcomes) / len(outcomes), "winrate_ci": [low, high], "n": len(outcomes)}

@@ -26,10 +26,10 @@ import torch
 
 from ..data import load_prompts
 from ..data.tokenize import prompt_ids
-from ..generation import generate
+from ..generation import generate, policy_logprobs, rollout_rows
 from ..kl import make_kl_controller
-from ..losses import kl_estimate, masked_mean, masked_sum, ppo_policy_loss, token_logprobs
-from ..models import causal_lm_logits, load_causal_lm, load_tokenizer
+from ..losses import kl_estimate, masked_mean, masked_sum, ppo_policy_loss
+from ..models import load_causal_lm, load_tokenizer
 from ..rewards import make_reward
 from ..tracking import MetricsLogger
 from .loop import (Run, _fault_hook, _grad_norm, _skip_bad_step, batch_plan, finish, load_checkpoint,
@@ -83,12 +83,6 @@ def last_token_onehot(mask_BT: torch.Tensor) -> torch.Tensor:
 def sequence_kl(exp: Experience) -> torch.Tensor:
     """(N,) summed per-token KL of each response."""
     return masked_sum(exp.kl, exp.mask, dim=1)
-
-
-def policy_logprobs(policy, input_ids, attention_mask, temperature: float):
-    """(N, T-1) tempered log-probs of the next tokens, and the logits they came from."""
-    logits = causal_lm_logits(policy, input_ids, attention_mask)[:, :-1].float() / temperature
-    return token_logprobs(logits, input_ids[:, 1:]), logits
 
 
 def _entropy(logits_BTV: torch.Tensor, mask_BT: torch.Tensor) -> float:
@@ -163,25 +157,6 @@ def _score(eng: Engine, prompt_idx: list[int], texts: list[str], ended: torch.Te
     return raw, scores
 
 
-def _rows(eng: Engine, rows: list[list[int]], rollout) -> tuple[torch.Tensor, ...]:
-    """Right-padded prompt+response ids, attention mask, response mask and sampler log-probs
-    moved into the shifted layout."""
-    pad = eng.tokenizer.pad_token_id
-    lengths = rollout.mask.sum(1).tolist()
-    seqs = [p + rollout.response_ids[i, :n].tolist() for i, (p, n) in enumerate(zip(rows, lengths))]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    mask = torch.zeros(len(seqs), width - 1)
-    old = torch.zeros(len(seqs), width - 1)
-    for i, (p, s, n) in enumerate(zip(rows, seqs, lengths)):
-        ids[i, :len(s)] = torch.tensor(s)
-        attn[i, :len(s)] = 1
-        mask[i, len(p) - 1:len(p) - 1 + n] = 1
-        old[i, len(p) - 1:len(p) - 1 + n] = rollout.logprobs[i, :n].float().cpu()
-    return ids, attn, mask, old
-
-
 @torch.no_grad()
 def collect(eng: Engine, step: int, indices: list[int]) -> Experience:
     """Sample, score and compute reference log-probs and KL for one step."""
@@ -195,7 +170,7 @@ def collect(eng: Engine, step: int, indices: list[int]) -> Experience:
     t1 = time.perf_counter()
     raw, scores = _score(eng, prompt_idx, rollout.texts, rollout.ended)
     t2 = time.perf_counter()
-    ids, attn, mask, old = _rows(eng, rows, rollout)
+    ids, attn, mask, old = rollout_rows(rows, rollout, eng.tokenizer.pad_token_id)
     dev = run.device
     ids, attn, mask, old = ids.to(dev), attn.to(dev), mask.to(dev), old.to(dev)
     with run.accelerator.autocast():

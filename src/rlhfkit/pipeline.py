@@ -1,0 +1,136 @@
+"""``rlhfkit pipeline --config FILE``: run stages listed in YAML, each stage's output feeding the next.
+
+    output_dir: runs/mine
+    defaults: {seed: 0}              # optional: set in every stage whose config has the field
+    stages:
+      - name: sft                    # output goes to <output_dir>/sft
+        stage: sft                   # any stage: sft rm dpo ppo rloo grpo best-of-n sample-pairs ...
+        with: {model: Qwen/Qwen2.5-0.5B, data: sft.jsonl, max_steps: 500}
+      - name: dpo
+        stage: dpo
+        with: {model: "{sft}", data: prefs.jsonl}    # "{sft}" is the sft stage's output folder
+
+A stage is skipped when its output folder holds a completion marker whose fingerprint matches:
+the fingerprint covers the stage's resolved config and the runs of the stages it reads from, so
+changing a config or rerunning an upstream stage reruns everything downstream, and nothing else.
+``--force NAME`` reruns a stage regardless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from .config import ConfigError, from_mapping
+
+MARKER = ".rlhfkit-stage.json"
+_REF = re.compile(r"\{([A-Za-z0-9_\-]+)\}")
+
+
+def load_pipeline(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such pipeline file") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list) or not spec["stages"]:
+        raise ConfigError(f"{path}: expected a mapping with a non-empty list 'stages'")
+    unknown = set(spec) - {"output_dir", "defaults", "stages"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r} (output_dir, defaults, stages)")
+    names = set()
+    for i, st in enumerate(spec["stages"], 1):
+        if not isinstance(st, dict) or not {"name", "stage"} <= set(st) or set(st) - {"name", "stage", "with"}:
+            raise ConfigError(f"{path}: stage {i}: expected keys name, stage and optional with")
+        if st["name"] in names:
+            raise ConfigError(f"{path}: stage {i}: duplicate name {st['name']!r}")
+        names.add(st["name"])
+    return spec
+
+
+def _resolve(value, outputs: dict[str, str], where: str, used: set):
+    """Replace ``{name}`` in strings by that earlier stage's output folder."""
+    if isinstance(value, list):
+        return [_resolve(v, outputs, where, used) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m):
+        if m.group(1) not in outputs:
+            raise ConfigError(f"{where}: '{{{m.group(1)}}}' names no earlier stage (known: {', '.join(outputs)})")
+        used.add(m.group(1))
+        return outputs[m.group(1)]
+
+    return _REF.sub(sub, value)
+
+
+def _fingerprint(cfg, upstream: list[str]) -> str:
+    blob = json.dumps({"config": dataclasses.asdict(cfg), "upstream": upstream}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _done(out: Path, fingerprint: str) -> dict | None:
+    try:
+        marker = json.loads((out / MARKER).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return marker if marker.get("fingerprint") == fingerprint else None
+
+
+def run_pipeline(path: str | Path, output_dir: str | None = None, force: tuple[str, ...] = (),
+                 registry: dict[str, tuple[type, Callable]] | None = None) -> dict:
+    """Run (or skip) every stage in order; returns {stage name: summary}."""
+    from .stages import registry as default_registry
+
+    spec = load_pipeline(path)
+    stages = registry or default_registry()
+    root = Path(output_dir or spec.get("output_dir") or "runs/pipeline")
+    outputs, run_ids, summaries = {}, {}, {}
+    for st in spec["stages"]:
+        name, kind, where = st["name"], st["stage"], f"{path}: stage {st['name']!r}"
+        if kind not in stages:
+            raise ConfigError(f"{where}: unknown stage {kind!r} (known: {', '.join(sorted(stages))})")
+        cls, fn = stages[kind]
+        out = root / name
+        used: set = set()
+        fields = {k: v for k, v in (spec.get("defaults") or {}).items() if k in {f.name for f in dataclasses.fields(cls)}}
+        fields.update({k: _resolve(v, outputs, where, used) for k, v in (st.get("with") or {}).items()})
+        cfg = from_mapping(cls, {**fields, "output_dir": str(out)}, where)
+        fingerprint = _fingerprint(cfg, [run_ids[u] for u in sorted(used)])
+        marker = None if name in force else _done(out, fingerprint)
+        if marker:
+            print(f"[rlhfkit pipeline] {name}: unchanged, skipped ({out})")
+        else:
+            print(f"[rlhfkit pipeline] {name}: running {kind} -> {out}")
+            (out / MARKER).unlink(missing_ok=True)
+            t0 = time.perf_counter()
+            summary = fn(cfg)
+            marker = {"fingerprint": fingerprint, "run_id": uuid.uuid4().hex, "stage": kind,
+                      "seconds": round(time.perf_counter() - t0, 3), "summary": summary}
+            out.mkdir(parents=True, exist_ok=True)
+            (out / MARKER).write_text(json.dumps(marker, indent=2, default=str))
+        outputs[name], run_ids[name], summaries[name] = str(out), marker["run_id"], marker["summary"]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pipeline_summary.json").write_text(json.dumps(summaries, indent=2, default=str))
+    return summaries
+
+
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(prog="rlhfkit pipeline", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--config", required=True, help="Pipeline YAML file.")
+    parser.add_argument("--output_dir", default=None, help="Overrides the file's output_dir.")
+    parser.add_argument("--force", nargs="*", default=[], help="Stage names to rerun even if unchanged.")
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback on errors.")
+    args = parser.parse_args(argv)
+    return run_pipeline(args.config, args.output_dir, tuple(args.force))
