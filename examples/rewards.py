@@ -1,7 +1,7 @@
 """Example reward functions with TRL's signature: fn(prompts, completions, **columns) -> list[float].
 
-Use one with `--reward_fn examples/rewards.py:kind_words`. Extra columns of the prompt file (for
-example an `answer` column) arrive as keyword lists, one value per completion.
+Use one with `--reward_fn examples/rewards.py:exact_answer`. Extra columns of the prompt file (for
+example the demo world's `answer` column) arrive as keyword lists, one value per completion.
 """
 
 KIND = {"good", "great", "fresh", "tasty", "lovely", "warm", "sweet", "crisp"}
@@ -18,5 +18,6 @@ def kind_words(prompts, completions, **columns):
 
 
 def exact_answer(prompts, completions, answer, **columns):
-    """1.0 when the completion contains the reference `answer` column, else 0.0."""
-    return [1.0 if str(a) in c else 0.0 for c, a in zip(completions, answer)]
+    """1.0 when the completion states the reference `answer` as a word, else 0.0 (prompts without
+    an answer score 0)."""
+    return [1.0 if a and f" {a} " in f" {c.replace('.', ' . ')} " else 0.0 for c, a in zip(completions, answer)]

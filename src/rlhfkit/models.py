@@ -147,31 +147,46 @@ def reward_forward(model: PreTrainedModel, input_ids_BT: torch.Tensor,
 # --------------------------------------------------------------------------- tiny models for tests
 
 
-def build_word_tokenizer(texts: list[str], path: str | os.PathLike | None = None):
-    """A word-level fast tokenizer over the words of ``texts``, with pad/bos/eos/unk and a chat template.
+WORD_SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>"]
+WORD_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <eos> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}")
 
-    Small and deterministic, for tests and the built-in world; real runs use the model's own tokenizer.
+
+def wrap_word_tokenizer(core, path: str | os.PathLike | None = None):
+    """A `tokenizers` word-level core (specials first, in ``WORD_SPECIALS`` order) as a fast HF
+    tokenizer: <bos> prepended, words joined by spaces, a simple chat template.
+
+    The decoder keeps " ." as is (no cleanup): decoded samples must re-tokenize to the same ids,
+    since reward models and DPO read sampled text back.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import decoders, processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<unk>", "<bos>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>"]
-    words = sorted({w for t in texts for w in t.split()} - set(specials))
-    vocab = {tok: i for i, tok in enumerate(specials + words)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    core.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     core.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", core.token_to_id("<bos>"))])
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
                                   bos_token="<bos>", eos_token="<eos>")
-    tok.add_special_tokens({"additional_special_tokens": specials[4:]})
-    tok.chat_template = (
-        "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <eos> {% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    tok.add_special_tokens({"additional_special_tokens": WORD_SPECIALS[4:]})
+    tok.chat_template = WORD_CHAT_TEMPLATE
     if path is not None:
         tok.save_pretrained(path)
     return tok
+
+
+def build_word_tokenizer(texts: list[str], path: str | os.PathLike | None = None):
+    """A word-level fast tokenizer over the words of ``texts``, with pad/bos/eos/unk and a chat template.
+
+    Small and deterministic, for tests and the built-in worlds; real runs use the model's own tokenizer.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted({w for t in texts for w in t.split()} - set(WORD_SPECIALS))
+    vocab = {tok: i for i, tok in enumerate(WORD_SPECIALS + words)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return wrap_word_tokenizer(core, path)
 
 
 def tiny_causal_lm(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,

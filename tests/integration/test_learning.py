@@ -15,7 +15,7 @@ from rlhfkit.config import DPOConfig, RMConfig
 from rlhfkit.train.dpo import run_dpo
 from rlhfkit.train.rm import run_rm
 from rlhfkit.world import toy
-from rlhfkit.world.demo import kind_rate
+from rlhfkit.world.toy import kind_rate
 
 pytestmark = pytest.mark.slow
 COMMON = dict(batch_size=32, max_length=32, max_prompt_length=16, warmup_ratio=0.1, logging_steps=10, seed=0)

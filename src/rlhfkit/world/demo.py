@@ -1,85 +1,70 @@
-"""``rlhfkit demo``: the whole offline loop on the built-in world, on a laptop CPU in minutes.
+"""``rlhfkit demo``: the whole RLHF loop on the built-in world, on a laptop CPU, in minutes.
 
-base model -> SFT on mixed demonstrations -> reward model on preference pairs -> DPO from the
-SFT model -> compare SFT and DPO samples on the world's prompts against the gold preference.
-Each stage is the same recipe a user runs with ``rlhfkit sft|rm|dpo --config``; the demo only
-writes the data and the configs.
+It is one configuration of ``rlhfkit pipeline`` (``rlhfkit/configs/demo.yaml``): a base model
+pretrained on mixed-quality text -> SFT on mixed demonstrations -> pairs sampled from the SFT
+policy -> simulated annotators (Bradley-Terry on a hidden gold preference, with label noise) ->
+reward model -> DPO and PPO -> held-out evaluation by the gold preference -> ``report.html``.
+Stages whose output exists and whose config is unchanged are skipped on a rerun.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
-from ..config import DPOConfig, RMConfig, SFTConfig, dump_config
-from ..models import load_causal_lm, load_tokenizer, make_tiny_model_dir
-from . import toy
+from ..config import dump_config
+from ..pipeline import run_pipeline
+from . import report
 
 
 @dataclass
 class DemoConfig:
-    """Run SFT -> reward model -> DPO on the built-in world and report what changed."""
+    """Run the built-in RLHF pipeline on the demo world and write runs/demo/report.html."""
 
-    output_dir: str = field(default="runs/demo", metadata={"help": "Where data, stage folders and summary.json go."})
-    seed: int = field(default=0, metadata={"help": "Seed for the world, the models and sampling."})
-    sft_steps: int = field(default=300, metadata={"help": "SFT optimiser steps."})
-    rm_steps: int = field(default=60, metadata={"help": "Reward-model optimiser steps."})
-    dpo_steps: int = field(default=80, metadata={"help": "DPO optimiser steps."})
-    samples_per_prompt: int = field(default=10, metadata={"help": "Samples per world prompt when comparing SFT and DPO."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda."})
+    output_dir: str = field(default="runs/demo", metadata={"help": "Where every stage's folder, report.html and summary.json go."})
+    pipeline: str = field(default="", metadata={"help": "Pipeline YAML to run instead of the built-in rlhfkit/configs/demo.yaml."})
+    force: list[str] = field(default_factory=list, metadata={"help": "Stage names to rerun even if unchanged."})
 
 
-def stage_configs(cfg: DemoConfig, data: dict, out: Path) -> tuple[SFTConfig, RMConfig, DPOConfig]:
-    common = dict(seed=cfg.seed, device=cfg.device, max_length=32, max_prompt_length=16, batch_size=32,
-                  warmup_ratio=0.1, logging_steps=5)
-    sft = SFTConfig(model=str(out / "base"), data=data["sft"], output_dir=str(out / "sft"),
-                    max_steps=cfg.sft_steps, learning_rate=2e-3, **common)
-    rm = RMConfig(model=str(out / "sft"), data=data["prefs"], eval_data=data["prefs_eval"],
-                  output_dir=str(out / "rm"), max_steps=cfg.rm_steps, learning_rate=1e-3, **common)
-    dpo = DPOConfig(model=str(out / "sft"), data=data["prefs"], eval_data=data["prefs_eval"],
-                    output_dir=str(out / "dpo"), max_steps=cfg.dpo_steps, learning_rate=1e-4, beta=0.1,
-                    precompute_ref=True, **common)
-    return sft, rm, dpo
+def builtin_config() -> str:
+    return str(resources.files("rlhfkit") / "configs" / "demo.yaml")
 
 
-def kind_rate(model_dir: str, prompts: list[str], n: int, seed: int) -> tuple[float, list[str]]:
-    """Fraction of sampled responses the gold preference calls kind; and the samples."""
-    from ..generation import sample
-
-    tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir)
-    texts = sample(model, tok, prompts * n, max_new_tokens=12, temperature=1.0, seed=seed)
-    return sum(map(toy.is_kind, texts)) / len(texts), texts
+def headline(summaries: dict) -> dict:
+    """The figures summary.json promises: RM accuracy and its noise ceiling, and per policy the
+    gold win rate over SFT with its 95% interval and the KL to SFT."""
+    rm, labels, evals = summaries.get("rm", {}), summaries.get("labels", {}), summaries.get("eval", {})
+    out = {"rm_eval_accuracy": rm.get("eval_accuracy"), "rm_eval_accuracy_ci": rm.get("eval_accuracy_ci"),
+           "rm_accuracy_ceiling": labels.get("ceiling_accuracy")}
+    for name, row in evals.items():
+        if name == "sft":
+            out["sft"] = {"gold_reward": row["gold_reward"], "length_words": row["length_words"]}
+            continue
+        out[name] = {"gold_winrate_vs_sft": row["gold_winrate_vs_sft"], "gold_winrate_ci_low": row["gold_winrate_ci_low"],
+                     "gold_winrate_ci_high": row["gold_winrate_ci_high"], "kl": row["kl_to_baseline"],
+                     "gold_reward": row["gold_reward"], "length_words": row["length_words"],
+                     "gap_correct": row.get("gap_correct")}
+    return out
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from ..train.dpo import run_dpo
-    from ..train.rm import run_rm
-    from ..train.sft import run_sft
-
     out = Path(cfg.output_dir)
-    data = toy.write_dataset(out / "data", seed=cfg.seed)
-    make_tiny_model_dir(out / "base", toy.vocabulary_texts(), seed=cfg.seed, hidden_size=128)
-    sft, rm, dpo = stage_configs(cfg, data, out)
-    print(f"[rlhfkit demo] world data in {out / 'data'}; stages write to {out}/<stage>/")
-    s_sft, s_rm, s_dpo = run_sft(sft), run_rm(rm), run_dpo(dpo)
-    prompts = [toy.prompt_for(i) for i in toy.ITEMS]
-    sft_rate, _ = kind_rate(sft.output_dir, prompts, cfg.samples_per_prompt, cfg.seed)
-    dpo_rate, examples = kind_rate(dpo.output_dir, prompts, cfg.samples_per_prompt, cfg.seed)
-    summary = {"sft_eval": s_sft.get("train", {}).get("loss"),
-               "rm_eval_accuracy": s_rm["eval_accuracy"], "rm_eval_accuracy_ci": s_rm["eval_accuracy_ci"],
-               "dpo_eval_reward_accuracy": s_dpo["eval_reward_accuracy"],
-               "kind_rate_sft": sft_rate, "kind_rate_dpo": dpo_rate, "dpo_samples": examples[:5],
-               "seconds": {"sft": s_sft["train_seconds"], "rm": s_rm["train_seconds"], "dpo": s_dpo["train_seconds"]}}
+    summaries = run_pipeline(cfg.pipeline or builtin_config(), str(out), tuple(cfg.force))
+    page = report.build(out, summaries)
+    summary = {**headline(summaries), "report": str(page)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     dump_config(cfg, out / "config.yaml")
-    lo, hi = s_rm["eval_accuracy_ci"]
-    print("\n".join([
-        "", "rlhfkit demo: results on held-out data",
-        f"  reward model accuracy      {s_rm['eval_accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f})",
-        f"  DPO implicit-reward acc.   {s_dpo['eval_reward_accuracy']:.3f}",
-        f"  kind responses, SFT        {sft_rate:.1%}",
-        f"  kind responses, DPO        {dpo_rate:.1%}",
-        *[f"  DPO sample                 {t!r}" for t in examples[:3]],
-        f"  summary                    {out / 'summary.json'}"]))
+    lines = ["", "rlhfkit demo: held-out prompts, judged by the world's hidden gold preference"]
+    if summary["rm_eval_accuracy"] is not None:
+        lo, hi = summary["rm_eval_accuracy_ci"]
+        lines.append(f"  reward model accuracy   {summary['rm_eval_accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}); "
+                     f"noise ceiling {summary['rm_accuracy_ceiling']:.3f}")
+    for name in [k for k in summary if isinstance(summary[k], dict) and "gold_winrate_vs_sft" in summary[k]]:
+        r = summary[name]
+        lines.append(f"  {name:<4} win rate vs SFT   {r['gold_winrate_vs_sft']:.3f} (95% CI {r['gold_winrate_ci_low']:.3f}-"
+                     f"{r['gold_winrate_ci_high']:.3f}); KL to SFT {r['kl']:.2f} nats")
+    lines.append(f"  report                  {page}")
+    print("\n".join(lines))
     return summary

@@ -93,3 +93,13 @@ def write_dataset(folder: str | Path, seed: int = 0, chat: bool = False, n_sft: 
 def kind_reward(prompts: list, completions: list[str], **columns) -> list[float]:
     """A rule-based reward with TRL's signature: kind words minus unkind words in the completion."""
     return [float(sum(w in KIND for w in c.split()) - sum(w in UNKIND for w in c.split())) for c in completions]
+
+
+def kind_rate(model_dir: str, prompts: list[str], n: int, seed: int) -> tuple[float, list[str]]:
+    """Fraction of sampled responses the gold preference calls kind; and the samples."""
+    from ..generation import sample
+    from ..models import load_causal_lm, load_tokenizer
+
+    tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir)
+    texts = sample(model, tok, prompts * n, max_new_tokens=12, temperature=1.0, seed=seed)
+    return sum(map(is_kind, texts)) / len(texts), texts

@@ -1,0 +1,58 @@
+"""The demo's report: what each stage did to the policy, judged by the world's gold preference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import report
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def build(root: str | Path, summaries: dict) -> Path:
+    """``runs/demo/report.html`` from the pipeline's stage folders and summaries."""
+    root = Path(root)
+    sections = []
+    evals = summaries.get("eval", {})
+    if evals:
+        cols = ["policy", "gold_reward", "gold_winrate_vs_sft", "gold_winrate_ci_low", "gold_winrate_ci_high",
+                "kl_to_baseline", "length_words", "gap_correct"]
+        sections.append(("Policies on held-out prompts (gold preference)", report.table(list(evals.values()), cols) +
+                         "<p class=note>Win rate: share of held-out samples the gold preference scores above "
+                         "the SFT sample for the same prompt (ties count half), with a 95% bootstrap interval. "
+                         "KL: sequence-level KL(policy || SFT) estimated from the policy's samples, in nats. "
+                         "gap_correct: share of knowledge-gap probes answered correctly; RLHF changes tone, "
+                         "not what pretraining never taught.</p>"))
+        cats = sorted(k for k in next(iter(evals.values())) if k.startswith("gold/"))
+        sections.append(("Gold reward per prompt category",
+                         report.table([{"policy": r["policy"], **{c[5:]: r[c] for c in cats}} for r in evals.values()])))
+    rm, labels = summaries.get("rm", {}), summaries.get("labels", {})
+    if rm:
+        sections.append(("Reward model", report.table([{
+            "held-out accuracy (annotator labels)": rm.get("eval_accuracy"),
+            "95% CI": rm.get("eval_accuracy_ci"),
+            "noise ceiling": labels.get("ceiling_accuracy"),
+            "held-out pairs": rm.get("eval_pairs")}]) +
+            "<p class=note>The ceiling is the expected accuracy, against these noisy annotators, of a "
+            "predictor that knows the gold preference: no reward model can beat it on average.</p>"))
+    runs = {n: root / n / "metrics.jsonl" for n in ("sft", "rm", "dpo", "ppo") if (root / n / "metrics.jsonl").exists()}
+    if runs:
+        sections.append(("Training curves", "".join(
+            report.curves({n: p}, keys) for n, p in runs.items()
+            for keys in [{"sft": ["loss"], "rm": ["loss", "accuracy"], "dpo": ["loss", "reward_accuracy", "kl"],
+                          "ppo": ["reward", "kl", "kl_k3"]}[n]])))
+    samples_path = root / "eval" / "samples.jsonl"
+    if samples_path.exists():
+        rows = [json.loads(x) for x in samples_path.read_text().splitlines()]
+        seen, picked = set(), []
+        for r in rows:  # one sample per category, the first of each
+            if r["category"] not in seen:
+                seen.add(r["category"])
+                picked.append(r)
+        names = [k for k in rows[0] if k not in ("prompt", "category")]
+        sections.append(("Samples for the same prompts", report.side_by_side(
+            [r["prompt"] for r in picked], {n: [r[n] for r in picked] for n in names})))
+    return report.write(root / "report.html", "rlhfkit demo report", sections)

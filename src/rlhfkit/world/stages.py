@@ -1,0 +1,192 @@
+"""Pipeline stages of the built-in world: its base model, its data, simulated annotators, and
+evaluation against the hidden gold preference. Each is a config dataclass + a function, registered
+in ``rlhfkit.stages`` like the trainers, so a pipeline file mixes them freely with sft/rm/dpo/ppo.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import _f, dump_config
+from ..evaluate.policy import kl_to_reference, sample_policy
+from ..evaluate.stats import win_rate
+from .annotators import SimulatedAnnotator
+from .base import cached_base, prompt_file, sft_records
+from .gold import gold_score, words
+from .tasks import Prompt, gap_prompts, make_prompts
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _finish(cfg, summary: dict) -> dict:
+    out = Path(cfg.output_dir)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    dump_config(cfg, out / "config.yaml")
+    return summary
+
+
+@dataclass
+class WorldBaseConfig:
+    """The world's pretrained base model (built once, cached, copied into output_dir)."""
+
+    output_dir: str = _f("", "Where the base model folder goes.")
+    seed: int = _f(0, "World and initialisation seed.")
+    steps: int = _f(2000, "Pretraining steps on the mixed-quality corpus.")
+    hidden_size: int = _f(128, "Model width.")
+    num_layers: int = _f(2, "Transformer layers.")
+    cache_dir: str = _f("", "Cache folder; empty means $RLHFKIT_CACHE or ~/.cache/rlhfkit.")
+
+
+def run_world_base(cfg: WorldBaseConfig) -> dict:
+    cached = cached_base(cfg.seed, cfg.cache_dir or None, steps=cfg.steps, hidden_size=cfg.hidden_size,
+                         num_layers=cfg.num_layers)
+    shutil.copytree(cached, cfg.output_dir, dirs_exist_ok=True)
+    base = json.loads((Path(cached) / "summary.json").read_text()) if (Path(cached) / "summary.json").exists() else {}
+    return _finish(cfg, {"cached": cached, "pretrain_loss": base.get("train", {}).get("loss")})
+
+
+@dataclass
+class WorldDataConfig:
+    """Demonstrations, training prompts, held-out prompts and knowledge-gap probes."""
+
+    output_dir: str = _f("", "Where the JSONL files go.")
+    seed: int = _f(0, "World seed.")
+    n_sft: int = _f(2000, "SFT demonstrations.")
+    good_fraction: float = _f(0.4, "Share of demonstrations in the good style; the rest are mixed-quality.")
+    train_prompts_per_category: int = _f(60, "Training prompts per category (pairs and RL).")
+    eval_prompts_per_category: int = _f(20, "Held-out prompts per category (subjects unseen in training).")
+    categories: list[str] = _f([], "Categories to keep in the training prompts (empty: all); eval keeps all.")
+
+
+def run_world_data(cfg: WorldDataConfig) -> dict:
+    from .tasks import CATEGORIES
+
+    out = Path(cfg.output_dir)
+    keep = tuple(cfg.categories) or CATEGORIES
+    sft = sft_records(cfg.seed, cfg.n_sft, cfg.good_fraction)
+    train = make_prompts(cfg.seed, cfg.train_prompts_per_category, categories=keep, split="train")
+    held_out = make_prompts(cfg.seed + 1, cfg.eval_prompts_per_category, split="eval")
+    _jsonl(out / "sft.jsonl", sft)
+    prompt_file(out / "prompts_train.jsonl", train)
+    prompt_file(out / "prompts_eval.jsonl", held_out)
+    prompt_file(out / "prompts_gap.jsonl", gap_prompts())
+    return _finish(cfg, {"sft": len(sft), "prompts_train": len(train), "prompts_eval": len(held_out),
+                         "prompts_gap": len(gap_prompts()), "categories": list(keep)})
+
+
+@dataclass
+class SimulateAnnotatorsConfig:
+    """Label sampled pairs with simulated annotators (Bradley-Terry on the gold score, plus noise)."""
+
+    data: str = _f("", "Pairs JSONL {prompt, response_a, response_b, category, subject, answer} (required).")
+    output_dir: str = _f("", "Where train.jsonl, eval.jsonl and eval_gold.jsonl go.")
+    temperature: float = _f(0.5, "Bradley-Terry temperature on the gold-score difference (0: always the better one).")
+    flip_rate: float = _f(0.1, "Probability that a label is flipped (annotator error).")
+    length_bias: float = _f(0.0, "Added to the logit per extra word of response A over B (a bias for longer answers).")
+    eval_fraction: float = _f(0.2, "Share of pairs held out for evaluation.")
+    seed: int = _f(0, "Annotator and split seed.")
+
+
+def run_simulate_annotators(cfg: SimulateAnnotatorsConfig) -> dict:
+    rows = [json.loads(x) for x in Path(cfg.data).read_text(encoding="utf-8").splitlines() if x.strip()]
+    random.Random(cfg.seed).shuffle(rows)
+    n_eval = max(1, int(round(cfg.eval_fraction * len(rows))))
+    eval_rows, train_rows = rows[:n_eval], rows[n_eval:]
+    annotator = SimulatedAnnotator(cfg.temperature, cfg.flip_rate, cfg.length_bias, cfg.seed)
+    train, skipped_train = annotator.label_pairs(train_rows)
+    held_out, skipped_eval = annotator.label_pairs(eval_rows)
+    gold = []  # held-out pairs ordered by the gold score itself, ties dropped
+    for r in eval_rows:
+        p = Prompt(r["prompt"], r["category"], r.get("subject", ""), r.get("answer", ""))
+        ga, gb = gold_score(p, r["response_a"]), gold_score(p, r["response_b"])
+        if ga != gb:
+            c, j = (r["response_a"], r["response_b"]) if ga > gb else (r["response_b"], r["response_a"])
+            gold.append({"prompt": r["prompt"], "chosen": c, "rejected": j, "category": r["category"]})
+    out = Path(cfg.output_dir)
+    _jsonl(out / "train.jsonl", train)
+    _jsonl(out / "eval.jsonl", held_out)
+    _jsonl(out / "eval_gold.jsonl", gold)
+    return _finish(cfg, {"train_pairs": len(train), "eval_pairs": len(held_out), "eval_gold_pairs": len(gold),
+                         "skipped_identical": skipped_train + skipped_eval,
+                         "ceiling_accuracy": annotator.ceiling_accuracy(held_out)})
+
+
+@dataclass
+class GoldEvalConfig:
+    """Sample each policy on held-out prompts and judge the samples with the gold preference."""
+
+    data: str = _f("", "Held-out prompt JSONL with category/subject/answer columns (required).")
+    output_dir: str = _f("", "Where eval.json and samples.jsonl go.")
+    baseline: str = _f("", "The policy every other is compared with (the SFT model) (required).")
+    policies: list[str] = _f([], "Policies to evaluate as name=folder.")
+    gap_data: str = _f("", "Knowledge-gap probe prompts; empty skips the probe.")
+    samples_per_prompt: int = _f(2, "Samples per prompt and policy (temperature 1).")
+    max_new_tokens: int = _f(32, "Longest sampled response in tokens.")
+    seed: int = _f(0, "Sampling seed (the same for every policy, so samples pair up).")
+    device: str = _f("cpu", "cpu or cuda.")
+
+
+def _prompts(path: str) -> list[Prompt]:
+    rows = [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [Prompt(r["prompt"], r["category"], r.get("subject", ""), r.get("answer", "")) for r in rows]
+
+
+def _policy_eval(name: str, folder: str, cfg: GoldEvalConfig, prompts: list[Prompt],
+                 base_scores) -> tuple[dict, list[float], list[str]]:
+    """One policy's row of the table, its per-sample gold scores and its sample texts."""
+    n = cfg.samples_per_prompt
+    samples = sample_policy(folder, [p.text for p in prompts], n=n, max_new_tokens=cfg.max_new_tokens,
+                            seed=cfg.seed, device=cfg.device)
+    flat = [p for p in prompts for _ in range(n)]
+    scores = [gold_score(p, t) for p, t in zip(flat, samples.texts)]
+    row = {"policy": name, "gold_reward": sum(scores) / len(scores),
+           "length_words": sum(len(words(t)) for t in samples.texts) / len(samples.texts),
+           "kl_to_baseline": kl_to_reference(samples, cfg.baseline, cfg.device) if folder != cfg.baseline else 0.0}
+    if base_scores is not None:
+        wr = win_rate(scores, base_scores, seed=cfg.seed)
+        row.update(gold_winrate_vs_sft=wr["winrate"], gold_winrate_ci_low=wr["winrate_ci"][0],
+                   gold_winrate_ci_high=wr["winrate_ci"][1])
+    for cat in sorted({p.category for p in prompts}):
+        vals = [s for p, s in zip(flat, scores) if p.category == cat]
+        row[f"gold/{cat}"] = sum(vals) / len(vals)
+    if cfg.gap_data:
+        gap = _prompts(cfg.gap_data)
+        texts = sample_policy(folder, [p.text for p in gap], n=n, max_new_tokens=cfg.max_new_tokens,
+                              seed=cfg.seed, device=cfg.device).texts
+        gap_flat = [p for p in gap for _ in range(n)]
+        row["gap_correct"] = sum(p.answer in words(t) for p, t in zip(gap_flat, texts)) / len(texts)
+        row["gap_polite"] = sum(gold_score(p, t) > 0 for p, t in zip(gap_flat, texts)) / len(texts)
+    return row, scores, samples.texts
+
+
+def run_gold_eval(cfg: GoldEvalConfig) -> dict:
+    prompts = _prompts(cfg.data)
+    base_row, base_scores, base_texts = _policy_eval("sft", cfg.baseline, cfg, prompts, None)
+    rows, texts = [base_row], {"sft": base_texts}
+    for spec in cfg.policies:
+        name, _, folder = spec.partition("=")
+        row, _, texts[name] = _policy_eval(name, folder, cfg, prompts, base_scores)
+        rows.append(row)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    flat = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+    _jsonl(out / "samples.jsonl", [{"prompt": p.text, "category": p.category, **{k: v[i] for k, v in texts.items()}}
+                                   for i, p in enumerate(flat)])
+    (out / "eval.json").write_text(json.dumps(rows, indent=2))
+    return _finish(cfg, {r["policy"]: r for r in rows})
+
+
+WORLD_STAGES = {
+    "world-base": (WorldBaseConfig, run_world_base),
+    "world-data": (WorldDataConfig, run_world_data),
+    "simulate-annotators": (SimulateAnnotatorsConfig, run_simulate_annotators),
+    "gold-eval": (GoldEvalConfig, run_gold_eval),
+}
