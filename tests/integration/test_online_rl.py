@@ -48,8 +48,8 @@ def test_reward_rises_with_kl_reported(world_dir, sft_dir, tmp_path, algo):
     rows = _rows(tmp_path)
     assert len(rows) == 20 and summary["steps"] == 20
     start, end = _mean(rows, "reward", slice(0, 3)), _mean(rows, "reward", slice(-5, None))
-    # the SFT model scores about 0 (half kind, half unkind); the best possible review scores 2
-    assert start < 0.5 and end >= start + 0.5, (start, end)
+    # the SFT model scores about 0 (half kind, half unkind); a kind review scores 2
+    assert start < 1.0 and end >= start + 0.5, (start, end)
     for r in rows:
         assert {"kl", "kl_k1", "kl_k3", "entropy", "clip_frac", "approx_kl", "response_length", "eos_rate",
                 "time_generation", "time_scoring", "time_training", "total_reward", "non_score_reward"} <= set(r)
@@ -74,24 +74,25 @@ def test_larger_kl_coef_ends_at_smaller_kl(world_dir, sft_dir, tmp_path):
     kls = {}
     for coef in (0.0, 1.0):
         out = tmp_path / f"coef{coef}"
-        run_rloo(RLOOConfig(**_common(world_dir, sft_dir, out, num_generations=4, kl_coef=coef)))
+        run_rloo(RLOOConfig(**_common(world_dir, sft_dir, out, num_generations=4, kl_coef=coef, max_steps=30)))
         kls[coef] = _mean(_rows(out), "kl", slice(-5, None))
     assert kls[1.0] < 0.5 * kls[0.0], kls
 
 
 def test_adaptive_controller_moves_kl_toward_target(world_dir, sft_dir, tmp_path):
-    """From the same small coefficient, the fixed run drifts far past the target; the adaptive run
-    raises its coefficient and ends nearer the target."""
-    target = 0.5
+    """From the same strong coefficient (1.0), the fixed run holds the KL far below a target of 3
+    nats; the adaptive controller sees KL < target, lowers the coefficient, and the KL rises toward
+    the target. (The other direction, raising the coefficient above target, is in test_kl.py.)"""
+    target = 3.0
     fixed, adaptive = tmp_path / "fixed", tmp_path / "adaptive"
-    run_rloo(RLOOConfig(**_common(world_dir, sft_dir, fixed, num_generations=4, kl_coef=0.01, max_steps=30)))
-    run_rloo(RLOOConfig(**_common(world_dir, sft_dir, adaptive, num_generations=4, kl_coef=0.01, max_steps=30,
-                                  kl_target=target, kl_horizon=16)))
+    run_rloo(RLOOConfig(**_common(world_dir, sft_dir, fixed, num_generations=4, kl_coef=1.0, max_steps=30)))
+    run_rloo(RLOOConfig(**_common(world_dir, sft_dir, adaptive, num_generations=4, kl_coef=1.0, max_steps=30,
+                                  kl_target=target, kl_horizon=64)))
     f_rows, a_rows = _rows(fixed), _rows(adaptive)
-    assert all(r["kl_coef"] == 0.01 for r in f_rows)
-    assert a_rows[-1]["kl_coef"] > 0.1  # 10x the start: KL sat above target
-    f_kl, a_kl = _mean(f_rows, "kl", slice(-5, None)), _mean(a_rows, "kl", slice(-5, None))
-    assert f_kl > target and abs(a_kl - target) < abs(f_kl - target), (f_kl, a_kl)
+    assert all(r["kl_coef"] == 1.0 for r in f_rows)
+    assert a_rows[-1]["kl_coef"] < 0.2  # KL sat below target: the coefficient fell
+    f_kl, a_kl = _mean(f_rows, "kl", slice(-10, None)), _mean(a_rows, "kl", slice(-10, None))
+    assert f_kl < a_kl < target, (f_kl, a_kl)
 
 
 def test_ppo_with_a_trained_reward_model(world_dir, sft_dir, tmp_path):
