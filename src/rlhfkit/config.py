@@ -208,16 +208,20 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def read_yaml(path: str | Path, cls: type) -> dict[str, Any]:
-    """Read a config file; unknown fields are errors that name the file and suggest a spelling."""
+def load_yaml_file(path: str | Path, what: str = "config file"):
+    """``yaml.safe_load`` of a file, with errors that name it."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raise ConfigError(f"{path}: no such {what}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    return check_mapping(raw or {}, cls, str(path))
+
+
+def read_yaml(path: str | Path, cls: type) -> dict[str, Any]:
+    """Read a config file; unknown fields are errors that name the file and suggest a spelling."""
+    return check_mapping(load_yaml_file(path) or {}, cls, str(path))
 
 
 def check_mapping(raw, cls: type, where: str) -> dict[str, Any]:

@@ -28,9 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from .config import ConfigError, from_mapping
+from .config import ConfigError, from_mapping, load_yaml_file
 
 MARKER = ".rlhfkit-stage.json"
 _REF = re.compile(r"\{([A-Za-z0-9_\-]+)\}")
@@ -38,12 +36,7 @@ _REF = re.compile(r"\{([A-Za-z0-9_\-]+)\}")
 
 def load_pipeline(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such pipeline file") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    spec = load_yaml_file(path, "pipeline file")
     if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list) or not spec["stages"]:
         raise ConfigError(f"{path}: expected a mapping with a non-empty list 'stages'")
     unknown = set(spec) - {"output_dir", "defaults", "stages"}
