@@ -23,7 +23,10 @@ stages:
   best-of-n  sample N completions per prompt and keep the best by a reward source
   sample-pairs  sample k responses per prompt from a policy into {prompt, response_a, response_b} pairs
   pipeline  run stages listed in a YAML file, each feeding the next; finished stages are skipped
-  demo    the built-in demo: SFT -> reward model -> DPO on a small built-in world
+  demo    the built-in demo: base -> SFT -> pairs -> simulated annotators -> RM -> DPO and PPO
+          -> gold evaluation -> runs/demo/report.html (a `pipeline` on rlhfkit/configs/demo.yaml)
+  world-base, world-data, simulate-annotators, gold-eval
+          the demo world's stages, for pipelines of your own
 
 `rlhfkit STAGE --help` lists every field of that stage with its default."""
 
