@@ -7,8 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from rlhfkit.config import SFTConfig
+from rlhfkit.data import load_sft
+from rlhfkit.data.tokenize import collate_sft, tokenize_sft
+from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.train import loop
-from rlhfkit.train.sft import run_sft
+from rlhfkit.train.sft import nll_sum, run_sft
 from rlhfkit.world.toy import write_jsonl
 
 
@@ -84,15 +87,8 @@ def test_non_finite_loss_is_skipped_then_stops(world_dir, varied_sft, tmp_path):
     message naming the last good checkpoint, and the weights are those of the last good step."""
     cfg = SFTConfig(model=world_dir["base"], data=varied_sft, output_dir=str(tmp_path), batch_size=4,
                     max_steps=10, save_steps=2, max_bad_steps=3, learning_rate=1e-2)
-    from rlhfkit.models import load_causal_lm
-
     run = loop.start_run(cfg, "sft")
     model = load_causal_lm(cfg.model)
-    from rlhfkit.data import load_sft
-    from rlhfkit.data.tokenize import collate_sft, tokenize_sft
-    from rlhfkit.models import build_word_tokenizer  # noqa: F401  (tokenizer comes from the folder)
-    from rlhfkit.models import load_tokenizer
-    from rlhfkit.train.sft import nll_sum
 
     tok = load_tokenizer(cfg.model)
     examples, _ = tokenize_sft(load_sft(varied_sft), tok, 32)

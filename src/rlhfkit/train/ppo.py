@@ -16,7 +16,7 @@ import torch
 
 from ..config import PPOConfig
 from ..losses import gae, ppo_value_loss, whiten
-from ..models import causal_lm_logits, load_reward_model, position_ids_from_mask, save_model
+from ..models import load_reward_model, position_ids_from_mask, save_model
 from .online import Algorithm, Experience, last_token_onehot, run_online
 
 
