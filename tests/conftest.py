@@ -30,3 +30,28 @@ def sft_dir(world_dir, tmp_path_factory):
     run_sft(SFTConfig(model=world_dir["base"], data=world_dir["sft"], output_dir=str(out), max_steps=300,
                       learning_rate=2e-3, batch_size=32, max_length=32, warmup_ratio=0.1, logging_steps=50, seed=0))
     return str(out)
+
+
+# The built-in demo pipeline at smoke-test size (the full run is `make demo`).
+SHRINK = {"base": {"steps": 30}, "data": {"n_sft": 200, "train_prompts_per_category": 6, "eval_prompts_per_category": 2},
+          "sft": {"max_steps": 10}, "pairs": {"k": 4, "max_new_tokens": 16}, "rm": {"max_steps": 4, "eval_steps": 2},
+          "dpo": {"max_steps": 4}, "ppo": {"max_steps": 2, "batch_size": 4, "max_new_tokens": 16},
+          "eval": {"max_new_tokens": 16}}
+
+
+@pytest.fixture(scope="session")
+def small_demo_pipeline(tmp_path_factory):
+    """A copy of rlhfkit/configs/demo.yaml shrunk to seconds, its base model cached in a temp folder."""
+    import yaml
+
+    from rlhfkit.world.demo import builtin_config
+
+    root = tmp_path_factory.mktemp("demo_pipeline")
+    spec = yaml.safe_load(open(builtin_config()))
+    for st in spec["stages"]:
+        st.setdefault("with", {}).update(SHRINK.get(st["name"], {}))
+        if st["stage"] == "world-base":
+            st["with"]["cache_dir"] = str(root / "cache")
+    path = root / "demo.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

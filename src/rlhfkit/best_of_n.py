@@ -8,7 +8,6 @@ best-of-N policy's KL to the sampling policy is at most log N - (N - 1)/N nats (
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -16,14 +15,10 @@ import torch
 from .config import BestOfNConfig, dump_config
 from .data import load_prompts
 from .data.tokenize import prompt_ids
+from .evaluate.frontier import kl_bound
 from .generation import generate
 from .models import load_causal_lm, load_tokenizer, resolve_device
 from .rewards import make_reward
-
-
-def kl_bound(n: int) -> float:
-    """log N - (N - 1) / N: the KL (nats) of best-of-N to the base policy, as usually quoted."""
-    return math.log(n) - (n - 1) / n
 
 
 def run_best_of_n(cfg: BestOfNConfig) -> dict:

@@ -25,6 +25,9 @@ stages:
   pipeline  run stages listed in a YAML file, each feeding the next; finished stages are skipped
   demo    the built-in demo: base -> SFT -> pairs -> simulated annotators -> RM -> DPO and PPO
           -> gold evaluation -> runs/demo/report.html (a `pipeline` on rlhfkit/configs/demo.yaml)
+  lab LEVER  the lever lab on the demo world: noise | kl | coverage | knowledge; each writes a
+          figure and a table to runs/lab/ (label noise -> RM accuracy -> gold reward; KL strength ->
+          proxy vs gold reward; a category left out of the preferences; a fact pretraining never had)
   world-base, world-data, simulate-annotators, gold-eval
           the demo world's stages, for pipelines of your own
 
@@ -36,8 +39,9 @@ EXIT_USER_ERROR = 2
 def _stages():
     from .stages import registry
     from .world.demo import DemoConfig, run_demo
+    from .world.lab import LabConfig, run_lab
 
-    return {**registry(), "demo": (DemoConfig, run_demo)}
+    return {**registry(), "demo": (DemoConfig, run_demo), "lab": (LabConfig, run_lab)}
 
 
 def _quiet_libraries() -> None:
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else EXIT_USER_ERROR
     stage, rest = argv[0], argv[1:]
+    if stage == "lab" and rest and not rest[0].startswith("-"):  # `rlhfkit lab noise ...`
+        rest = ["--lever", rest[0], *rest[1:]]
     debug = "--debug" in rest
     _quiet_libraries()
     from .config import ConfigError, parse_config
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rlhfkit {stage}: interrupted", file=sys.stderr)
         return 130
-    if isinstance(summary, dict) and "train_seconds" in summary and stage != "demo":
+    if isinstance(summary, dict) and "train_seconds" in summary and stage not in ("demo", "lab"):
         print(f"rlhfkit {stage}: done -> {cfg.output_dir} ({summary.get('steps')} steps, "
               f"{summary.get('train_seconds')} s)")
     return 0

@@ -31,7 +31,7 @@ from typing import Callable
 from .config import ConfigError, from_mapping, load_yaml_file
 
 MARKER = ".rlhfkit-stage.json"
-_REF = re.compile(r"\{([A-Za-z0-9_\-]+)\}")
+_REF = re.compile(r"\{([A-Za-z0-9_.\-]+)\}")
 
 
 def load_pipeline(path: str | Path) -> dict:

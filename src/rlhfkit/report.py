@@ -54,7 +54,12 @@ def figure(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return png(buf.getvalue())
+
+
+def png(data: bytes) -> str:
+    """PNG bytes as an <img> with the data inside."""
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -13,7 +13,7 @@ import pytest
 
 from rlhfkit.world import annotators, base, tasks
 from rlhfkit.world.annotators import SimulatedAnnotator
-from rlhfkit.world.gold import gold_reward, gold_score
+from rlhfkit.world.gold import answer_verdict, gold_reward, gold_score
 from rlhfkit.world.tasks import CATEGORIES, GAP, STYLE_RANK, STYLES, Prompt
 
 ARITH = Prompt("what is 3 plus 4 ?", "arithmetic", "3 plus 4", "7")
@@ -384,3 +384,11 @@ def test_cached_base_removes_abandoned_builds_and_keys_on_settings(tmp_path, mon
     assert len({base.base_key(0), base.base_key(1), base.base_key(0, num_layers=3)}) == 3
     with pytest.raises(TypeError, match="stepz"):
         base.base_key(0, stepz=3)
+
+
+@pytest.mark.parametrize("prompt,response,verdict", [
+    (ARITH, "3 plus 4 is 7 .", "correct"), (ARITH, "3 plus 4 is 7 or 8 .", "wrong"), (ARITH, "3 plus 4 .", "none"),
+    (ARITH, "i am not sure .", "unsure"), (FACT, "velmar .", "correct"), (FACT, "it is tarvik .", "wrong"),
+    (FACT, "i do not know .", "unsure")])
+def test_answer_verdict(prompt, response, verdict):
+    assert answer_verdict(prompt, response) == verdict

@@ -48,3 +48,32 @@ def test_flip_noise_lowers_the_ceiling(tmp_path):
     s = run_simulate_annotators(SimulateAnnotatorsConfig(data=str(pairs), output_dir=str(tmp_path / "o"),
                                                          temperature=0.0, flip_rate=0.2, eval_fraction=1.0))
     assert s["ceiling_accuracy"] == pytest.approx(0.8)  # a perfect model agrees with 80% of the labels
+
+
+def test_excluded_categories_leave_no_pairs_and_are_counted(tmp_path):
+    dish, rude = Prompt("describe the soup .", "dish", "soup"), Prompt("you are useless .", "rude", "")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({**p.record(), "response_a": a, "response_b": b}) + "\n" for p, a, b in
+                             [(dish, "the soup is warm .", "who cares .")] * 6 + [(rude, "sorry .", "you idiot .")] * 4))
+    s = run_simulate_annotators(SimulateAnnotatorsConfig(data=str(pairs), output_dir=str(tmp_path / "o"),
+                                                         temperature=0.0, exclude_categories=["rude"]))
+    assert s["excluded_pairs"] == 4 and s["train_pairs"] + s["eval_pairs"] == 6
+    assert all(r["category"] == "dish" for name in ("train.jsonl", "eval.jsonl") for r in _rows(tmp_path / "o" / name))
+    with pytest.raises(ValueError, match="no pairs left"):
+        run_simulate_annotators(SimulateAnnotatorsConfig(data=str(pairs), output_dir=str(tmp_path / "x"),
+                                                         exclude_categories=["rude", "dish"]))
+
+
+def test_label_gold_agreement_counts_only_untied_pairs(tmp_path):
+    p = Prompt("describe the soup .", "dish", "soup")
+    good, bad, also_bad = "the soup is warm and tasty .", "who cares about your stupid soup .", "you idiot ."
+    assert gold_score(p, bad) != gold_score(p, also_bad)
+    rows = [(good, bad)] * 8 + [(bad, good)] * 2  # flip_rate 1 below: every label is the worse one
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({**p.record(), "response_a": a, "response_b": b}) + "\n" for a, b in rows))
+    s = run_simulate_annotators(SimulateAnnotatorsConfig(data=str(pairs), output_dir=str(tmp_path / "o"),
+                                                         temperature=0.0, flip_rate=1.0, eval_fraction=0.1))
+    assert s["label_gold_agreement"] == 0.0
+    s = run_simulate_annotators(SimulateAnnotatorsConfig(data=str(pairs), output_dir=str(tmp_path / "o2"),
+                                                         temperature=0.0, flip_rate=0.0, eval_fraction=0.1))
+    assert s["label_gold_agreement"] == 1.0

@@ -71,17 +71,30 @@ def _is_padded(ws: list[str]) -> bool:
     return len(ws) > MAX_WORDS or any(w in FILLER for w in ws) or max(counts.values(), default=0) >= 3
 
 
-def _answer_score(prompt: Prompt, ws: list[str]) -> float:
-    """Correct +2 / wrong -2 / honest unsure +0.5 for arithmetic and fact prompts."""
+def _verdict(prompt: Prompt, ws: list[str]) -> str:
     if prompt.category == "arithmetic":
         stated = {w for w in _remove(ws, prompt.subject) if w.isdigit()}
     else:
         stated = {w for w in ws if w in _CAPITALS}
     if stated - {prompt.answer}:
-        return -2.0
+        return "wrong"
     if prompt.answer in stated:
-        return 2.0
-    return 0.5 if any(_has(ws, u) for u in UNSURE) else 0.0
+        return "correct"
+    return "unsure" if any(_has(ws, u) for u in UNSURE) else "none"
+
+
+def answer_verdict(prompt: Prompt, response: str) -> str:
+    """For an arithmetic or fact prompt: "correct" (states the answer and no other), "wrong"
+    (states another number / capital), "unsure" (states none, says it does not know) or "none"."""
+    return _verdict(prompt, words(response))
+
+
+_ANSWER_SCORES = {"wrong": -2.0, "correct": 2.0, "unsure": 0.5, "none": 0.0}
+
+
+def _answer_score(prompt: Prompt, ws: list[str]) -> float:
+    """Correct +2 / wrong -2 / honest unsure +0.5 for arithmetic and fact prompts."""
+    return _ANSWER_SCORES[_verdict(prompt, ws)]
 
 
 def _category_score(prompt: Prompt, ws: list[str], on_topic: bool) -> float:

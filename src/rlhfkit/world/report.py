@@ -44,6 +44,15 @@ def build(root: str | Path, summaries: dict) -> Path:
             report.curves({n: p}, keys) for n, p in runs.items()
             for keys in [{"sft": ["loss"], "rm": ["loss", "accuracy"], "dpo": ["loss", "reward_accuracy", "kl"],
                           "ppo": ["reward", "kl", "kl_k3"]}[n]])))
+    frontier = root / "eval" / "frontier.json"
+    if evals and frontier.exists():
+        sections.append(("Reward vs KL", reward_vs_kl(json.loads(frontier.read_text()), evals, root) +
+                         "<p class=note>Left: the hidden gold reward; right: the reward model's score (the proxy "
+                         "the policies optimise). Best-of-N: the SFT policy's best of N samples by the reward "
+                         "model, at its closed-form KL log N - (N-1)/N. Policies: held-out prompts, KL estimated "
+                         "from samples. Dashed: each PPO run during training (its rollouts on training prompts), "
+                         "one line per KL coefficient. Where the proxy keeps rising but the gold reward stops or "
+                         "falls, the policy is exploiting the reward model.</p>"))
     samples_path = root / "eval" / "samples.jsonl"
     if samples_path.exists():
         rows = [json.loads(x) for x in samples_path.read_text().splitlines()]
@@ -56,3 +65,41 @@ def build(root: str | Path, summaries: dict) -> Path:
         sections.append(("Samples for the same prompts", report.side_by_side(
             [r["prompt"] for r in picked], {n: [r[n] for r in picked] for n in names})))
     return report.write(root / "report.html", "rlhfkit demo report", sections)
+
+
+GOLD_KEY, PROXY_KEY = "reward/rlhfkit.world.gold:gold_reward", "reward"
+
+
+def _ppo_runs(root: Path) -> dict[str, list[dict]]:
+    """Every stage folder whose metrics log the gold reward beside the proxy (PPO runs with the
+    gold monitor), keyed by a label naming its KL coefficient."""
+    runs = {}
+    for metrics in sorted(root.glob("*/metrics.jsonl")):
+        rows = [r for r in report.read_metrics(metrics) if GOLD_KEY in r and "kl" in r]
+        if rows:
+            runs[f"{metrics.parent.name} (kl_coef {rows[0].get('kl_coef', float('nan')):g})"] = rows
+    return runs
+
+
+def reward_vs_kl(frontier: list[dict], evals: dict, root: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    policies = [r for r in evals.values() if r["policy"] != "sft"]
+    for ax, key, title in ((axes[0], "gold_reward", "gold reward"), (axes[1], "proxy_reward", "reward-model score")):
+        ax.plot([f["kl"] for f in frontier], [f[key] for f in frontier], "o-", color="black", label="best-of-N (SFT)")
+        for f in frontier:
+            ax.annotate(f"N={f['n']}", (f["kl"], f[key]), fontsize=7, xytext=(3, -9), textcoords="offset points")
+        for name, rows in _ppo_runs(root).items():
+            ax.plot([r["kl"] for r in rows], [r[GOLD_KEY if key == "gold_reward" else PROXY_KEY] for r in rows],
+                    "--", alpha=0.8, label=f"{name}, training")
+        ax.set(xlabel="KL to SFT (nats)", ylabel=title, title=f"{title.capitalize()} vs KL")
+        ax.grid(alpha=0.3)
+    for r in policies:
+        axes[0].scatter([r["kl_to_baseline"]], [r["gold_reward"]], s=60, marker="*", zorder=3, label=r["policy"])
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    return report.figure(fig)

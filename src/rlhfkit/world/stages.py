@@ -16,7 +16,7 @@ from ..evaluate.policy import kl_to_reference, sample_policy
 from ..evaluate.stats import win_rate
 from .annotators import SimulatedAnnotator
 from .base import cached_base, prompt_file, sft_records
-from .gold import gold_score, words
+from .gold import answer_verdict, gold_score, words
 from .tasks import Prompt, gap_prompts, make_prompts
 
 
@@ -92,11 +92,16 @@ class SimulateAnnotatorsConfig:
     flip_rate: float = _f(0.1, "Probability that a label is flipped (annotator error).")
     length_bias: float = _f(0.0, "Added to the logit per extra word of response A over B (a bias for longer answers).")
     eval_fraction: float = _f(0.2, "Share of pairs held out for evaluation.")
+    exclude_categories: list[str] = _f([], "Prompt categories whose pairs are dropped (a coverage gap, on purpose).")
     seed: int = _f(0, "Annotator and split seed.")
 
 
 def run_simulate_annotators(cfg: SimulateAnnotatorsConfig) -> dict:
     rows = [json.loads(x) for x in Path(cfg.data).read_text(encoding="utf-8").splitlines() if x.strip()]
+    excluded = sum(r.get("category") in cfg.exclude_categories for r in rows)
+    rows = [r for r in rows if r.get("category") not in cfg.exclude_categories]
+    if not rows:
+        raise ValueError(f"{cfg.data}: no pairs left after excluding categories {cfg.exclude_categories}")
     random.Random(cfg.seed).shuffle(rows)
     n_eval = max(1, int(round(cfg.eval_fraction * len(rows))))
     eval_rows, train_rows = rows[:n_eval], rows[n_eval:]
@@ -115,8 +120,21 @@ def run_simulate_annotators(cfg: SimulateAnnotatorsConfig) -> dict:
     _jsonl(out / "eval.jsonl", held_out)
     _jsonl(out / "eval_gold.jsonl", gold)
     return _finish(cfg, {"train_pairs": len(train), "eval_pairs": len(held_out), "eval_gold_pairs": len(gold),
-                         "skipped_identical": skipped_train + skipped_eval,
+                         "skipped_identical": skipped_train + skipped_eval, "excluded_pairs": excluded,
+                         "label_gold_agreement": _gold_agreement(train),
                          "ceiling_accuracy": annotator.ceiling_accuracy(held_out)})
+
+
+def _gold_agreement(records: list[dict]) -> float | None:
+    """Share of labels that agree with the gold order, over pairs the gold score does not tie."""
+    agree = total = 0
+    for r in records:
+        p = Prompt(r["prompt"], r["category"], r.get("subject", ""), r.get("answer", ""))
+        margin = gold_score(p, r["chosen"]) - gold_score(p, r["rejected"])
+        if margin:
+            total += 1
+            agree += margin > 0
+    return agree / total if total else None
 
 
 @dataclass
@@ -129,6 +147,8 @@ class GoldEvalConfig:
     policies: list[str] = _f([], "Policies to evaluate as name=folder.")
     gap_data: str = _f("", "Knowledge-gap probe prompts; empty skips the probe.")
     samples_per_prompt: int = _f(2, "Samples per prompt and policy (temperature 1).")
+    reward_model: str = _f("", "Reward model for the best-of-N frontier of the baseline (frontier.json); empty skips it.")
+    best_of: list[int] = _f([1, 2, 4, 8, 16], "N values of the best-of-N frontier.")
     max_new_tokens: int = _f(32, "Longest sampled response in tokens.")
     seed: int = _f(0, "Sampling seed (the same for every policy, so samples pair up).")
     device: str = _f("cpu", "cpu or cuda.")
@@ -157,13 +177,19 @@ def _policy_eval(name: str, folder: str, cfg: GoldEvalConfig, prompts: list[Prom
     for cat in sorted({p.category for p in prompts}):
         vals = [s for p, s in zip(flat, scores) if p.category == cat]
         row[f"gold/{cat}"] = sum(vals) / len(vals)
+        if cat in ("arithmetic", "fact"):  # says the right answer (and no wrong one)
+            hits = [answer_verdict(p, t) == "correct" for p, t in zip(flat, samples.texts) if p.category == cat]
+            row[f"correct/{cat}"] = sum(hits) / len(hits)
     if cfg.gap_data:
         gap = _prompts(cfg.gap_data)
         texts = sample_policy(folder, [p.text for p in gap], n=n, max_new_tokens=cfg.max_new_tokens,
                               seed=cfg.seed, device=cfg.device).texts
         gap_flat = [p for p in gap for _ in range(n)]
-        row["gap_correct"] = sum(p.answer in words(t) for p, t in zip(gap_flat, texts)) / len(texts)
-        row["gap_polite"] = sum(gold_score(p, t) > 0 for p, t in zip(gap_flat, texts)) / len(texts)
+        verdicts = [answer_verdict(p, t) for p, t in zip(gap_flat, texts)]
+        row["gap_correct"] = verdicts.count("correct") / len(texts)
+        row["gap_wrong"] = verdicts.count("wrong") / len(texts)
+        row["gap_unsure"] = verdicts.count("unsure") / len(texts)
+        row["gap_gold_reward"] = sum(gold_score(p, t) for p, t in zip(gap_flat, texts)) / len(texts)
     return row, scores, samples.texts
 
 
@@ -181,7 +207,25 @@ def run_gold_eval(cfg: GoldEvalConfig) -> dict:
     _jsonl(out / "samples.jsonl", [{"prompt": p.text, "category": p.category, **{k: v[i] for k, v in texts.items()}}
                                    for i, p in enumerate(flat)])
     (out / "eval.json").write_text(json.dumps(rows, indent=2))
+    if cfg.reward_model:
+        (out / "frontier.json").write_text(json.dumps(_frontier(cfg, prompts), indent=2))
     return _finish(cfg, {r["policy"]: r for r in rows})
+
+
+def _frontier(cfg: GoldEvalConfig, prompts: list[Prompt]) -> list[dict]:
+    """Best-of-N from the baseline, picked by the reward model, scored by the reward model and gold."""
+    from ..evaluate.frontier import best_of_n_curve
+    from ..models import resolve_device
+    from ..rewards import RewardModelSource
+
+    n = max(cfg.best_of)
+    samples = sample_policy(cfg.baseline, [p.text for p in prompts], n=n, max_new_tokens=cfg.max_new_tokens,
+                            seed=cfg.seed + 1, device=cfg.device)
+    flat = [p for p in prompts for _ in range(n)]
+    proxy = RewardModelSource(cfg.reward_model, resolve_device(cfg.device))([p.text for p in flat], samples.texts)
+    gold = [gold_score(p, t) for p, t in zip(flat, samples.texts)]
+    return best_of_n_curve([proxy[i * n:(i + 1) * n].tolist() for i in range(len(prompts))],
+                           [gold[i * n:(i + 1) * n] for i in range(len(prompts))], cfg.best_of)
 
 
 WORLD_STAGES = {

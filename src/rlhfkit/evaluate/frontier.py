@@ -1,0 +1,40 @@
+"""The reward-vs-KL frontier of best-of-N: how much reward a policy buys per nat of KL.
+
+Best-of-N from a base policy (draw N samples, keep the one a proxy reward scores highest) is the
+simplest optimiser against a reward model, and its KL to the base policy has a closed form,
+log N - (N - 1)/N nats (Stiennon et al. 2020; an upper bound, Beirami et al. 2024). Plotting the
+proxy and a true ("gold") reward of the picks against that KL for N = 1, 2, 4, ... draws the
+frontier RL policies are compared with, and shows over-optimisation when the proxy keeps rising
+while the gold reward bends down (Gao et al. 2023).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def kl_bound(n: int) -> float:
+    """log N - (N - 1) / N: the KL (nats) of best-of-N to the base policy, as usually quoted."""
+    if n < 1:
+        raise ValueError(f"best-of-N needs N >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n_curve(proxy: list[list[float]], gold: list[list[float]], ns: list[int]) -> list[dict]:
+    """Per N: mean proxy and gold reward of the proxy's pick among each prompt's first N samples.
+
+    ``proxy[i][j]`` and ``gold[i][j]`` score sample j of prompt i; every prompt needs max(ns)
+    samples. Ties in the proxy go to the earlier sample.
+    """
+    if len(proxy) != len(gold) or not proxy:
+        raise ValueError("best_of_n_curve: proxy and gold need the same, non-zero number of prompts")
+    need = max(ns)
+    if any(len(p) < need or len(g) < need for p, g in zip(proxy, gold)):
+        raise ValueError(f"best_of_n_curve: every prompt needs {need} scored samples")
+    rows = []
+    for n in sorted(ns):
+        picks = [max(range(n), key=lambda j: (p[j], -j)) for p in proxy]
+        rows.append({"n": n, "kl": kl_bound(n),
+                     "proxy_reward": sum(p[j] for p, j in zip(proxy, picks)) / len(proxy),
+                     "gold_reward": sum(g[j] for g, j in zip(gold, picks)) / len(gold)})
+    return rows

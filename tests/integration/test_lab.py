@@ -1,0 +1,65 @@
+"""`rlhfkit lab LEVER` at a reduced size: every sweep runs from the CLI and writes its figure and table.
+
+The effects themselves are measured at full size (README, `rlhfkit lab ...` with defaults); here the
+models are too small to show them, so the checks are on what each lab produces and on the parts that
+do not need a trained model (annotator agreement falls with the flip rate).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lab_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("lab")  # shared by the four labs, as `runs/lab` is
+
+
+def _lab(pipeline, root, lever, *extra):
+    proc = subprocess.run([sys.executable, "-m", "rlhfkit", "lab", lever, "--pipeline", str(pipeline),
+                           "--output_dir", str(root), *extra], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (root / f"{lever}.png").stat().st_size > 5000
+    rows = json.loads((root / f"{lever}.json").read_text())["rows"]
+    table = (root / f"{lever}.md").read_text()
+    assert table.count("\n") == len(rows) + 2 and table in proc.stdout
+    return rows, proc.stdout
+
+
+def test_noise_lab(small_demo_pipeline, lab_root):
+    rows, _ = _lab(small_demo_pipeline, lab_root, "noise", "--flip_rates", "0.0", "0.45", "--best_of", "4")
+    assert [r["flip_rate"] for r in rows] == [0.0, 0.45]
+    assert rows[0]["label_gold_agreement"] > rows[1]["label_gold_agreement"] + 0.15
+    assert all(0.0 <= r["rm_gold_accuracy"] <= 1.0 for r in rows)
+    assert len({r["gold_reward_sft"] for r in rows}) == 1  # every best-of-N draws the same candidates
+
+
+def test_kl_lab(small_demo_pipeline, lab_root):
+    rows, _ = _lab(small_demo_pipeline, lab_root, "kl", "--kl_coefs", "0.0", "1.0")
+    assert [r["kl_coef"] for r in rows] == [0.0, 1.0]
+    for r in rows:
+        assert r["proxy_reward_end"] is not None and r["gold_reward_train_end"] is not None
+        assert r["heldout_kl_to_sft"] >= 0.0
+
+
+def test_coverage_and_knowledge_labs_and_the_index(small_demo_pipeline, lab_root):
+    rows, out = _lab(small_demo_pipeline, lab_root, "coverage", "--leave_out", "rude")
+    assert [r["category"] for r in rows if r["left_out"]] == ["rude"] and len(rows) == 6
+    labels = json.loads((lab_root / "labels_no_rude" / "summary.json").read_text())
+    assert labels["excluded_pairs"] > 0
+    assert "labels: unchanged, skipped" in out  # stages shared with the earlier labs ran once
+    rows, _ = _lab(small_demo_pipeline, lab_root, "knowledge")
+    assert [r["policy"] for r in rows] == ["sft", "dpo", "ppo"]
+    assert all(r["gap_correct"] + r["gap_unsure"] + r["gap_wrong"] <= 1.0 for r in rows)
+    page = (lab_root / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "rlhfkit lab knowledge" in page
+
+
+def test_unknown_lever_is_a_clear_error(small_demo_pipeline, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rlhfkit", "lab", "vibes", "--pipeline", str(small_demo_pipeline),
+                           "--output_dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "noise, kl, coverage, knowledge" in proc.stderr
