@@ -53,7 +53,7 @@ def test_coverage_and_knowledge_labs_and_the_index(small_demo_pipeline, lab_root
     assert labels["excluded_pairs"] > 0
     assert "labels: unchanged, skipped" in out  # stages shared with the earlier labs ran once
     rows, _ = _lab(small_demo_pipeline, lab_root, "knowledge")
-    assert [r["policy"] for r in rows] == ["sft", "dpo", "ppo"]
+    assert [r["policy"] for r in rows] == ["sft", "dpo", "ppo"] and rows[0]["asked_in_pairs_correct"] is not None
     assert all(r["gap_correct"] + r["gap_unsure"] + r["gap_wrong"] <= 1.0 for r in rows)
     page = (lab_root / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "rlhfkit lab knowledge" in page

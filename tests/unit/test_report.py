@@ -21,3 +21,10 @@ def test_report_is_self_contained_and_escaped(tmp_path):
     assert not re.search(r"(src|href)=\"https?://", page)  # nothing fetched from the network
     png = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
     assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trailing_mean_hand_derived():
+    from rlhfkit.world.report import _smooth
+
+    assert _smooth([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
+    assert _smooth([2.0, 4.0], window=10) == [2.0, 3.0]

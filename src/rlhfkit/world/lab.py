@@ -121,7 +121,11 @@ def coverage_stages(cfg: LabConfig, demo: dict) -> list[dict]:
 
 
 def knowledge_stages(cfg: LabConfig, demo: dict) -> list[dict]:
-    return [demo[n] for n in ("base", "data", "sft", "pairs", "labels", "rm", "dpo", "ppo", "eval")]
+    stages = [demo[n] for n in ("base", "data", "sft", "pairs", "labels", "rm", "dpo", "ppo", "eval")]
+    # the same policies on the training prompts: facts the preference pairs asked about
+    stages.append(_variant(demo["eval"], "eval_train_prompts", data="{data}/prompts_train.jsonl", gap_data="",
+                           reward_model=""))
+    return stages
 
 
 BUILDERS = {"noise": noise_stages, "kl": kl_stages, "coverage": coverage_stages, "knowledge": knowledge_stages}
@@ -245,14 +249,17 @@ def coverage_readout(cfg: LabConfig, root: Path, summaries: dict):
 
 
 def knowledge_readout(cfg: LabConfig, root: Path, summaries: dict):
-    evals = summaries["eval"]
-    rows = [{"policy": name, "known_fact_correct": r.get("correct/fact"), "gap_correct": r["gap_correct"],
-             "gap_unsure": r["gap_unsure"], "gap_wrong": r["gap_wrong"], "gap_gold_reward": r["gap_gold_reward"],
-             "gold_reward": r["gold_reward"]} for name, r in evals.items()]
+    evals, trained = summaries["eval"], summaries["eval_train_prompts"]
+    rows = [{"policy": name, "asked_in_pairs_correct": trained[name].get("correct/fact"),
+             "pretraining_only_correct": r.get("correct/fact"), "gap_correct": r["gap_correct"],
+             "gap_wrong": r["gap_wrong"], "gap_unsure": r["gap_unsure"], "gap_gold_reward": r["gap_gold_reward"]}
+            for name, r in evals.items()]
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    keys = [("known_fact_correct", "capital in pretraining: correct"), ("gap_correct", "capital never seen: correct"),
-            ("gap_unsure", "capital never seen: says 'not sure'"), ("gap_wrong", "capital never seen: wrong")]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    keys = [("asked_in_pairs_correct", "capital asked about in the preference data: correct"),
+            ("pretraining_only_correct", "capital only in pretraining text: correct"),
+            ("gap_correct", "capital never seen: correct"), ("gap_wrong", "capital never seen: wrong capital"),
+            ("gap_unsure", "capital never seen: says 'not sure'")]
     width = 0.8 / len(keys)
     for i, (k, label) in enumerate(keys):
         ax.bar([j + (i - (len(keys) - 1) / 2) * width for j in range(len(rows))], [r[k] or 0.0 for r in rows],

@@ -81,6 +81,12 @@ def _ppo_runs(root: Path) -> dict[str, list[dict]]:
     return runs
 
 
+def _smooth(values: list[float], window: int = 10) -> list[float]:
+    """Trailing mean over up to ``window`` values (the first points average what exists)."""
+    return [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+            for i in range(len(values))]
+
+
 def reward_vs_kl(frontier: list[dict], evals: dict, root: Path) -> str:
     import matplotlib
 
@@ -94,8 +100,9 @@ def reward_vs_kl(frontier: list[dict], evals: dict, root: Path) -> str:
         for f in frontier:
             ax.annotate(f"N={f['n']}", (f["kl"], f[key]), fontsize=7, xytext=(3, -9), textcoords="offset points")
         for name, rows in _ppo_runs(root).items():
-            ax.plot([r["kl"] for r in rows], [r[GOLD_KEY if key == "gold_reward" else PROXY_KEY] for r in rows],
-                    "--", alpha=0.8, label=f"{name}, training")
+            ax.plot(_smooth([r["kl"] for r in rows]), _smooth([r[GOLD_KEY if key == "gold_reward" else PROXY_KEY]
+                                                               for r in rows]),
+                    "--", alpha=0.8, label=f"{name}, training (10-step mean)")
         ax.set(xlabel="KL to SFT (nats)", ylabel=title, title=f"{title.capitalize()} vs KL")
         ax.grid(alpha=0.3)
     for r in policies:
