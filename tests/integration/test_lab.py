@@ -35,7 +35,8 @@ def test_noise_lab(small_demo_pipeline, lab_root):
     assert [r["flip_rate"] for r in rows] == [0.0, 0.45]
     assert rows[0]["label_gold_agreement"] > rows[1]["label_gold_agreement"] + 0.15
     assert all(0.0 <= r["rm_gold_accuracy"] <= 1.0 for r in rows)
-    assert len({r["gold_reward_sft"] for r in rows}) == 1  # every best-of-N draws the same candidates
+    assert len({r["gold_reward_best_of_1"] for r in rows}) == 1  # every best-of-N draws the same candidates
+    assert {"gold_reward_best_of_4"} <= set(rows[0])
 
 
 def test_kl_lab(small_demo_pipeline, lab_root):

@@ -46,7 +46,7 @@ class LabConfig:
     lever: str = _f("", "noise, kl, coverage or knowledge (may be given as the first argument).")
     output_dir: str = _f("runs/lab", "Folder shared by all labs: stage folders, <lever>.png/.md/.json.")
     pipeline: str = _f("", "Pipeline YAML whose stages the lab builds on; empty: the built-in demo.yaml.")
-    flip_rates: list[float] = _f([0.0, 0.1, 0.2, 0.3, 0.4], "noise: annotator flip rates to sweep.")
+    flip_rates: list[float] = _f([0.0, 0.1, 0.2, 0.3, 0.4, 0.45], "noise: annotator flip rates to sweep.")
     best_of: int = _f(16, "noise: N of the best-of-N policy that spends each reward model.")
     kl_coefs: list[float] = _f([0.0, 0.03, 0.1, 0.3], "kl: PPO KL coefficients to sweep.")
     kl_steps: int = _f(0, "kl: PPO steps per run; 0 keeps the demo's.")
@@ -78,7 +78,8 @@ def _demo_stages(cfg: LabConfig) -> tuple[dict, dict]:
 
 
 def _eval_stage(demo: dict, policies: list[str], name: str = "eval") -> dict:
-    return _variant(demo["eval"], name, policies=policies)
+    # no best-of-N frontier here: that is the demo's report's, and a lab may have no "{rm}" stage
+    return _variant(demo["eval"], name, policies=policies, reward_model="")
 
 
 def noise_stages(cfg: LabConfig, demo: dict) -> list[dict]:
@@ -146,26 +147,30 @@ def _plt():
     return plt
 
 
-def best_of_n_gold(bon_file: Path, prompt_file: Path) -> tuple[float, float]:
-    """(gold reward of the picked responses, gold reward of all candidates) for a best-of-N run."""
+def best_of_n_gold(bon_file: Path, prompt_file: Path, ns: list[int]) -> dict[int, float]:
+    """Gold reward of the reward model's pick among each prompt's first N candidates, per N, from
+    one best-of-N run (its file keeps every candidate and its reward); N = 1 is the plain sample."""
+    from ..evaluate.frontier import best_of_n_curve
+
     prompts = [Prompt(r["prompt"], r["category"], r.get("subject", ""), r.get("answer", "")) for r in _rows(prompt_file)]
-    picked, every = [], []
-    for p, r in zip(prompts, _rows(bon_file), strict=True):
-        picked.append(gold_score(p, r["completion"]))
-        every.extend(gold_score(p, c) for c in r["candidates"])
-    return sum(picked) / len(picked), sum(every) / len(every)
+    rows = _rows(bon_file)
+    if len(rows) != len(prompts):
+        raise ValueError(f"{bon_file}: {len(rows)} rows for {len(prompts)} prompts in {prompt_file}")
+    gold = [[gold_score(p, c) for c in r["candidates"]] for p, r in zip(prompts, rows)]
+    return {c["n"]: c["gold_reward"] for c in best_of_n_curve([r["rewards"] for r in rows], gold, ns)}
 
 
 def noise_readout(cfg: LabConfig, root: Path, summaries: dict):
+    ns = sorted({1, min(4, cfg.best_of), cfg.best_of})
     rows = []
     for r in cfg.flip_rates:
         tag = _fmt(r)
-        bon, sft = best_of_n_gold(root / f"bon_flip{tag}" / "best_of_n.jsonl", root / "data" / "prompts_eval.jsonl")
+        gold = best_of_n_gold(root / f"bon_flip{tag}" / "best_of_n.jsonl", root / "data" / "prompts_eval.jsonl", ns)
         rm = summaries[f"rm_flip{tag}"]
         rows.append({"flip_rate": r, "label_gold_agreement": summaries[f"labels_flip{tag}"]["label_gold_agreement"],
                      "rm_gold_accuracy": rm["eval_accuracy"], "rm_gold_accuracy_ci_low": rm["eval_accuracy_ci"][0],
                      "rm_gold_accuracy_ci_high": rm["eval_accuracy_ci"][1],
-                     f"gold_reward_best_of_{cfg.best_of}": bon, "gold_reward_sft": sft})
+                     **{f"gold_reward_best_of_{n}": gold[n] for n in ns}})
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     x = [r["flip_rate"] for r in rows]
@@ -174,8 +179,9 @@ def noise_readout(cfg: LabConfig, root: Path, summaries: dict):
     a.fill_between(x, [r["rm_gold_accuracy_ci_low"] for r in rows], [r["rm_gold_accuracy_ci_high"] for r in rows],
                    alpha=0.2)
     a.set(xlabel="label flip rate", ylabel="agreement with gold order", title="Noise -> reward-model accuracy")
-    b.plot(x, [r[f"gold_reward_best_of_{cfg.best_of}"] for r in rows], "o-", label=f"best-of-{cfg.best_of} under the RM")
-    b.axhline(rows[0]["gold_reward_sft"], ls=":", color="grey", label="SFT sample (no selection)")
+    for n in ns[1:]:
+        b.plot(x, [r[f"gold_reward_best_of_{n}"] for r in rows], "o-", label=f"best-of-{n} under the RM")
+    b.axhline(rows[0]["gold_reward_best_of_1"], ls=":", color="grey", label="SFT sample (no selection)")
     b.set(xlabel="label flip rate", ylabel="gold reward (held-out prompts)", title="Noise -> final gold reward")
     for ax in (a, b):
         ax.grid(alpha=0.3)
@@ -194,6 +200,8 @@ def _tail_mean(values: list[float], share: float = 0.2) -> float:
 
 
 def kl_readout(cfg: LabConfig, root: Path, summaries: dict):
+    from .report import _smooth
+
     evals = summaries["eval_kl"]
     proxy_key, gold_key = "reward/reward_model:rm", f"reward/{GOLD_FN}"
     plt = _plt()
@@ -205,24 +213,27 @@ def kl_readout(cfg: LabConfig, root: Path, summaries: dict):
         steps, proxy = _series(metrics, proxy_key)
         _, gold = _series(metrics, gold_key)
         _, kl = _series(metrics, "kl")
-        axes[0].plot(steps, proxy, label=f"kl_coef {c:g}")
-        axes[1].plot(steps, gold, label=f"kl_coef {c:g}")
+        line, = axes[0].plot(steps, _smooth(proxy), label=f"kl_coef {c:g}")
+        axes[1].plot(steps, _smooth(gold), color=line.get_color(), label=f"kl_coef {c:g}")
+        axes[2].plot(_smooth(kl), _smooth(gold), "--", color=line.get_color(), alpha=0.7,
+                     label=f"kl_coef {c:g}, training")
         ev = evals[name]
+        axes[2].scatter([ev["kl_to_baseline"]], [ev["gold_reward"]], marker="*", s=80, color=line.get_color())
+        smoothed = _smooth(gold)
         rows.append({"kl_coef": c, "proxy_reward_start": proxy[0] if proxy else None,
-                     "proxy_reward_end": _tail_mean(proxy), "gold_reward_train_peak": max(gold) if gold else None,
+                     "proxy_reward_end": _tail_mean(proxy), "gold_reward_train_peak": max(smoothed) if gold else None,
                      "gold_reward_train_end": _tail_mean(gold), "train_kl_end": _tail_mean(kl),
                      "heldout_gold_reward": ev["gold_reward"], "heldout_kl_to_sft": ev["kl_to_baseline"],
                      "heldout_winrate_vs_sft": ev["gold_winrate_vs_sft"], "length_words": ev["length_words"]})
-    sft = evals["sft"]
-    axes[2].scatter([0.0], [sft["gold_reward"]], color="black", label="SFT")
-    for r in rows:
-        axes[2].scatter([r["heldout_kl_to_sft"]], [r["heldout_gold_reward"]], label=f"kl_coef {r['kl_coef']:g}")
+    axes[2].scatter([0.0], [evals["sft"]["gold_reward"]], marker="*", s=80, color="black", label="SFT (stars: held out)")
     axes[0].set(xlabel="PPO step", ylabel="reward-model score (proxy)", title="Proxy reward during PPO")
     axes[1].set(xlabel="PPO step", ylabel="gold reward (same samples)", title="Gold reward during PPO")
-    axes[2].set(xlabel="KL(policy || SFT), nats", ylabel="gold reward (held-out)", title="Gold reward vs KL")
+    axes[2].set(xlabel="KL(policy || SFT), nats", ylabel="gold reward", title="Gold reward vs KL")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+    fig.text(0.5, -0.02, "lines: 10-step trailing means of the training rollouts; stars: held-out prompts",
+             ha="center", fontsize=8)
     return rows, fig
 
 
