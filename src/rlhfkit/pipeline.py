@@ -19,9 +19,11 @@ changing a config or rerunning an upstream stage reruns everything downstream, a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import time
 import uuid
@@ -31,6 +33,7 @@ from typing import Callable
 from .config import ConfigError, from_mapping, load_yaml_file
 
 MARKER = ".rlhfkit-stage.json"
+LOCK = ".rlhfkit-pipeline.lock"
 _REF = re.compile(r"\{([A-Za-z0-9_.\-]+)\}")
 
 
@@ -89,6 +92,37 @@ def run_pipeline(path: str | Path, output_dir: str | None = None, force: tuple[s
     spec = load_pipeline(path)
     stages = registry or default_registry()
     root = Path(output_dir or spec.get("output_dir") or "runs/pipeline")
+    with folder_lock(root):
+        return _run_stages(path, spec, stages, root, force)
+
+
+@contextlib.contextmanager
+def folder_lock(root: Path):
+    """One pipeline per output folder: two at once would run the same stage into the same folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        yield
+        return
+    with open(root / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise ConfigError(f"{root}: another rlhfkit pipeline is running in this folder (pid "
+                              f"{f.read().strip() or '?'}); wait for it to finish or use another output_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_stages(path, spec: dict, stages: dict, root: Path, force: tuple[str, ...]) -> dict:
     outputs, run_ids, summaries = {}, {}, {}
     for st in spec["stages"]:
         name, kind, where = st["name"], st["stage"], f"{path}: stage {st['name']!r}"

@@ -81,3 +81,20 @@ def test_bad_pipelines_name_the_stage(tmp_path, stages, match):
     path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "stages": stages}))
     with pytest.raises(ConfigError, match=match):
         run_pipeline(path, registry=make_registry([]))
+
+
+def test_a_second_pipeline_on_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    calls = []
+    path = write(tmp_path)
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out" / ".rlhfkit-pipeline.lock", "a+") as held:  # another run holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        with pytest.raises(ConfigError, match=r"another rlhfkit pipeline is running in this folder \(pid 4242\)"):
+            run_pipeline(path, registry=make_registry(calls))
+        assert calls == []
+    run_pipeline(path, registry=make_registry(calls))  # released: runs
+    assert calls == ["a", "b", "c"]

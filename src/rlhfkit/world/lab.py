@@ -266,7 +266,7 @@ def knowledge_readout(cfg: LabConfig, root: Path, summaries: dict):
              "gap_wrong": r["gap_wrong"], "gap_unsure": r["gap_unsure"], "gap_gold_reward": r["gap_gold_reward"]}
             for name, r in evals.items()]
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     keys = [("asked_in_pairs_correct", "capital asked about in the preference data: correct"),
             ("pretraining_only_correct", "capital only in pretraining text: correct"),
             ("gap_correct", "capital never seen: correct"), ("gap_wrong", "capital never seen: wrong capital"),
@@ -276,9 +276,10 @@ def knowledge_readout(cfg: LabConfig, root: Path, summaries: dict):
         ax.bar([j + (i - (len(keys) - 1) / 2) * width for j in range(len(rows))], [r[k] or 0.0 for r in rows],
                width, label=label)
     ax.set_xticks(range(len(rows)), [r["policy"] for r in rows])
-    ax.set(ylabel="share of samples", ylim=(0, 1), title="Knowledge: RLHF changes tone, not facts")
+    ax.set(ylabel="share of samples", ylim=(0, 1),
+           title="Knowledge: RLHF picks among answers the model has; it cannot add one")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return rows, fig
 
 
