@@ -122,11 +122,12 @@ def create_app(store: Store) -> FastAPI:
         return {"id": user.id, "name": user.name, "role": user.role, "progress": store.progress(user.id)}
 
     @app.get("/api/next", tags=["api"], responses={204: {"description": "nothing left for the caller"}})
-    def next_task(kind: Literal["pair", "demonstration"] | None = None, user=Depends(api_user)):
-        """The caller's next task, `{task_id, kind, prompt, a, b, progress}` (pairs; `a` is shown on the
-        left) or `{task_id, kind, prompt, draft, progress}` (demonstrations); the same task again until
-        it is answered or skipped. 204 when nothing is left for the caller."""
-        task = store.next_task(user.id, kind)
+    def next_task(kind: Literal["pair", "demonstration"] | None = None, progress: bool = False,
+                  user=Depends(api_user)):
+        """The caller's next task, `{task_id, kind, prompt, a, b}` (pairs; `a` is shown on the left) or
+        `{task_id, kind, prompt, draft}` (demonstrations), with `progress: {done, remaining}` when asked
+        for; the same task again until it is answered or skipped. 204 when nothing is left for the caller."""
+        task = store.next_task(user.id, kind, progress)
         return Response(status_code=204) if task is None else task
 
     @app.post("/api/labels", tags=["api"], status_code=201,

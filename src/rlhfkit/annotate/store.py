@@ -17,6 +17,8 @@ write. ``synchronous=FULL``: a label is on disk before its 201 is sent.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -126,14 +128,26 @@ class Store:
         self.url = normalize_url(db)
         self.engine = make_engine(self.url)
         self._readonly = self.engine.execution_options(readonly=True)
+        self._lock = threading.Lock() if self.url.startswith("sqlite") else None
         if migrate:
             self.migrate()
 
     # ------------------------------------------------------------ plumbing
 
+    @contextmanager
     def write(self):
-        """A connection in a write transaction (committed on success, rolled back on error)."""
-        return self.engine.begin()
+        """A connection in a write transaction (committed on success, rolled back on error).
+
+        SQLite allows one writer at a time. Its busy handler polls with sleeps of up to 100 ms,
+        which gives a long latency tail when dozens of threads wait for the lock, so this process's
+        writers queue on a Python lock instead; the busy timeout still covers other processes
+        (an import while the server runs)."""
+        if self._lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+        else:
+            with self._lock, self.engine.begin() as conn:
+                yield conn
 
     def read(self):
         return self._readonly.begin()
@@ -327,9 +341,15 @@ class Store:
 
     # ------------------------------------------------------------ assignment
 
-    def next_task(self, user_id: int, kind: str | None = None) -> dict | None:
-        """The caller's current task (an open assignment), or a new one; None when nothing is left."""
-        return self._retry(lambda conn: self._next(conn, user_id, kind))
+    def next_task(self, user_id: int, kind: str | None = None, progress: bool = True) -> dict | None:
+        """The caller's current task (an open assignment), or a new one; None when nothing is left.
+
+        ``progress`` adds ``{done, remaining}`` (a count over the task table: the pages show it,
+        API clients ask for it)."""
+        task = self._retry(lambda conn: self._next(conn, user_id, kind))
+        if task is not None and progress:
+            task["progress"] = self.progress(user_id)
+        return task
 
     def _next(self, conn, user_id: int, kind: str | None):
         q = (select(assignments.c.task_id, assignments.c.left).where(assignments.c.user_id == user_id,
@@ -407,7 +427,6 @@ class Store:
             view.update(a=shown[0], b=shown[1])
         else:
             view.update(draft=t.draft)
-        view["progress"] = self._progress(conn, user_id)
         return view
 
     # ------------------------------------------------------------ answers
