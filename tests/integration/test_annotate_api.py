@@ -3,6 +3,7 @@
 PostgreSQL tests use a fresh database per test (the `annotate_pg` fixture in tests/conftest.py).
 """
 
+import json
 import re
 import threading
 
@@ -233,18 +234,30 @@ def test_demonstrations(store):
     (token,) = users(store, 1)
     (admin,) = users(store, 1, "admin")
     client = TestClient(create_app(store))
-    task = client.get("/api/next", params={"kind": "demonstration"}, headers=bearer(token)).json()
-    assert task["kind"] == "demonstration" and task["draft"] == "hello there" and "a" not in task
-    r = client.post("/api/labels", json={"task_id": task["task_id"], "choice": "a"}, headers=bearer(token))
-    assert r.status_code == 422 and "POST /api/demonstrations" in r.json()["detail"]
-    body = {"task_id": task["task_id"], "completion": "Hello! How can I help?"}
-    assert client.post("/api/demonstrations", json=body, headers=bearer(token)).status_code == 201
-    assert client.post("/api/demonstrations", json=body, headers=bearer(token)).status_code == 200
+    drafts = {"write a greeting": "hello there"}
+    answered = []
+    for _ in range(2):
+        task = client.get("/api/next", params={"kind": "demonstration"}, headers=bearer(token)).json()
+        assert task["kind"] == "demonstration" and "a" not in task
+        key = task["prompt"] if isinstance(task["prompt"], str) else task["prompt"][0]["content"]
+        assert task["draft"] == drafts.get(key)
+        r = client.post("/api/labels", json={"task_id": task["task_id"], "choice": "a"}, headers=bearer(token))
+        assert r.status_code == 422 and "POST /api/demonstrations" in r.json()["detail"]
+        body = {"task_id": task["task_id"], "completion": f"answer to {key}"}
+        assert client.post("/api/demonstrations", json=body, headers=bearer(token)).status_code == 201
+        assert client.post("/api/demonstrations", json=body, headers=bearer(token)).status_code == 200
+        answered.append(key)
+    assert sorted(answered) == ["say bye", "write a greeting"]
+    assert client.get("/api/next", params={"kind": "demonstration"}, headers=bearer(token)).status_code == 204
+    assert client.get("/api/next", headers=bearer(token)).json()["kind"] == "pair"
     assert client.post("/api/demonstrations", json={"task_id": 1, "completion": ""},
                        headers=bearer(token)).status_code == 422
-    rows = client.get("/api/export", params={"mode": "demonstrations"}, headers=bearer(admin)).text.splitlines()
-    assert rows == ['{"prompt": "write a greeting", "completion": "Hello! How can I help?", "id": "d1", '
-                    '"annotator": "annotator0"}']
+    rows = [json.loads(x) for x in
+            client.get("/api/export", params={"mode": "demonstrations"}, headers=bearer(admin)).text.splitlines()]
+    assert sorted(rows, key=lambda r: r["id"]) == [
+        {"prompt": "write a greeting", "completion": "answer to write a greeting", "id": "d1", "annotator": "annotator0"},
+        {"prompt": [{"role": "user", "content": "say bye"}], "completion": "answer to say bye", "id": "d2",
+         "annotator": "annotator0"}]
 
 
 def test_guidelines_api(sqlite_store):
@@ -352,3 +365,22 @@ def test_login_sessions_csrf_and_roles(sqlite_store):
     for page_path in ("/static/annotate.js", "/static/style.css"):
         assert client.get(page_path).status_code == 200
     assert "https://" not in page.text + dash.text  # nothing from a CDN
+
+
+def test_abandoned_assignments_are_reclaimed_and_late_answers_kept(sqlite_store, monkeypatch):
+    import rlhfkit.annotate.store as store_module
+    from datetime import timedelta
+
+    sqlite_store.import_tasks(pairs(1), overlap=1)
+    alice, bob = users(sqlite_store, 2)
+    client = TestClient(create_app(sqlite_store))
+    task = client.get("/api/next", headers=bearer(alice)).json()
+    assert client.get("/api/next", headers=bearer(bob)).status_code == 204  # the only slot is Alice's
+    monkeypatch.setattr(store_module, "ASSIGNMENT_TTL", timedelta(seconds=-1))  # Alice's is now too old
+    assert client.get("/api/next", headers=bearer(bob)).json()["task_id"] == task["task_id"]
+    monkeypatch.undo()
+    for token in (bob, alice):  # Alice answers late: her label is kept, never lost
+        r = client.post("/api/labels", json={"task_id": task["task_id"], "choice": "a"}, headers=bearer(token))
+        assert r.status_code == 201, r.text
+    assert len(sqlite_store.label_rows()) == 2
+    assert client.get("/api/next", headers=bearer(alice)).status_code == 204
