@@ -384,3 +384,21 @@ def test_abandoned_assignments_are_reclaimed_and_late_answers_kept(sqlite_store,
         assert r.status_code == 201, r.text
     assert len(sqlite_store.label_rows()) == 2
     assert client.get("/api/next", headers=bearer(alice)).status_code == 204
+
+
+def test_demonstration_page_and_done_page(sqlite_store):
+    sqlite_store.import_tasks([TaskRecord("d1", "demonstration", "write a greeting", draft="hello <b>there</b>")],
+                              overlap=1, gold_rate=0.0)
+    users(sqlite_store, 1)
+    client = TestClient(create_app(sqlite_store))
+    login(client, "annotator0")
+    page = client.get("/annotate")  # no guidelines set: straight to the task
+    assert 'id="demonstration-form"' in page.text
+    assert "hello &lt;b&gt;there&lt;/b&gt;</textarea>" in page.text  # the draft, escaped
+    task_id = int(re.search(r'name="task_id" value="(\d+)"', page.text).group(1))
+    r = client.post("/annotate/demonstration", data={"task_id": task_id, "completion": "Hi! Nice to meet you.",
+                                                     "csrf_token": csrf_of(page.text)}, follow_redirects=False)
+    assert r.status_code == 303
+    assert [x["completion"] for x in sqlite_store.label_rows()] == ["Hi! Nice to meet you."]
+    done = client.get("/annotate")
+    assert 'id="all-done"' in done.text and "You answered 1 task." in done.text and 'id="undo"' in done.text

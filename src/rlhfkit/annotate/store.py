@@ -388,8 +388,16 @@ class Store:
         q = select(tasks.c.id).where(tasks.c.gold.is_(None), tasks.c.assigned < tasks.c.overlap, ~mine)
         if kind:
             q = q.where(tasks.c.kind == kind)
-        # The oldest tasks first, so pairs complete their K labels early; a small random pick among
-        # the first few spreads concurrent annotators so they rarely race for the same slot.
+        # The oldest tasks first, so pairs complete their K labels early. PostgreSQL: take a row no
+        # concurrent transaction holds (SKIP LOCKED, the job-queue idiom), so annotators never wait
+        # on each other's row locks. Otherwise (SQLite serialises writers anyway, or every candidate
+        # is locked this instant): a small random pick among the first few, each tried atomically.
+        if self.engine.dialect.name == "postgresql":
+            row = conn.execute(q.order_by(tasks.c.id).limit(1).with_for_update(skip_locked=True, of=tasks)).first()
+            if row is not None:
+                conn.execute(update(tasks).where(tasks.c.id == row.id).values(assigned=tasks.c.assigned + 1))
+                self._assign(conn, row.id, user_id)
+                return row.id
         candidates = [r.id for r in conn.execute(q.order_by(tasks.c.id).limit(16))]
         while candidates:
             task_id = assignment.pick(candidates[:4])
