@@ -192,7 +192,8 @@ class Store:
                 if attempt == ATTEMPTS - 1:
                     raise
             except OperationalError as e:  # PostgreSQL: serialization failure or deadlock
-                if attempt == ATTEMPTS - 1 or "deadlock" not in str(e).lower() and "serializ" not in str(e).lower():
+                transient = "deadlock" in str(e).lower() or "serializ" in str(e).lower()
+                if attempt == ATTEMPTS - 1 or not transient:
                     raise
 
     # ------------------------------------------------------------ users
