@@ -55,3 +55,35 @@ def small_demo_pipeline(tmp_path_factory):
     path = root / "demo.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+# ---------------------------------------------------------------- annotation server (rlhfkit annotate)
+
+
+@pytest.fixture(scope="session")
+def annotate_pg():
+    """A factory of fresh, uniquely named PostgreSQL databases (URLs) for the annotation tests, all
+    dropped at the end of the session. Needs the server at 127.0.0.1:5432 ($RLHFKIT_TEST_PG names
+    another maintenance database); without one the tests skip, except under CI=true, where they fail."""
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg")
+    admin = os.environ.get("RLHFKIT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        psycopg.connect(admin, connect_timeout=5).close()
+    except psycopg.OperationalError as e:
+        message = f"no PostgreSQL server at {admin}: {str(e).strip().splitlines()[0]}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    made = []
+
+    def new_database() -> str:
+        name = f"rlhfkit_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return admin.rsplit("/", 1)[0] + "/" + name
+
+    yield new_database
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        for name in made:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

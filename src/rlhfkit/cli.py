@@ -23,6 +23,7 @@ stages:
   best-of-n  sample N completions per prompt and keep the best by a reward source
   sample-pairs  sample k responses per prompt from a policy into {prompt, response_a, response_b} pairs
   pipeline  run stages listed in a YAML file, each feeding the next; finished stages are skipped
+  annotate  collect human preferences: `rlhfkit annotate serve|import|add-user|export|stats|guidelines|migrate`
   demo    the built-in demo: base -> SFT -> pairs -> simulated annotators -> RM -> DPO and PPO
           -> gold evaluation -> runs/demo/report.html (a `pipeline` on rlhfkit/configs/demo.yaml)
   lab LEVER  the lever lab on the demo world: noise | kl | coverage | knowledge; each writes a
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     stage, rest = argv[0], argv[1:]
     if stage == "lab" and rest and not rest[0].startswith("-"):  # `rlhfkit lab noise ...`
         rest = ["--lever", rest[0], *rest[1:]]
+    if stage == "annotate":  # a web app with subcommands of its own; needs neither torch nor transformers
+        from .annotate.cli import main as annotate_main
+
+        return annotate_main(rest)
     debug = "--debug" in rest
     _quiet_libraries()
     from .config import ConfigError, parse_config

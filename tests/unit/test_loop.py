@@ -55,8 +55,11 @@ def test_gradient_accumulation_matches_one_big_batch(world_dir, varied_sft, tmp_
     """4 micro-batches of 2 == 1 batch of 8: the loss is normalised by the step's token count."""
     _, full = _sft(world_dir, varied_sft, tmp_path / "full", batch_size=8, max_steps=3)
     _, accum = _sft(world_dir, varied_sft, tmp_path / "accum", batch_size=8, micro_batch_size=2, max_steps=3)
-    for name in full:
-        torch.testing.assert_close(accum[name], full[name], rtol=0, atol=5e-5)
+    # fp32 sums in another order differ by rounding; Adam divides by sqrt(v), which blows that up for
+    # the odd weight whose gradient is ~0. So: (almost) every weight within 5e-5, none off by 5e-4. A
+    # wrong normalisation reweights the micro-batches and moves most weights by ~lr (1e-2).
+    diffs = torch.cat([(accum[n] - full[n]).abs().flatten() for n in full])
+    assert (diffs > 5e-5).float().mean().item() < 1e-4 and diffs.max().item() < 5e-4, diffs.max().item()
     # and it trained: weights moved from the base model
     base = load_file(world_dir["base"] + "/model.safetensors")
     assert max((full[k] - base[k]).abs().max().item() for k in base) > 1e-3

@@ -1,0 +1,12 @@
+"""Human preference collection: the annotation server (``rlhfkit annotate``).
+
+People compare two responses to a prompt (or write a response: demonstrations) in a browser or
+through a JSON API; labels land in a database (SQLite file or PostgreSQL) whose schema Alembic
+versions; admins watch agreement and gold accuracy and export TRL-format data for ``rlhfkit rm``
+and ``rlhfkit dpo``.
+
+Modules: ``schema`` (tables), ``store`` (engine, migrations, every read and write),
+``assignment`` (who gets which task), ``agreement`` (pure statistics), ``export`` (TRL rows),
+``auth`` (passwords, tokens, sessions, CSRF), ``app`` (FastAPI pages and API), ``cli``.
+This package never imports torch or a training recipe.
+"""

@@ -1,0 +1,180 @@
+"""``rlhfkit annotate SUBCOMMAND``: serve, import, add-user, export, stats, guidelines, migrate.
+
+``--db`` takes a file path or ``sqlite:///FILE`` (default ``annotate.db``) or a
+``postgresql://user@host:port/db`` URL. Every subcommand first brings the schema up to date
+(Alembic), so a database made by an older rlhfkit keeps working. Errors a user can fix print one
+line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..data.errors import DataError
+
+EXIT_USER_ERROR = 2
+DEFAULT_DB = os.environ.get("RLHFKIT_ANNOTATE_DB", "annotate.db")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlhfkit annotate", description="Collect human preferences and demonstrations.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help)
+        s.add_argument("--db", default=DEFAULT_DB,
+                       help="database: a file path / sqlite:///FILE, or postgresql://USER@HOST:PORT/DB "
+                            "(default: %(default)s, or $RLHFKIT_ANNOTATE_DB)")
+        s.add_argument("--debug", action="store_true", help="show tracebacks")
+        return s
+
+    s = cmd("serve", "run the web app and JSON API")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    s.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    s.add_argument("--access-log", action="store_true", help="log every request")
+
+    s = cmd("import", "add pairs (or demonstration prompts) from a JSONL file, all or nothing")
+    s.add_argument("file", help="JSONL: {prompt, response_a, response_b} with optional id, metadata, gold "
+                                "(what `rlhfkit sample-pairs` writes); demonstrations: {prompt} with optional completion")
+    s.add_argument("--overlap", type=int, default=3, help="K: different annotators per task (default: %(default)s)")
+    s.add_argument("--gold-rate", type=float, default=None,
+                   help="R: share of each annotator's tasks that are gold pairs (records with `gold`); kept for "
+                        "later imports (default: unchanged, 0 at first)")
+    s.add_argument("--type", choices=("pairs", "demonstrations"), default="pairs", help="task type (default: pairs)")
+
+    s = cmd("add-user", "create a user; prints the API token as the last word")
+    s.add_argument("--name", required=True)
+    s.add_argument("--role", required=True, choices=("admin", "annotator"))
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--password", help="browser login password (visible to other local users: prefer --password-stdin)")
+    g.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+
+    s = cmd("export", "write TRL-format JSONL")
+    s.add_argument("--out", required=True, help="output file (.jsonl)")
+    s.add_argument("--mode", choices=("majority", "per_annotator", "demonstrations"), default="majority",
+                   help="majority: one row per pair, ties dropped (default); per_annotator: one row per label with "
+                        "agreement flags; demonstrations: {prompt, completion} for `rlhfkit sft`")
+    s.add_argument("--include-gold", action="store_true", help="export gold pairs too")
+
+    cmd("stats", "print the quality statistics (as GET /api/stats) as JSON")
+
+    s = cmd("guidelines", "set the annotator guidelines from a markdown file")
+    s.add_argument("--file", required=True, help="markdown file")
+
+    s = cmd("migrate", "bring the database schema up to date (other commands do this too)")
+    s.add_argument("--revision", default="head", help="target Alembic revision (default: head)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .store import StoreError
+
+    try:
+        return _run(args)
+    except (DataError, StoreError, ValueError, OSError) as e:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        msg = str(e) if isinstance(e, (DataError, StoreError)) else f"{type(e).__name__}: {e}"
+        print(f"rlhfkit annotate {args.command}: error: {msg}".replace("\n", " "), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _open(args):
+    from sqlalchemy.exc import OperationalError
+
+    from .store import Store
+
+    try:
+        return Store(args.db, migrate=True)
+    except OperationalError as e:
+        raise ValueError(f"cannot open database {args.db}: {str(e.orig).strip().splitlines()[0]}") from e
+
+
+def _run(args) -> int:
+    if args.command == "import":
+        from .records import read_tasks
+
+        # Validate the whole file before opening the database: a bad line changes nothing.
+        records = read_tasks(args.file, "pair" if args.type == "pairs" else "demonstration")
+    store = _open(args)
+    try:
+        return COMMANDS[args.command](args, store, **({"records": records} if args.command == "import" else {}))
+    finally:
+        store.close()
+
+
+def _serve(args, store) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    print(f"rlhfkit annotate: serving http://{args.host}:{args.port} (database {store.engine.url!r})", flush=True)
+    uvicorn.run(create_app(store), host=args.host, port=args.port, log_level="warning",
+                access_log=args.access_log)
+    return 0
+
+
+def _import(args, store, records) -> int:
+    report = store.import_tasks(records, overlap=args.overlap, gold_rate=args.gold_rate, source=args.file)
+    what = "pairs" if report.kind == "pair" else "demonstration prompts"
+    gold = f" ({report.gold} gold)" if report.gold else ""
+    print(f"rlhfkit annotate import: {report.added} {what} added{gold}, {report.unchanged} already there, "
+          f"overlap {args.overlap}, gold rate {store.gold_rate()}")
+    return 0
+
+
+def _add_user(args, store) -> int:
+    password = args.password
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise ValueError("--password-stdin: no password on stdin")
+    uid, token = store.add_user(args.name, args.role, password)
+    login = "browser login and API" if password else "API only (no password)"
+    print(f"rlhfkit annotate: added {args.role} {args.name!r} (id {uid}; {login}). API token: {token}")
+    return 0
+
+
+def _export(args, store) -> int:
+    from .export import export_rows, write_jsonl
+
+    rows, dropped = export_rows(store, args.mode, args.include_gold)
+    write_jsonl(rows, args.out)
+    extra = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(dropped.items()))
+    print(f"rlhfkit annotate export: {len(rows)} rows ({args.mode}) -> {args.out}"
+          + (f"; left out: {extra}" if extra else ""))
+    return 0
+
+
+def _stats(args, store) -> int:
+    from .app import stats_payload
+
+    print(json.dumps(stats_payload(store), indent=2))
+    return 0
+
+
+def _guidelines(args, store) -> int:
+    from pathlib import Path
+
+    version = store.set_guidelines(Path(args.file).read_text(encoding="utf-8"))
+    print(f"rlhfkit annotate: guidelines set (version {version})")
+    return 0
+
+
+def _migrate(args, store) -> int:
+    if args.revision != "head":
+        store.downgrade(args.revision)
+    print(f"rlhfkit annotate: database at revision {store.revision()}")
+    return 0
+
+
+COMMANDS = {"serve": _serve, "import": _import, "add-user": _add_user, "export": _export, "stats": _stats,
+            "guidelines": _guidelines, "migrate": _migrate}
