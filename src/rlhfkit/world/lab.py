@@ -232,7 +232,7 @@ def kl_readout(cfg: LabConfig, root: Path, summaries: dict):
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.text(0.5, -0.02, "lines: 10-step trailing means of the training rollouts; stars: held-out prompts",
+    fig.text(0.5, -0.08, "lines: 10-step trailing means of the training rollouts; stars: held-out prompts",
              ha="center", fontsize=8)
     return rows, fig
 
