@@ -35,12 +35,18 @@ def _pair(task: dict, choice: str) -> dict:
     return {"prompt": p, "chosen": _response(p, chosen), "rejected": _response(p, rejected)}
 
 
-def majority_rows(tasks: dict, rows: list[dict], include_gold: bool = False) -> tuple[list[dict], Counter]:
-    """(rows, counts of dropped pairs by reason) — see the module docstring."""
+def _votes_by_task(rows: list[dict]) -> dict[int, list[dict]]:
+    """Pair labels grouped by task (demonstrations left out)."""
     by_task = defaultdict(list)
     for r in rows:
         if r["kind"] == "pair":
             by_task[r["task_id"]].append(r)
+    return by_task
+
+
+def majority_rows(tasks: dict, rows: list[dict], include_gold: bool = False) -> tuple[list[dict], Counter]:
+    """(rows, counts of dropped pairs by reason) — see the module docstring."""
+    by_task = _votes_by_task(rows)
     out, dropped = [], Counter()
     for task_id in sorted(by_task):
         task, votes = tasks[task_id], by_task[task_id]
@@ -63,10 +69,7 @@ def majority_rows(tasks: dict, rows: list[dict], include_gold: bool = False) -> 
 
 def per_annotator_rows(tasks: dict, rows: list[dict], include_gold: bool = False) -> tuple[list[dict], Counter]:
     flagged = set(compute_stats(rows)["flagged"])
-    by_task = defaultdict(list)
-    for r in rows:
-        if r["kind"] == "pair":
-            by_task[r["task_id"]].append(r)
+    by_task = _votes_by_task(rows)
     out, dropped = [], Counter()
     for task_id in sorted(by_task):
         task, votes = tasks[task_id], by_task[task_id]
