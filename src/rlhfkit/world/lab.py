@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from .. import report
-from ..config import ConfigError, _f, load_yaml_file
+from ..config import ConfigError, _f
 from ..pipeline import load_pipeline, run_pipeline
 from .gold import gold_score
 from .tasks import CATEGORIES, Prompt
@@ -313,7 +313,6 @@ def run_lab(cfg: LabConfig) -> dict:
                 "stages": BUILDERS[cfg.lever](cfg, demo)}
     path = root / f"{cfg.lever}.yaml"
     path.write_text(yaml.safe_dump(lab_spec, sort_keys=False))
-    load_yaml_file(path, "lab pipeline")  # what we wrote reads back
     summaries = run_pipeline(path, str(root), tuple(cfg.force))
     rows, fig = READOUTS[cfg.lever](cfg, root, summaries)
     figure = root / f"{cfg.lever}.png"
