@@ -4,6 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The CPU build of PyTorch; a bare `torch` requirement can pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# Bytecode is compiled on first import instead of for every file at install time (uv's default
+# too): pip spends most of its CPU time on that for torch alone.
+PIP_INSTALL := $(BIN)/python -m pip install -q --no-compile
 
 .PHONY: setup setup-test test demo clean
 
@@ -12,12 +15,12 @@ $(BIN)/python:
 
 # rlhfkit itself (all `make demo` needs), then the test extras on top (`make test`).
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e . "$(TORCH_SPEC)"
+	$(PIP_INSTALL) "$(TORCH_SPEC)"
+	$(PIP_INSTALL) -e . "$(TORCH_SPEC)"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e ".[test]" "$(TORCH_SPEC)"
+	$(PIP_INSTALL) -e ".[test]" "$(TORCH_SPEC)"
 	touch $@
 
 setup: $(VENV)/.installed
