@@ -33,10 +33,11 @@ from .constitution import Constitution, render
 log = logging.getLogger(__name__)
 
 _PATTERNS = [re.compile(p) for p in (
-    r"^\W*([AB])\b",                        # "A", "B.", "(A)"
-    r"\[\[([AB])\]\]",                      # MT-Bench's "[[A]]"
-    r"(?i:answer|verdict|better|choice)\W*(?:is\W*)?(?:response\s*)?\b([AB])\b",
-    r"(?i:response)\s+([AB])\b",
+    r"^\W*([AB])\W*$",                                    # the whole reply is the letter: "A", " B.", "[[A]]"
+    r"\[\[([AB])\]\]",                                    # MT-Bench's "[[A]]" anywhere
+    r"^\W*([AB])[).:,\]]",                                 # "(A) because ...", "B: ..."
+    r"(?i:response|assistant|option)\s+([AB])\s+(?i:is|was)\s+(?i:the\s+)?(?i:better|preferred)",
+    r"(?i:answer|verdict|better|choice|prefer\w*)[^AB\n]{0,20}?\b([AB])\b",  # "The better response is B"
 )]
 
 
