@@ -217,6 +217,7 @@ class JudgeConfig:
     constitution: str = _f("", "YAML file of principles; empty means the shipped default (helpful, honest, harmless).")
     output: str = _f("", "Preference JSONL to write ({prompt, chosen, rejected, confidence, source, ...}); "
                          "the run's statistics go beside it as OUTPUT.summary.json (required).")
+    output_dir: str = _f("", "Folder form (what `rlhfkit pipeline` sets): with `output` empty, rows go to OUTPUT_DIR/prefs.jsonl.")
     ties: str = _f("drop", "Pairs whose two orders disagree: drop them (counted), or keep them in the output as "
                            "{prompt, response_a, response_b, tie: true, confidence: 0.5} rows.", choices=["drop", "keep"])
     name: str = _f("", "Source name written as `source: judge:NAME`; empty means the judge model's name.")
@@ -379,6 +380,8 @@ def validate(cfg) -> None:
         if cfg.n < 1 or not (cfg.reward_model or cfg.reward_fn):
             raise ConfigError(f"{src}: best-of-n needs 'n' >= 1 and a reward source ('reward_model' or 'reward_fn')")
     if isinstance(cfg, JudgeConfig):
+        if not cfg.output and cfg.output_dir:
+            cfg.output = str(Path(cfg.output_dir) / "prefs.jsonl")
         for name in ("data", "judge", "output"):
             if not getattr(cfg, name):
                 raise ConfigError(f"{src}: field {name!r} is required (set it in the YAML file or with --{name})")

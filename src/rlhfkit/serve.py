@@ -18,12 +18,15 @@ with an output filter: the whole response is generated and checked first, then s
 pieces, so a client never receives text the filter would block (the first chunk waits for the
 whole generation). One request generates at a time (a lock around the model).
 """
+# No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation of
+# the route functions (a string annotation to a name imported inside create_app would turn into a
+# required query parameter, and every request into a 422).
 
-from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import random
 import re
 import threading
 import time
@@ -174,7 +177,7 @@ class Server:
                     "completion_tokens": 0}
         ids = self._prompt_ids(req)
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(req["seed"] % 2**63 if req["seed"] is not None else int(torch.seed() % 2**63))
+        generator.manual_seed(req["seed"] % 2**63 if req["seed"] is not None else random.getrandbits(63))
         with self.lock:
             rollout = generate(self.model, self.tokenizer, [ids], req["max_tokens"], temperature=req["temperature"],
                                top_p=req["top_p"], stop_strings=req["stop"], generator=generator, batch_size=1)

@@ -25,10 +25,11 @@ def test_rloo_with_a_judge_reward(world_dir, sft_dir, tmp_path, fake_judge_endpo
                                                         for i in ITEMS])
     out = tmp_path / "rloo"
     summary = run_rloo(RLOOConfig(model=sft_dir, data=prompts, output_dir=str(out), reward_fn=[f"judge:{ep.url}"],
-                                  num_generations=4, max_new_tokens=12, batch_size=8, learning_rate=5e-4, max_steps=16,
+                                  num_generations=4, max_new_tokens=12, batch_size=8, learning_rate=5e-4, max_steps=12,
                                   max_length=32, max_prompt_length=16, seed=0))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert summary["steps"] == 16 and ep.chat_requests == 16 * 32 * 2  # every completion judged in both orders
+    # every completion judged in both orders; repeated (prompt, completion) pairs come from the in-memory cache
+    assert summary["steps"] == 12 and 12 * 32 < ep.chat_requests <= 12 * 32 * 2
     assert all(0.5 <= r["reward"] <= 1.0 for r in rows)
     start = sum(r["reward"] for r in rows[:3]) / 3
     end = sum(r["reward"] for r in rows[-4:]) / 4

@@ -41,16 +41,17 @@ def server(served_model_dir, tmp_path_factory):
     (root / "guard.yaml").write_text(GUARD)
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = (root / "serve.log").open("w")  # a file, not a pipe: a full pipe would stall the server
     proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", "serve", "--model", served_model_dir, "--port", str(port),
                              "--guard", str(root / "guard.yaml"), "--served_model_name", "policy"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}/v1"
     client = openai.OpenAI(base_url=url, api_key="EMPTY", timeout=30, max_retries=0)
     deadline = time.monotonic() + 90
     try:
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"rlhfkit serve exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
+                pytest.fail(f"rlhfkit serve exited with {proc.returncode}: {(root / 'serve.log').read_text()[-2000:]}")
             try:
                 client.models.list()
                 break
@@ -66,6 +67,7 @@ def server(served_model_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 def _chat(client, text, **kw):

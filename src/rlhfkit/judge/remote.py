@@ -5,7 +5,9 @@ in their place: exponential backoff with full jitter (delay = uniform(0, base * 
 timeouts, connection errors, 429 and 5xx; other errors (bad request, authentication, unknown
 model) stop at once with the endpoint named. Requests run on a thread pool of ``concurrency``
 workers. Every verdict is cached on disk (JSONL, keyed by a SHA-256 of the model, the messages and
-the sampling parameters), so a rerun, or a resumed run, makes no calls for pairs already judged.
+the sampling parameters), so a rerun, or a resumed run, makes no calls for pairs already judged;
+without a cache file verdicts are still remembered in memory for the life of the judge (a reward
+source sees the same completion many times).
 
 The judge asks for a single letter (temperature 0, ``max_tokens`` small). With ``logprobs`` the
 first token's top log-probabilities give P(A) = softmax(lp_A, lp_B)[0]; without (or when the
