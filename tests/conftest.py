@@ -151,6 +151,7 @@ class FakeJudgeEndpoint:
 
     def __init__(self, decide, fail_first: int = 0, fail_status: int = 503, model: str = "fake-judge"):
         import json
+        import math
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -183,8 +184,15 @@ class FakeJudgeEndpoint:
                 if fail:
                     return self._send(outer.fail_status, {"error": {"message": "try later", "type": "server_error"}})
                 text = outer.decide(body["messages"][-1]["content"])
+                logprobs = None
+                if body.get("logprobs"):  # the chosen letter at probability 0.8, the other at 0.2
+                    other = "B" if text == "A" else "A"
+                    top = [{"token": text, "logprob": math.log(0.8), "bytes": None},
+                           {"token": other, "logprob": math.log(0.2), "bytes": None}]
+                    logprobs = {"content": [{"token": text, "logprob": math.log(0.8), "bytes": None,
+                                             "top_logprobs": top}]}
                 self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": outer.model,
-                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                 "choices": [{"index": 0, "finish_reason": "stop", "logprobs": logprobs,
                                               "message": {"role": "assistant", "content": text}}],
                                  "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 

@@ -279,6 +279,10 @@ def run_serve(cfg) -> dict:
 
     from .guard import load_guard
 
+    from .config import ConfigError
+
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise ConfigError(f"field 'model': no model folder (config.json) at {cfg.model!r}")
     guard = load_guard(cfg.guard) if cfg.guard else None
     server = Server(cfg.model, cfg.served_model_name, guard, cfg.device, cfg.max_tokens_limit, cfg.trust_remote_code)
     app = create_app(server)

@@ -96,6 +96,15 @@ def test_streaming_chat(server):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert all(c.object == "chat.completion.chunk" for c in chunks)
+    with_usage = list(_chat(server["client"], "hello", stream=True, stream_options={"include_usage": True}))
+    assert with_usage[-1].choices == [] and with_usage[-1].usage.completion_tokens == 4
+
+
+def test_streaming_completions(server):
+    chunks = list(server["client"].completions.create(model="policy", prompt="hello", max_tokens=8, temperature=0,
+                                                      stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == "world is big"
+    assert chunks[-1].choices[0].finish_reason == "stop" and all(c.object == "text_completion" for c in chunks)
 
 
 def test_guard_refuses_on_input_and_on_output(server):

@@ -264,3 +264,56 @@ def test_rlhfkit_judge_writes_trl_rows_with_confidence_and_agreement(fake_judge_
 
     with pytest.raises(DataError, match=r"bad.jsonl:1: field 'label'"):
         run_judge(JudgeConfig(data=str(bad), judge=ep.url, output=str(out)))
+
+
+def test_endpoint_logprobs_give_graded_confidence(fake_judge_endpoint):
+    """The endpoint puts 0.8 on its letter and 0.2 on the other: P(A) = 0.8 / (0.8 + 0.2) = 0.8 when it
+    answers A. A kind response beats an unkind one in both orders with 0.8 each -> confidence 0.8."""
+    ep = fake_judge_endpoint(kind_judge_reply)
+    judge = OpenAIJudge(ep.url, load_constitution(), logprobs=True)
+    (v,) = compare(judge, ["how is the tea ?"], ["the tea is good ."], ["the tea is bad ."])
+    assert v.winner == "a" and v.confidence == pytest.approx(0.8) and v.p_first == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("kind", ["lm", "reward_model", "per_principle_endpoint"])
+def test_rlhfkit_judge_with_each_judge_kind(kind, tmp_path, world_dir, fake_judge_endpoint):
+    """Every judge kind through `run_judge`. The bigram LM answers "A" to any judge prompt -> all
+    ties, position bias +0.5. The reward model (random head) decides every pair consistently: a
+    Bradley-Terry judge has no position preference (bias 0). The endpoint with a two-principle,
+    per-principle constitution is asked 2 principles x 2 orders x 3 pairs = 12 times."""
+    from rlhfkit.config import JudgeConfig
+    from rlhfkit.judge.run import run_judge
+    from rlhfkit.models import load_reward_model, load_tokenizer, save_model
+
+    pairs = [{"prompt": f"how is the {x} ?", "response_a": f"the {x} is good and warm .",
+              "response_b": f"the {x} is bad ."} for x in ("tea", "pie", "rice")]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    cfg = dict(data=str(data), output=str(tmp_path / "out.jsonl"), device="cpu")
+    if kind == "lm":
+        target = make_bigram_model_dir(tmp_path / "lm", {"<unk>": {"A": 1.0}}, ["A", "B"])
+    elif kind == "reward_model":
+        tok = load_tokenizer(world_dir["base"])
+        rm = load_reward_model(world_dir["base"], tok)
+        torch.manual_seed(1)
+        torch.nn.init.normal_(rm.score.weight, std=1.0)
+        save_model(rm, tok, tmp_path / "rm")
+        target = str(tmp_path / "rm")
+    else:
+        ep = fake_judge_endpoint(kind_judge_reply)
+        target = ep.url
+        (tmp_path / "con.yaml").write_text("per_principle: true\nprinciples:\n  - {name: kind, text: be kind, weight: 2}\n"
+                                           "  - {name: brief, text: be brief}\n")
+        cfg["constitution"] = str(tmp_path / "con.yaml")
+    summary = run_judge(JudgeConfig(judge=target, **cfg))
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    if kind == "lm":
+        assert summary["ties"] == 3 and rows == [] and summary["position_bias"] == 0.5
+    elif kind == "reward_model":
+        assert summary["ties"] == 0 and len(rows) == 3 and summary["position_bias"] == 0.0
+        assert all(0.5 < r["confidence"] < 1 and r["source"] == "judge:rm" for r in rows)
+    else:
+        # kind: a wins both orders (p = 1); brief: "the x is bad ." is shorter but the rule judge only
+        # counts kind words, so it also answers a -> every pair a with confidence 1.
+        assert ep.chat_requests == 12 and summary["per_principle"] and len(rows) == 3
+        assert all(r["chosen"].endswith("good and warm .") and r["confidence"] == 1.0 for r in rows)
