@@ -3,7 +3,7 @@
 Guard file (YAML)::
 
     refusal: "Sorry, I can't help with that."     # what a blocked request gets back
-    log: guard.jsonl                               # optional: one JSON line per decision
+    log: guard.jsonl                               # optional: one JSON line per decision (relative: to this file)
     input:                                         # checks the request's messages / prompt
       blocklist:
         - bomb                                     # a word or phrase: whole words, any case

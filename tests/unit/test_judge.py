@@ -317,3 +317,24 @@ def test_rlhfkit_judge_with_each_judge_kind(kind, tmp_path, world_dir, fake_judg
         # counts kind words, so it also answers a -> every pair a with confidence 1.
         assert ep.chat_requests == 12 and summary["per_principle"] and len(rows) == 3
         assert all(r["chosen"].endswith("good and warm .") and r["confidence"] == 1.0 for r in rows)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    """Bad input to `rlhfkit judge` / `rlhfkit serve`: exit 2 and one stderr line naming file, line and field."""
+    from rlhfkit.cli import main
+
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "response_a": "x", "response_b": "y"}) + "\n"
+                   + json.dumps({"prompt": "p", "response_a": "x", "response_b": 3}) + "\n")
+    assert main(["judge", "--data", str(bad), "--judge", "http://127.0.0.1:9/v1", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"rlhfkit judge: error: {bad}:2: field 'response_b': expected"), err
+    assert not (tmp_path / "o").exists()
+    guard = tmp_path / "guard.yaml"
+    guard.write_text("output:\n  blocklist:\n    - regex: '(['\n")
+    model = make_bigram_model_dir(tmp_path / "m", {}, ["A", "B"])
+    assert main(["serve", "--model", model, "--guard", str(guard)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{guard}: output.blocklist[0]: field 'regex': invalid regular expression" in err[0]
+    assert main(["serve", "--model", str(tmp_path / "nothing")]) == 2
+    assert "no model folder" in capsys.readouterr().err
