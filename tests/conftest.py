@@ -92,7 +92,8 @@ def annotate_pg():
 # ---------------------------------------------------------------- judges and serving
 
 
-def make_bigram_model_dir(path, table: dict, words: list[str], hidden_size: int = 48, strength: float = 10.0):
+def make_bigram_model_dir(path, table: dict, words: list[str], hidden_size: int = 48, strength: float = 10.0,
+                          chat: bool = True):
     """A causal LM whose next token depends only on the current one, by ``table``:
     {word: {next_word: logit_scale}}; unlisted words go to "<eos>"-less uniform logits.
 
@@ -108,7 +109,8 @@ def make_bigram_model_dir(path, table: dict, words: list[str], hidden_size: int 
     from rlhfkit.models import build_word_tokenizer, save_model
 
     tok = build_word_tokenizer([" ".join(words)])
-    tok.chat_template = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}" if chat
+                         else None)
     vocab = len(tok)
     assert vocab <= hidden_size, (vocab, hidden_size)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden_size, intermediate_size=16, num_hidden_layers=1,

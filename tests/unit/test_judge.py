@@ -147,13 +147,15 @@ def test_prob_from_top_logprobs():
     assert prob_from_top_logprobs([("C", -0.1)]) is None
 
 
-def test_local_lm_judge_reads_the_answer_token(tmp_path):
+@pytest.mark.parametrize("chat", [True, False])
+def test_local_lm_judge_reads_the_answer_token(tmp_path, chat):
     """A bigram model whose only rule is <unk> -> A with logit 0.2 * sqrt(48) and B with 0.1 * sqrt(48)
-    (the judge prompt ends in a word it does not know): P(A) = sigmoid(0.1 * sqrt(48)) = 0.666585.
-    Both orders then disagree (A both times) -> tie with p_a = 0.5."""
-    path = make_bigram_model_dir(tmp_path / "judge", {"<unk>": {"A": 0.2, "B": 0.1}}, ["A", "B"], strength=1.0)
+    (the judge prompt ends in a word it does not know: "B." with a chat template, "Answer:" without):
+    P(A) = sigmoid(0.1 * sqrt(48)) = 0.666585. Both orders then disagree (A both times) -> tie, p_a 0.5."""
+    path = make_bigram_model_dir(tmp_path / "judge", {"<unk>": {"A": 0.2, "B": 0.1}}, ["A", "B"], strength=1.0,
+                                 chat=chat)
     judge = make_judge(path)
-    assert type(judge).__name__ == "LMJudge"
+    assert type(judge).__name__ == "LMJudge" and judge.chat is chat
     p = judge.prob_first([JudgeItem("how is the soup ?", "good", "bad", judge.constitution.principles)] * 2)
     assert p == pytest.approx([0.666585] * 2, abs=1e-5)
     (v,) = compare(judge, ["q"], ["x"], ["y"])

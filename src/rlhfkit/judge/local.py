@@ -2,9 +2,11 @@
 
 ``LMJudge``: the judge prompt (rendered with the model's chat template when it has one, else as
 plain text ending in "Answer:") is run once; P(A) = softmax(logit_A, logit_B)[0] at the next
-token, where logit_A / logit_B are those of the first token of "A" / "B" (tokenizers that split
+token, where logit_A / logit_B are those of the first token of "A" / "B" after a chat template's
+generation prompt, of " A" / " B" after "Answer:" (byte-level BPE spells a letter after a space
+as its own token); tokenizers that split
 a letter into several tokens are read at the first one; a tokenizer that maps both letters to
-the same first token, or to the unknown token, is refused with a clear error).
+the same first token, or to the unknown token, is refused with a clear error.
 
 ``RewardModelJudge``: P(first better) = sigmoid(r(prompt, first) - r(prompt, second)), the
 Bradley-Terry probability under the reward model; the constitution does not reach it.
@@ -24,7 +26,7 @@ from .constitution import Constitution, render
 class LMJudge:
     def __init__(self, path: str, constitution: Constitution, device: torch.device | str = "cpu",
                  batch_size: int = 8, max_length: int = 1024, trust_remote_code: bool = False,
-                 answers: tuple[str, str] = ("A", "B")):
+                 answers: tuple[str, str] | None = None):
         from ..models import load_causal_lm, load_tokenizer
 
         self.name = Path(path).name
@@ -33,13 +35,15 @@ class LMJudge:
         self.tokenizer = load_tokenizer(path, trust_remote_code)
         self.model = load_causal_lm(path, trust_remote_code=trust_remote_code).to(self.device).eval()
         self.batch_size, self.max_length = batch_size, max_length
+        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+        answers = answers or (("A", "B") if self.chat else (" A", " B"))
         self.answer_ids = answer_token_ids(self.tokenizer, answers, path)
 
     def _ids(self, item: JudgeItem) -> list[int]:
         from ..data.tokenize import prompt_ids
 
         text = render(item.prompt, item.first, item.second, item.principles)
-        if getattr(self.tokenizer, "chat_template", None):
+        if self.chat:
             ids = prompt_ids(self.tokenizer, [{"role": "user", "content": text}])
         else:
             ids = prompt_ids(self.tokenizer, text + "\nAnswer:")
@@ -69,7 +73,7 @@ def answer_token_ids(tokenizer, answers: tuple[str, str], where: str) -> tuple[i
     for letter in answers:
         enc = tokenizer.encode(letter, add_special_tokens=False)
         if not enc or enc[0] == tokenizer.unk_token_id:
-            raise JudgeError(f"{where}: the tokenizer has no token for the answer {letter!r}; "
+            raise JudgeError(f"{where}: the tokenizer has no token for the answer {letter.strip()!r}; "
                              "a local judge model must be able to write 'A' and 'B'")
         ids.append(enc[0])
     if ids[0] == ids[1]:
