@@ -22,6 +22,10 @@ stages:
   grpo    group relative policy optimisation (group-normalised rewards, KL in the loss)
   best-of-n  sample N completions per prompt and keep the best by a reward source
   sample-pairs  sample k responses per prompt from a policy into {prompt, response_a, response_b} pairs
+  judge   label {prompt, response_a, response_b} pairs with an AI judge (an OpenAI-compatible URL, a local
+          model or a reward model), both orders, bias statistics -> TRL preference JSONL (RLAIF)
+  serve   serve a model through an OpenAI-compatible API (/v1/chat/completions, /v1/completions, streaming)
+          behind optional input/output filters (--guard FILE)
   pipeline  run stages listed in a YAML file, each feeding the next; finished stages are skipped
   annotate  collect human preferences: `rlhfkit annotate serve|import|add-user|export|stats|guidelines|migrate`
   demo    the built-in demo: base -> SFT -> pairs -> simulated annotators -> RM -> DPO and PPO
@@ -39,10 +43,13 @@ EXIT_USER_ERROR = 2
 
 def _stages():
     from .stages import registry
+    from .config import ServeConfig
+    from .serve import run_serve
     from .world.demo import DemoConfig, run_demo
     from .world.lab import LabConfig, run_lab
 
-    return {**registry(), "demo": (DemoConfig, run_demo), "lab": (LabConfig, run_lab)}
+    # serve runs until stopped, so it is no pipeline stage
+    return {**registry(), "demo": (DemoConfig, run_demo), "lab": (LabConfig, run_lab), "serve": (ServeConfig, run_serve)}
 
 
 def _quiet_libraries() -> None:
@@ -73,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from .config import ConfigError, parse_config
     from .data import DataError
+    from .judge import JudgeError
     from .train.loop import TrainingError
 
     stages = _stages()
@@ -88,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             cls, fn = stages[stage]
             cfg = parse_config(cls, rest, prog=f"rlhfkit {stage}")
             summary = fn(cfg)
-    except (DataError, ConfigError, TrainingError, ValueError, OSError) as e:
+    except (DataError, ConfigError, TrainingError, JudgeError, ValueError, OSError) as e:
         if debug:
             traceback.print_exc()
         kind = type(e).__name__
-        print(f"rlhfkit {stage}: error: {e}" if kind in ("DataError", "ConfigError", "TrainingError")
+        print(f"rlhfkit {stage}: error: {e}" if kind in ("DataError", "ConfigError", "TrainingError", "JudgeError")
               else f"rlhfkit {stage}: error: {kind}: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -78,6 +78,9 @@ class RMConfig(TrainConfig):
     learning_rate: float = _f(1e-4, "Peak AdamW learning rate.")
     use_margin: bool = _f(True, "Subtract a pair's `margin` field in the loss (Llama 2 eq. 2) when present.")
     center_rewards_coef: float = _f(0.0, "Weight of mean((r_c + r_r)^2), which keeps rewards centred on 0.")
+    source_weights: list[str] = _f([], "Loss weight per label source: `source=weight` entries (YAML: a mapping), e.g. "
+                                       "human=1.0 judge=0.5; exact source, else longest prefix, else `default`, else 1. "
+                                       "Rows carry `source` from `annotate export` (human) or `rlhfkit judge` (judge:NAME).")
 
 
 @dataclass
@@ -91,6 +94,9 @@ class DPOConfig(TrainConfig):
                         choices=["sigmoid", "ipo", "robust", "hinge"])
     label_smoothing: float = _f(0.0, "Assumed label-flip rate: cDPO for sigmoid, rDPO's epsilon for robust.")
     precompute_ref: bool = _f(False, "Compute reference log-probs once before training and free the reference model.")
+    source_weights: list[str] = _f([], "Loss weight per label source: `source=weight` entries (YAML: a mapping), e.g. "
+                                       "human=1.0 judge=0.5; exact source, else longest prefix, else `default`, else 1. "
+                                       "Rows carry `source` from `annotate export` (human) or `rlhfkit judge` (judge:NAME).")
 
 
 @dataclass
@@ -98,7 +104,8 @@ class RewardSourceConfig:
     """Reward sources, shared by the online trainers and best-of-N."""
 
     reward_model: str = _f("", "Reward-model folder (from `rlhfkit rm`) used as a reward source.")
-    reward_fn: list[str] = _f([], "Reward functions `path/to/file.py:name` or `module:name`, TRL signature fn(prompts, completions, **columns) -> list[float].")
+    reward_fn: list[str] = _f([], "Reward functions `path/to/file.py:name` or `module:name`, TRL signature fn(prompts, completions, **columns) -> list[float]; "
+                                  "or an AI judge `judge:URL_OR_FOLDER[;model=NAME][;reference=COLUMN|siblings]` (reward = P(completion beats the reference)).")
     reward_weights: list[float] = _f([], "One weight per reward source (reward_model first, then reward_fn in order); default all 1.")
 
 
@@ -198,9 +205,52 @@ class SamplePairsConfig(SamplerRunConfig):
     k: int = _f(2, "Responses sampled per prompt (even); written as k/2 pairs {prompt, response_a, response_b}.")
 
 
+@dataclass
+class JudgeConfig:
+    """Label pairs with an AI judge (RLAIF): both orders, bias statistics, TRL preference rows out."""
+
+    data: str = _f("", "Pairs {prompt, response_a, response_b} (what `sample-pairs` writes), or {prompt, chosen, rejected} "
+                       "rows (judged as a=chosen; agreement with that human label is reported); an optional `label` "
+                       "or `gold` field (a, b or tie) is a human label (required).")
+    judge: str = _f("", "The judge: an OpenAI-compatible `http(s)://HOST/v1` URL, a reward-model folder, or a causal-LM folder (required).")
+    judge_model: str = _f("", "Model name the endpoint serves; empty means the first one it lists.")
+    constitution: str = _f("", "YAML file of principles; empty means the shipped default (helpful, honest, harmless).")
+    output: str = _f("", "Preference JSONL to write ({prompt, chosen, rejected, confidence, source, ...}); "
+                         "the run's statistics go beside it as OUTPUT.summary.json (required).")
+    output_dir: str = _f("", "Folder form (what `rlhfkit pipeline` sets): with `output` empty, rows go to OUTPUT_DIR/prefs.jsonl.")
+    ties: str = _f("drop", "Pairs whose two orders disagree: drop them (counted), or keep them in the output as "
+                           "{prompt, response_a, response_b, tie: true, confidence: 0.5} rows.", choices=["drop", "keep"])
+    name: str = _f("", "Source name written as `source: judge:NAME`; empty means the judge model's name.")
+    api_key_env: str = _f("OPENAI_API_KEY", "Environment variable holding the endpoint's API key (\"EMPTY\" when unset).")
+    timeout: float = _f(60.0, "Seconds per endpoint request before it counts as failed (and is retried).")
+    max_retries: int = _f(4, "Retries per request on timeouts, connection errors, 429 and 5xx (exponential backoff with jitter).")
+    concurrency: int = _f(8, "Endpoint requests in flight at once.")
+    cache: str = _f("", "Verdict cache (JSONL) for endpoint judges; empty means OUTPUT.cache.jsonl; `none` disables it.")
+    logprobs: bool = _f(False, "Ask the endpoint for log-probs of the answer token (graded confidence); off: the letter counts as 1.0.")
+    batch_size: int = _f(8, "Pairs per forward pass for local judges.")
+    device: str = _f("auto", "auto, cpu, cuda (local judges).")
+    trust_remote_code: bool = _f(False, "Allow model code from the judge's folder to run.")
+
+
+@dataclass
+class ServeConfig:
+    """Serve a policy through an OpenAI-compatible API, behind optional input/output filters."""
+
+    model: str = _f("", "Model folder to serve (required).")
+    host: str = _f("127.0.0.1", "Interface to listen on (0.0.0.0 for every interface; put TLS in front).")
+    port: int = _f(8000, "Port to listen on.")
+    guard: str = _f("", "Guard YAML with `input` / `output` sections (blocklist, classifier) and a `refusal`; empty: no filters.")
+    served_model_name: str = _f("", "Model id clients pass and /v1/models lists; empty means the folder's name.")
+    max_tokens_limit: int = _f(1024, "Largest max_tokens a request may ask for.")
+    device: str = _f("auto", "auto, cpu, cuda.")
+    trust_remote_code: bool = _f(False, "Allow model code from the checkpoint's folder to run.")
+
+
+# list[str] fields of "key=value" entries that a YAML file may also give as a mapping
+MAPPING_FIELDS = ("source_weights",)
 STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "ppo": PPOConfig,
                                   "rloo": RLOOConfig, "grpo": GRPOConfig, "best-of-n": BestOfNConfig,
-                                  "sample-pairs": SamplePairsConfig}
+                                  "sample-pairs": SamplePairsConfig, "judge": JudgeConfig, "serve": ServeConfig}
 REQUIRED = ("model", "data", "output_dir")
 
 
@@ -279,6 +329,8 @@ def _yaml_value(path, f: dataclasses.Field, hint, value):
             raise bad("a list of numbers")
         value = [float(v) for v in value]
     if hint == list[str]:
+        if f.name in MAPPING_FIELDS and isinstance(value, dict):  # {source: weight} -> ["source=weight"]
+            value = [f"{k}={v}" for k, v in value.items()]
         value = [value] if isinstance(value, str) else value
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise bad("a list of strings")
@@ -327,6 +379,19 @@ def validate(cfg) -> None:
     if isinstance(cfg, BestOfNConfig):
         if cfg.n < 1 or not (cfg.reward_model or cfg.reward_fn):
             raise ConfigError(f"{src}: best-of-n needs 'n' >= 1 and a reward source ('reward_model' or 'reward_fn')")
+    if isinstance(cfg, JudgeConfig):
+        if not cfg.output and cfg.output_dir:
+            cfg.output = str(Path(cfg.output_dir) / "prefs.jsonl")
+        for name in ("data", "judge", "output"):
+            if not getattr(cfg, name):
+                raise ConfigError(f"{src}: field {name!r} is required (set it in the YAML file or with --{name})")
+        if cfg.concurrency < 1 or cfg.max_retries < 0 or cfg.timeout <= 0 or cfg.batch_size < 1:
+            raise ConfigError(f"{src}: need concurrency >= 1, max_retries >= 0, timeout > 0, batch_size >= 1")
+    if isinstance(cfg, ServeConfig):
+        if not cfg.model:
+            raise ConfigError(f"{src}: field 'model' is required (set it in the YAML file or with --model)")
+        if not 0 <= cfg.port <= 65535:
+            raise ConfigError(f"{src}: field 'port' must be 0-65535, got {cfg.port}")
     if not isinstance(cfg, TrainConfig):
         return
     for name in REQUIRED:
@@ -345,6 +410,13 @@ def validate(cfg) -> None:
             raise ConfigError(f"{src}: field 'report_to': unknown sink {sink!r} (tensorboard, wandb, mlflow)")
     if isinstance(cfg, OnlineConfig):
         validate_online(cfg)
+    if isinstance(cfg, (RMConfig, DPOConfig)) and cfg.source_weights:
+        from .data.sources import parse_source_weights
+
+        try:
+            parse_source_weights(cfg.source_weights, f"{src}: field 'source_weights'")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if isinstance(cfg, DPOConfig) and cfg.beta <= 0:
         raise ConfigError(f"{src}: field 'beta' must be > 0, got {cfg.beta}")
 

@@ -61,21 +61,33 @@ def sft_nll(logps_BT: torch.Tensor, mask_BT: torch.Tensor,
     return -masked_sum(logps_BT, mask_BT) / num_tokens
 
 
+def weighted_mean(x_B: torch.Tensor, weights_B: torch.Tensor | None = None) -> torch.Tensor:
+    """sum(w * x) / sum(w); the plain mean when ``weights_B`` is None.
+
+    Per-example weights, e.g. by label source (human vs AI judge, ``source_weights``).
+    """
+    if weights_B is None:
+        return x_B.mean()
+    return (weights_B * x_B).sum() / weights_B.sum()
+
+
 def bradley_terry(chosen_B: torch.Tensor, rejected_B: torch.Tensor,
-                  margin_B: torch.Tensor | None = None, center_coef: float = 0.0) -> torch.Tensor:
+                  margin_B: torch.Tensor | None = None, center_coef: float = 0.0,
+                  weights_B: torch.Tensor | None = None) -> torch.Tensor:
     """Reward-model loss: -log sigmoid(r_c - r_r - margin), averaged over pairs.
 
     Bradley & Terry (1952); Ouyang et al. 2022 eq. 1. The optional margin is Llama 2's
     (Touvron et al. 2023 eq. 2): a pair labelled "much better" must be separated by more.
     ``center_coef`` adds coef * mean((r_c + r_r)^2) (Eisenstein et al. 2023), which pins the
     reward's free offset near zero so rewards stay comparable between runs.
+    ``weights_B`` makes the average a weighted mean sum(w l) / sum(w) (both terms).
     """
     diff_B = chosen_B - rejected_B
     if margin_B is not None:
         diff_B = diff_B - margin_B
-    loss = -F.logsigmoid(diff_B).mean()
+    loss = weighted_mean(-F.logsigmoid(diff_B), weights_B)
     if center_coef:
-        loss = loss + center_coef * ((chosen_B + rejected_B) ** 2).mean()
+        loss = loss + center_coef * weighted_mean((chosen_B + rejected_B) ** 2, weights_B)
     return loss
 
 

@@ -2,7 +2,9 @@
 
 A reward-model folder (from ``rlhfkit rm``), a Python function with TRL's reward-function
 signature ``fn(prompts, completions, **kwargs) -> list[float]`` given as ``path/to/file.py:name``
-or ``module:name``, or a weighted sum of several. Prompts are strings or chat message lists;
+or ``module:name``, an AI judge given as ``judge:URL_OR_FOLDER[;key=value...]`` (the probability
+that the completion beats a reference response; see ``judge/reward.py``), or a weighted sum of
+several. Prompts are strings or chat message lists;
 completions are the sampled response texts. Extra dataset columns reach functions as keyword
 lists, one value per completion, as in TRL.
 """
@@ -104,11 +106,18 @@ class WeightedSum:
         return total
 
 
+def _judge_source(spec: str, device: torch.device, trust_remote_code: bool):
+    from .judge.reward import JudgeReward
+
+    return JudgeReward(spec, device, trust_remote_code)
+
+
 def make_reward(reward_model: str, reward_fn: list[str], reward_weights: list[float], device: torch.device,
                 trust_remote_code: bool = False) -> WeightedSum:
     """The configured reward sources, reward model first, then functions in order."""
     sources = ([RewardModelSource(reward_model, device, trust_remote_code=trust_remote_code)] if reward_model else [])
-    sources += [FunctionSource(spec) for spec in reward_fn]
+    sources += [_judge_source(spec, device, trust_remote_code) if spec.startswith("judge:") else FunctionSource(spec)
+                for spec in reward_fn]
     if not sources:
         raise ValueError("no reward source: set reward_model and/or reward_fn")
     weights = list(reward_weights) or [1.0] * len(sources)

@@ -11,8 +11,9 @@ from typing import Callable
 
 def registry() -> dict[str, tuple[type, Callable]]:
     from .best_of_n import run_best_of_n
-    from .config import (BestOfNConfig, DPOConfig, GRPOConfig, PPOConfig, RLOOConfig, RMConfig,
+    from .config import (BestOfNConfig, DPOConfig, GRPOConfig, JudgeConfig, PPOConfig, RLOOConfig, RMConfig,
                          SamplePairsConfig, SFTConfig)
+    from .judge.run import run_judge
     from .sample_pairs import run_sample_pairs
     from .train.dpo import run_dpo
     from .train.grpo import run_grpo
@@ -25,4 +26,5 @@ def registry() -> dict[str, tuple[type, Callable]]:
     return {"sft": (SFTConfig, run_sft), "rm": (RMConfig, run_rm), "dpo": (DPOConfig, run_dpo),
             "ppo": (PPOConfig, run_ppo), "rloo": (RLOOConfig, run_rloo), "grpo": (GRPOConfig, run_grpo),
             "best-of-n": (BestOfNConfig, run_best_of_n), "sample-pairs": (SamplePairsConfig, run_sample_pairs),
+            "judge": (JudgeConfig, run_judge),
             **WORLD_STAGES}

@@ -86,6 +86,7 @@ def test_sample_pairs_to_labels_to_reward_model(world_dir, tmp_path, capsys):
     assert rows and r.stdout.startswith(f"rlhfkit annotate export: {len(rows)} rows (majority)")
     for row in rows:
         assert {"prompt", "chosen", "rejected", "agreement"} <= set(row) and row["chosen"] != row["rejected"]
+        assert row["source"] == "human"  # mixes with AI-judge rows under source_weights
         assert 0.5 < row["agreement"] <= 1 and row["margin"] == 2 / 3
         ka, kb = toy.kind_reward([row["prompt"]] * 2, [row["chosen"], row["rejected"]])
         assert ka >= kb  # the majority (three of four) preferred the kinder response

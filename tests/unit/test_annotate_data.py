@@ -92,7 +92,7 @@ def test_majority_rows_by_hand():
     by_id = {r["id"]: r for r in rows}
     assert list(by_id) == ["p1", "p4", "c6"]
     assert by_id["p1"] == {"prompt": "q1", "chosen": "B1", "rejected": "A1", "margin": pytest.approx(2 / 3),
-                           "agreement": pytest.approx(2 / 3), "id": "p1", "labels": 3}
+                           "agreement": pytest.approx(2 / 3), "id": "p1", "labels": 3, "source": "human"}
     assert "margin" not in by_id["p4"] and by_id["p4"]["agreement"] == 1.0 and by_id["p4"]["chosen"] == "A4"
     # A chat prompt gives chosen/rejected as assistant messages (TRL's conversational form).
     assert by_id["c6"]["chosen"] == [{"role": "assistant", "content": "B6"}]

@@ -210,7 +210,8 @@ def test_collate_pairs_chosen_rows_then_rejected_rows():
     """Rows: a.prompt+a.chosen (5), b.prompt+b.chosen (6), a.prompt+a.rejected (4),
     b.prompt+b.rejected (8); right-padded with 9 to width 8; loss mask on responses only."""
     out = collate_pairs(_pairs(), pad_id=9)
-    assert set(out) == {"input_ids", "attention_mask", "loss_mask", "margin"}
+    assert set(out) == {"input_ids", "attention_mask", "loss_mask", "margin", "weight"}
+    assert out["weight"].tolist() == [1.0, 1.0]  # no source_weights: every pair weighs 1
     assert out["input_ids"].tolist() == [
         [2, 10, 11, 12, 3, 9, 9, 9],
         [2, 14, 15, 16, 17, 3, 9, 9],

@@ -1,13 +1,16 @@
 """Labels -> training data in TRL's formats (what ``rlhfkit rm`` / ``dpo`` / ``sft`` read unchanged).
 
 - ``majority`` (default): one row per pair, ``{prompt, chosen, rejected, margin?, agreement, id,
-  labels}``. The chosen response is the strict majority of the pair's labels; pairs whose
+  labels, source}``. The chosen response is the strict majority of the pair's labels; pairs whose
   majority is "tie" or that have no strict majority are dropped (and counted). ``margin`` is the
   mean margin (from the strength) of the majority's labels that gave one; ``agreement`` the share
   of labels that agree with the majority.
 - ``per_annotator``: one row per non-tie label, ``{prompt, chosen, rejected, margin?, annotator,
-  agreement, agrees_with_majority, annotator_flagged, id}``, for noise-aware training or audits.
+  agreement, agrees_with_majority, annotator_flagged, id, source}``, for noise-aware training or audits.
 - ``demonstrations``: one ``{prompt, completion, id, annotator}`` row per written response (SFT).
+
+Preference rows carry ``source: "human"`` so they mix with AI-judge rows (``rlhfkit judge`` writes
+``source: "judge:<name>"``) under ``rlhfkit rm`` / ``dpo``'s ``source_weights``.
 
 Gold pairs are quality checks and are left out unless ``include_gold``. A chat-format prompt
 (a message list) gives chosen/rejected as one assistant message each, TRL's conversational form.
@@ -22,6 +25,7 @@ from pathlib import Path
 from .agreement import agreement_fraction, compute_stats, majority
 
 MODES = ("majority", "per_annotator", "demonstrations")
+SOURCE = "human"
 
 
 def _response(prompt, text: str):
@@ -62,7 +66,7 @@ def majority_rows(tasks: dict, rows: list[dict], include_gold: bool = False) -> 
         margins = [v["margin"] for v in votes if v["choice"] == top and v["margin"] is not None]
         if margins:
             row["margin"] = sum(margins) / len(margins)
-        row.update(agreement=agreement_fraction(choices), id=task["external_id"], labels=len(votes))
+        row.update(agreement=agreement_fraction(choices), id=task["external_id"], labels=len(votes), source=SOURCE)
         out.append(row)
     return out, dropped
 
@@ -87,7 +91,7 @@ def per_annotator_rows(tasks: dict, rows: list[dict], include_gold: bool = False
                 row["margin"] = v["margin"]
             row.update(annotator=v["annotator"], agreement=agreement,
                        agrees_with_majority=None if top is None else v["choice"] == top,
-                       annotator_flagged=v["annotator"] in flagged, id=task["external_id"])
+                       annotator_flagged=v["annotator"] in flagged, id=task["external_id"], source=SOURCE)
             out.append(row)
     return out, dropped
 

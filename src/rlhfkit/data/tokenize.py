@@ -33,6 +33,8 @@ class TokenizedPair:
     # Summed reference log-probs of each response, when precomputed (DPO ``precompute_ref``).
     ref_chosen: float | None = None
     ref_rejected: float | None = None
+    # Loss weight (``source_weights``, normalised to mean 1 over the training set); 1 by default.
+    weight: float = 1.0
 
 
 def _ids(tokenizer, text: str, specials: bool = False) -> list[int]:
@@ -145,7 +147,8 @@ def collate_sft(batch: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
 def collate_pairs(batch: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
     """Chosen rows then rejected rows in one (2B, T) batch, so one forward pass scores both.
 
-    ``loss_mask`` marks response tokens; ``margin`` is (B,); ``ref_logps`` (2B,) when precomputed.
+    ``loss_mask`` marks response tokens; ``margin`` and ``weight`` are (B,); ``ref_logps`` (2B,) when
+    precomputed.
     """
     rows = [b.prompt_ids + b.chosen_ids for b in batch] + [b.prompt_ids + b.rejected_ids for b in batch]
     masks = ([[0] * len(b.prompt_ids) + [1] * len(b.chosen_ids) for b in batch]
@@ -153,7 +156,8 @@ def collate_pairs(batch: list[TokenizedPair], pad_id: int) -> dict[str, torch.Te
     out = {"input_ids": _pad(rows, pad_id),
            "attention_mask": _pad([[1] * len(r) for r in rows], 0),
            "loss_mask": _pad(masks, 0),
-           "margin": torch.tensor([b.margin for b in batch], dtype=torch.float32)}
+           "margin": torch.tensor([b.margin for b in batch], dtype=torch.float32),
+           "weight": torch.tensor([b.weight for b in batch], dtype=torch.float32)}
     if all(b.ref_chosen is not None and b.ref_rejected is not None for b in batch):
         out["ref_logps"] = torch.tensor([b.ref_chosen for b in batch] + [b.ref_rejected for b in batch],
                                         dtype=torch.float32)

@@ -23,6 +23,7 @@ import torch
 
 from ..config import DPOConfig
 from ..data import load_preference
+from ..data.sources import apply_source_weights
 from ..data.tokenize import collate_pairs, tokenize_preference
 from ..losses import dpo_loss, sequence_logprobs
 from ..models import causal_lm_logits, load_causal_lm, load_tokenizer
@@ -86,6 +87,9 @@ def run_dpo(cfg: DPOConfig) -> dict:
     eval_set, _ = tokenize_preference(eval_pairs, tokenizer, cfg.max_length, cfg.max_prompt_length)
     if n_cut:
         run.print(f"truncated: {n_cut} of {len(train_set)} training pairs")
+    weighted = apply_source_weights(train_set, cfg.source_weights)
+    if weighted:
+        run.print(f"source weights: {weighted}")
     collate = lambda b: collate_pairs(b, tokenizer.pad_token_id)  # noqa: E731
     if cfg.precompute_ref:
         run.print(f"precomputing reference log-probs for {len(train_set) + len(eval_set)} pairs")
@@ -95,7 +99,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
 
     def loss_fn(model, batch, num_pairs):
         losses, chosen_r, rejected_r, pc, pr, kl_sum, _ = score_pairs(model, ref, batch, cfg)
-        loss = losses.sum() / num_pairs
+        # Weighted by label source (mean 1 over the data, so unweighted runs are unchanged).
+        loss = (losses * batch["weight"]).sum() / num_pairs if cfg.source_weights else losses.sum() / num_pairs
         return loss, {"loss": loss.item(), "rewards_chosen": float(chosen_r.sum()) / num_pairs,
                       "rewards_rejected": float(rejected_r.sum()) / num_pairs,
                       "margin": float((chosen_r - rejected_r).sum()) / num_pairs,

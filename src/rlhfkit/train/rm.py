@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..config import RMConfig
 from ..data import load_preference
+from ..data.sources import apply_source_weights
 from ..data.tokenize import collate_pairs, tokenize_preference
 from ..evaluate.stats import wilson_interval
 from ..losses import bradley_terry
@@ -39,13 +40,19 @@ def run_rm(cfg: RMConfig) -> dict:
     if n_cut:
         run.print(f"truncated: {n_cut} of {len(train_set)} training pairs (max_length={cfg.max_length}, "
                   f"max_prompt_length={cfg.max_prompt_length})")
+    weighted = apply_source_weights(train_set, cfg.source_weights)
+    if weighted:
+        run.print(f"source weights: {weighted}")
     collate = lambda b: collate_pairs(b, tokenizer.pad_token_id)  # noqa: E731
 
     def loss_fn(model, batch, num_pairs):
         chosen, rejected = pair_rewards(model, batch)
         margin = batch["margin"] if cfg.use_margin else None
-        # bradley_terry averages over this micro-batch; rescale to a share of the step's pairs.
-        loss = bradley_terry(chosen, rejected, margin, cfg.center_rewards_coef) * len(chosen) / num_pairs
+        weight = batch["weight"] if cfg.source_weights else None
+        # bradley_terry averages over this micro-batch (weighted: sum(w l) / sum(w)); rescale to a
+        # share of the step's pairs: sum(w l) / num_pairs, weights having mean 1 over the data.
+        share = float(weight.sum()) if weight is not None else len(chosen)
+        loss = bradley_terry(chosen, rejected, margin, cfg.center_rewards_coef, weight) * share / num_pairs
         return loss, {"loss": loss.item(), "accuracy": float((chosen > rejected).sum()) / num_pairs,
                       "margin": float((chosen - rejected).detach().sum()) / num_pairs,
                       "reward_mean": float((chosen + rejected).detach().sum()) / (2 * num_pairs)}

@@ -1,0 +1,292 @@
+"""``rlhfkit serve``: an OpenAI-compatible server for a trained policy, behind optional filters.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (messages rendered with the model's
+chat template) and ``POST /v1/completions`` (raw prompt), each with ``stream: true`` as
+server-sent events in OpenAI's chunk format ending with ``data: [DONE]``. Sampling reuses
+``generation.generate`` (KV cache, the tokenizer's and template's end tokens, stop strings).
+
+Supported request fields: ``model``, ``messages`` / ``prompt``, ``max_tokens`` (or
+``max_completion_tokens``), ``temperature`` (0 = greedy), ``top_p``, ``stop`` (a string or up to 4),
+``seed``, ``stream``, ``stream_options``, ``user``, ``n`` = 1, and penalties / ``logprobs`` / ``echo``
+only at their neutral values; anything else is refused with a 400 naming the field (never
+silently ignored).
+
+Guard (``--guard FILE``, see ``guard.py``): the input filter checks every non-assistant message
+(or the prompt) before generation; the output filter checks the generated text. A blocked request
+gets the guard's ``refusal`` as its content with ``finish_reason: "content_filter"``. Streaming
+with an output filter: the whole response is generated and checked first, then streamed in word
+pieces, so a client never receives text the filter would block (the first chunk waits for the
+whole generation). One request generates at a time (a lock around the model).
+"""
+# No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation of
+# the route functions (a string annotation to a name imported inside create_app would turn into a
+# required query parameter, and every request into a 422).
+
+
+import asyncio
+import json
+import logging
+import random
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("rlhfkit.serve")
+
+ALLOWED = {"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
+           "seed", "stream", "stream_options", "user", "n", "presence_penalty", "frequency_penalty", "logprobs",
+           "top_logprobs", "echo"}
+NEUTRAL = {"n": (1, None), "presence_penalty": (0, 0.0, None), "frequency_penalty": (0, 0.0, None),
+           "logprobs": (False, None), "top_logprobs": (None,), "echo": (False, None)}
+
+
+class RequestError(ValueError):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.param, self.status, self.kind = param, status, kind
+
+
+def _number(body: dict, key: str, default: float, low: float, high: float, integer: bool = False):
+    value = body.get(key, default)
+    if value is None:
+        value = default
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (not integer or float(value).is_integer())
+    if not ok or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise RequestError(f"'{key}' must be {kind} in [{low:g}, {high:g}], got {value!r}", key)
+    return int(value) if integer else float(value)
+
+
+def _stops(body: dict) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
+        raise RequestError("'stop' must be a non-empty string or a list of up to 4 of them", "stop")
+    return stops
+
+
+def _content(message: dict, i: int) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # [{"type": "text", "text": ...}]
+        if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+            return "".join(p["text"] for p in content)
+        raise RequestError(f"messages[{i}].content: only text parts are supported", f"messages[{i}].content")
+    if content is None and message.get("role") == "assistant":
+        return ""
+    raise RequestError(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content")
+
+
+def _messages(body: dict) -> list[dict]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list of {role, content}", "messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool", "developer"):
+            raise RequestError(f"messages[{i}]: expected {{role: system|user|assistant|tool, content}}", f"messages[{i}]")
+        role = "system" if m["role"] == "developer" else m["role"]
+        out.append({"role": role, "content": _content(m, i)})
+    return out
+
+
+class Server:
+    """The model, tokenizer, guard and request handling, independent of the web framework."""
+
+    def __init__(self, model_dir: str, name: str = "", guard=None, device: str = "auto", max_tokens_limit: int = 1024,
+                 trust_remote_code: bool = False):
+        from .models import load_causal_lm, load_tokenizer, resolve_device
+
+        self.device = resolve_device(device)
+        self.tokenizer = load_tokenizer(model_dir, trust_remote_code, padding_side="left")
+        self.model = load_causal_lm(model_dir, trust_remote_code=trust_remote_code).to(self.device).eval()
+        self.name = name or Path(model_dir).resolve().name
+        self.guard, self.max_tokens_limit = guard, max_tokens_limit
+        self.context = getattr(self.model.config, "max_position_embeddings", None)
+        self.lock = threading.Lock()
+        self.created = int(time.time())
+
+    # ------------------------------------------------------------------ parsing
+
+    def parse(self, body, chat: bool) -> dict:
+        if not isinstance(body, dict):
+            raise RequestError("the request body must be a JSON object")
+        unknown = sorted(set(body) - ALLOWED)
+        if unknown:
+            raise RequestError(f"unsupported parameter '{unknown[0]}' (rlhfkit serve supports: "
+                               f"{', '.join(sorted(ALLOWED))})", unknown[0])
+        for key, neutral in NEUTRAL.items():
+            if key in body and body[key] not in neutral:
+                raise RequestError(f"'{key}' = {body[key]!r} is not supported (only {neutral[0]!r})", key)
+        if not chat and "messages" in body or chat and "prompt" in body:
+            bad = "messages" if not chat else "prompt"
+            raise RequestError(f"'{bad}' belongs to the other endpoint", bad)
+        if body.get("model") not in (self.name, None):
+            raise RequestError(f"the model '{body.get('model')}' does not exist; this server serves '{self.name}'",
+                               "model", 404, "not_found_error")
+        limit = self.max_tokens_limit
+        key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        req = {"max_tokens": _number(body, key, min(256, limit) if chat else 16, 1, limit, integer=True),
+               "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
+               "top_p": _number(body, "top_p", 1.0, 1e-9, 1.0), "stop": _stops(body),
+               "stream": bool(body.get("stream", False)),
+               "include_usage": isinstance(body.get("stream_options"), dict)
+               and bool(body["stream_options"].get("include_usage")),
+               "seed": _number(body, "seed", 0, -2**63, 2**63 - 1, integer=True) if body.get("seed") is not None else None}
+        if chat:
+            req["messages"] = _messages(body)
+            req["check_text"] = "\n".join(m["content"] for m in req["messages"] if m["role"] != "assistant")
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1:
+                prompt = prompt[0]
+            if not isinstance(prompt, str) or not prompt:
+                raise RequestError("'prompt' must be a non-empty string (one prompt per request)", "prompt")
+            req["prompt"] = req["check_text"] = prompt
+        return req
+
+    # ------------------------------------------------------------------ generation
+
+    def _prompt_ids(self, req: dict) -> list[int]:
+        from .data.tokenize import prompt_ids
+
+        try:
+            ids = prompt_ids(self.tokenizer, req["messages"] if "messages" in req else req["prompt"])
+        except ValueError as e:  # no chat template
+            raise RequestError(str(e), "messages") from None
+        except Exception as e:  # a template that refuses the conversation (roles, alternation)
+            raise RequestError(f"the chat template cannot render these messages: {e}", "messages") from None
+        if self.context and len(ids) + req["max_tokens"] > self.context:
+            raise RequestError(f"the prompt ({len(ids)} tokens) plus max_tokens ({req['max_tokens']}) exceeds the "
+                               f"model's context of {self.context} tokens", "max_tokens")
+        return ids
+
+    def complete(self, req: dict, request_id: str) -> dict:
+        """{text, finish_reason, prompt_tokens, completion_tokens}, with the guard applied."""
+        from .generation import generate
+
+        if self.guard is not None and self.guard.check("input", req["check_text"], request_id).blocked:
+            return {"text": self.guard.refusal, "finish_reason": "content_filter", "prompt_tokens": 0,
+                    "completion_tokens": 0}
+        ids = self._prompt_ids(req)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(req["seed"] % 2**63 if req["seed"] is not None else random.getrandbits(63))
+        with self.lock:
+            rollout = generate(self.model, self.tokenizer, [ids], req["max_tokens"], temperature=req["temperature"],
+                               top_p=req["top_p"], stop_strings=req["stop"], generator=generator, batch_size=1)
+        text = rollout.texts[0]
+        if "messages" in req:
+            text = text.strip()
+        out = {"text": text, "finish_reason": "stop" if bool(rollout.ended[0]) else "length",
+               "prompt_tokens": len(ids), "completion_tokens": int(rollout.mask[0].sum())}
+        if self.guard is not None and self.guard.check("output", text, request_id).blocked:
+            out.update(text=self.guard.refusal, finish_reason="content_filter")
+        return out
+
+
+def _error(e: RequestError):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": str(e), "type": e.kind, "param": e.param, "code": None}},
+                        status_code=e.status)
+
+
+def _pieces(text: str) -> list[str]:
+    """Word pieces (each word with the whitespace before it) for streaming."""
+    return re.findall(r"\s*\S+", text) or ([text] if text else [])
+
+
+def create_app(server: Server):
+    from fastapi import FastAPI, Request
+    from fastapi.responses import StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+
+    app = FastAPI(title="rlhfkit serve", version="1")
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": server.name, "object": "model", "created": server.created,
+                                            "owned_by": "rlhfkit"}]}
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    async def handle(request: Request, chat: bool):
+        request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        try:
+            try:
+                body = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise RequestError("the request body is not valid JSON") from None
+            req = server.parse(body, chat)
+            result = await run_in_threadpool(server.complete, req, request_id)
+        except RequestError as e:
+            log.info("request %s refused: %s", request_id, e)
+            return _error(e)
+        created = int(time.time())
+        usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
+                 "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
+        if not req["stream"]:
+            choice = ({"index": 0, "message": {"role": "assistant", "content": result["text"]}, "logprobs": None,
+                       "finish_reason": result["finish_reason"]} if chat else
+                      {"index": 0, "text": result["text"], "logprobs": None, "finish_reason": result["finish_reason"]})
+            return {"id": request_id, "object": "chat.completion" if chat else "text_completion", "created": created,
+                    "model": server.name, "choices": [choice], "usage": usage}
+        return StreamingResponse(_stream(request_id, created, chat, result, usage, req), media_type="text/event-stream")
+
+    async def _stream(request_id, created, chat, result, usage, req):
+        kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(delta: dict | str, finish=None) -> str:
+            choice = ({"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish} if chat else
+                      {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish})
+            return "data: " + json.dumps({"id": request_id, "object": kind, "created": created,
+                                          "model": server.name, "choices": [choice]}) + "\n\n"
+
+        if chat:
+            yield chunk({"role": "assistant", "content": ""})
+        for piece in _pieces(result["text"]):
+            yield chunk({"content": piece} if chat else piece)
+            await asyncio.sleep(0)
+        yield chunk({} if chat else "", result["finish_reason"])
+        if req["include_usage"]:
+            yield "data: " + json.dumps({"id": request_id, "object": kind, "created": created, "model": server.name,
+                                         "choices": [], "usage": usage}) + "\n\n"
+        yield "data: [DONE]\n\n"
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await handle(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await handle(request, chat=False)
+
+    return app
+
+
+def run_serve(cfg) -> dict:
+    """Load the model (and guard), then serve until interrupted."""
+    import uvicorn
+
+    from .guard import load_guard
+
+    from .config import ConfigError
+
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise ConfigError(f"field 'model': no model folder (config.json) at {cfg.model!r}")
+    guard = load_guard(cfg.guard) if cfg.guard else None
+    server = Server(cfg.model, cfg.served_model_name, guard, cfg.device, cfg.max_tokens_limit, cfg.trust_remote_code)
+    app = create_app(server)
+    print(f"[rlhfkit serve] {server.name} on http://{cfg.host}:{cfg.port}/v1"
+          + (f" behind the guard {cfg.guard}" if guard else " (no guard)"), flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    return {"stage": "serve", "model": server.name}
