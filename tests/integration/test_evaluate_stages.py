@@ -31,18 +31,30 @@ def toy_rm(world_dir, sft_dir, tmp_path_factory):
     return str(out)
 
 
+FLUENT = '''
+import re
+
+def fluent(prompts, completions, **kw):
+    # 1 for a well-formed review "the <dish> is <word> and <word> .", else 0
+    return [float(bool(re.fullmatch(r"the \\w+ is \\w+ and \\w+ \\.", c.strip()))) for c in completions]
+'''
+
+
 def test_eval_against_itself_ties_and_against_the_base_wins(world_dir, sft_dir, tmp_path):
     """The same model with the same seed draws the same samples: every pair ties, win rate exactly
-    0.5 with a zero-width interval, KL 0. The SFT model is kind half the time, the random base
-    model almost never says a kind word: a clear win with positive KL."""
+    0.5 with a zero-width interval, KL 0. The SFT model writes well-formed reviews, the random
+    base model word salad: against it the SFT model wins clearly, with positive KL."""
     from rlhfkit.evaluate.winrate import EvalConfig, run_eval
 
-    common = dict(data=world_dir["prompts"], reward_fn=[KIND], samples_per_prompt=2, max_new_tokens=12, n_boot=500)
+    fn = tmp_path / "fluent.py"
+    fn.write_text(FLUENT)
+    common = dict(data=world_dir["prompts"], reward_fn=[f"{fn}:fluent"], samples_per_prompt=2, max_new_tokens=12,
+                  n_boot=500)
     same = run_eval(EvalConfig(policy=sft_dir, baseline=sft_dir, output_dir=str(tmp_path / "same"), **common))
     assert same["winrate"] == 0.5 and same["winrate_ci"] == [0.5, 0.5] and same["lc_winrate"] == pytest.approx(0.5)
     assert abs(same["kl"]) < 1e-4 and same["reward"] == same["baseline_reward"] and same["n"] == 40
     vs_base = run_eval(EvalConfig(policy=sft_dir, baseline=world_dir["base"], output_dir=str(tmp_path / "base"), **common))
-    assert vs_base["winrate_ci"][0] > 0.5 and vs_base["reward"] > vs_base["baseline_reward"] + 0.5
+    assert vs_base["winrate_ci"][0] > 0.6 and vs_base["reward"] > vs_base["baseline_reward"] + 0.5
     assert vs_base["kl"] > 0.1
     samples = _rows(tmp_path / "base" / "samples.jsonl")
     wins = sum((r["policy_reward"] > r["baseline_reward"]) + 0.5 * (r["policy_reward"] == r["baseline_reward"])
@@ -53,9 +65,9 @@ def test_eval_against_itself_ties_and_against_the_base_wins(world_dir, sft_dir, 
 
 
 def test_eval_cli_names_a_missing_field(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rlhfkit", "eval", "--output_dir", str(tmp_path)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and "reward_model" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "rlhfkit", "eval", "--output_dir", str(tmp_path), "--policy", "p",
+                           "--baseline", "b"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "field 'data' is required" in proc.stderr, proc.stderr
 
 
 def test_frontier_points_and_fits(world_dir, sft_dir, tmp_path):
@@ -142,9 +154,11 @@ def test_coverage_finds_the_topic_the_preferences_never_covered(world_dir, tmp_p
                                     clusters=3, min_pairs=5))
     assigned = _rows(tmp_path / "c" / "eval_prompts.jsonl")
     uncovered = {r["prompt"] for r in assigned if r["cluster"] in s["uncovered_clusters"]}
-    assert uncovered and uncovered <= set(other)
-    assert s["uncovered_eval_prompts"] == len(uncovered) >= 4
-    assert all(r["cluster"] not in s["uncovered_clusters"] for r in assigned if r["prompt"] in food)
+    assert uncovered and uncovered <= set(other)          # k-means may put an imperative food prompt with code
+    assert s["uncovered_eval_prompts"] == len(uncovered)
+    # per prompt: measured cosine to the nearest "how is the X ?" is >= 0.74 for food, <= 0.11 for the rest
+    assert {r["prompt"] for r in assigned if r["nearest_pair_similarity"] < 0.5} == set(other)
+    assert s["eval_prompts_without_near_pairs"] == 6
     assert s["preference_pairs"] == len(_rows(world_dir["prefs"]))
     assert (tmp_path / "c" / "coverage.png").exists()
     with pytest.raises(ConfigError, match="eval_data"):

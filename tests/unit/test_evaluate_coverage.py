@@ -23,14 +23,19 @@ def test_kmeans_finds_separated_blobs():
     assert kmeans(np.ones((5, 2)), 3)[0].shape == (1, 2)   # k capped at the distinct rows
 
 
-def test_cluster_coverage_counts_pairs_inside_each_cluster():
+def test_cluster_coverage_counts_pairs_near_each_cluster():
     """Eval prompts in two directions (x and y axes); preference prompts only along x (3 prompts with
-    4, 1, 2 pairs) plus one far away along -x. The x cluster holds 7 pairs, the y cluster none."""
+    4, 1, 2 pairs, cosine ~0.999 to the x prompts) plus one along -x (cosine < 0 to everything: near
+    nothing, though some cluster is its nearest). The x cluster has 7 pairs near it, the y cluster none."""
     eval_x = _unit([[1, 0.05, 0], [1, -0.05, 0], [0.05, 1, 0], [-0.05, 1, 0]])
     train_x = _unit([[1, 0.01, 0], [1, -0.02, 0], [1, 0.0, 0.01], [-1, 0, 0]])
-    rows, labels = cluster_coverage(eval_x, train_x, [4, 1, 2, 9], k=2, min_pairs=5)
+    rows, labels, nn = cluster_coverage(eval_x, train_x, [4, 1, 2, 9], k=2, min_pairs=5)
     by = {tuple(sorted(np.flatnonzero(labels == r["cluster"]).tolist())): r for r in rows}
     x_cl, y_cl = by[(0, 1)], by[(2, 3)]
-    assert x_cl["pairs_inside"] == 7 and x_cl["covered"]
-    assert y_cl["pairs_inside"] == 0 and not y_cl["covered"]
+    assert x_cl["pairs_near"] == 7 and x_cl["covered"]
+    assert y_cl["pairs_near"] == 0 and not y_cl["covered"]
     assert y_cl["nearest_pair_similarity"] < 0.2 < 0.99 < x_cl["nearest_pair_similarity"]
+    assert [round(float(v), 4) for v in nn] == [round(float(v), 4) for v in (eval_x @ train_x.T).max(1)]
+    assert x_cl["pairs_nearest"] + y_cl["pairs_nearest"] == 16         # the -x prompt's 9 pairs go somewhere
+    strict, _, _ = cluster_coverage(eval_x, train_x, [4, 1, 2, 9], k=2, min_pairs=5, near=0.99999)
+    assert sum(r["pairs_near"] for r in strict) < 7                   # a stricter threshold counts fewer

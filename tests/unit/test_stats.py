@@ -70,7 +70,11 @@ def test_length_controlled_win_rate_removes_a_pure_length_advantage():
     outcomes = [1] * 12 + [0] * 4 + [1] + [0] * 3
     lengths = [11] * 16 + [9] * 4
     got = length_controlled_win_rate(outcomes, lengths, [10] * 20, n_boot=200)
-    assert got["lc_winrate"] == pytest.approx(0.5, abs=1e-3)
+    assert got["lc_winrate"] == pytest.approx(0.5, abs=5e-3)   # the ridge (1e-3) moves it by 0.002
+    import math
+    x = [math.tanh(1.25)] * 16 + [-math.tanh(1.25)] * 4
+    a, b = logistic_fit(x, outcomes, ridge=0.0)
+    assert a == pytest.approx(0.0, abs=1e-9) and b * math.tanh(1.25) == pytest.approx(math.log(3), abs=1e-9)
     assert got["length_coef"] > 1.0
     assert got["lc_winrate_ci"][0] < 0.5 < got["lc_winrate_ci"][1]
     # equal lengths: x = 0 everywhere, the fit is the plain log-odds: 3 wins of 4 -> 0.75

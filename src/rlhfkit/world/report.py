@@ -65,12 +65,12 @@ def build(root: str | Path, summaries: dict) -> Path:
     if coverage.exists():
         cov = summaries.get("coverage", {})
         sections.append(("Coverage of the held-out prompts by the preference data", report.png(coverage.read_bytes()) +
-                         report.table([{k: r[k] for k in ("cluster", "eval_prompts", "pairs_inside",
+                         report.table([{k: r[k] for k in ("cluster", "eval_prompts", "pairs_near",
                                                           "nearest_pair_similarity", "covered")}
                                        for r in cov.get("cluster_table", [])]) +
                          "<p class=note>Held-out prompts (and knowledge-gap probes) embedded with MiniLM and "
                          "clustered; a cluster is uncovered when fewer than "
-                         f"{cov.get('min_pairs', '?')} training preference pairs fall inside it.</p>"))
+                         f"{cov.get('min_pairs', '?')} training preference pairs are near it.</p>"))
     samples_path = root / "eval" / "samples.jsonl"
     if samples_path.exists():
         rows = [json.loads(x) for x in samples_path.read_text().splitlines()]
