@@ -158,16 +158,18 @@ def _figure(eval_x, train_x, labels, rows: list[dict]) -> "object":
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     axes[0].scatter(pt[:, 0], pt[:, 1], s=6, c="lightgrey", label="preference prompts")
     uncovered = {r["cluster"] for r in rows if not r["covered"]}
+    palette = [c for i, c in enumerate(plt.cm.tab10.colors) if i != 3]   # red marks the uncovered
     for r in rows:
         sel = labels == r["cluster"]
         axes[0].scatter(pe[sel, 0], pe[sel, 1], s=22, marker="x" if r["cluster"] in uncovered else "o",
-                        color="red" if r["cluster"] in uncovered else None)
+                        color="red" if r["cluster"] in uncovered else palette[r["cluster"] % len(palette)])
         cx, cy = pe[sel].mean(0)
         axes[0].annotate(str(r["cluster"]), (cx, cy), fontsize=8, weight="bold")
     axes[0].set(title="Prompts (PCA of embeddings); red x: uncovered clusters", xlabel="PC 1", ylabel="PC 2")
     axes[0].legend(fontsize=8)
-    axes[1].bar([str(r["cluster"]) for r in rows], [r["pairs_near"] for r in rows],
+    axes[1].bar(range(len(rows)), [r["pairs_near"] for r in rows],
                 color=["red" if r["cluster"] in uncovered else "tab:blue" for r in rows])
+    axes[1].set_xticks(range(len(rows)), [str(r["cluster"]) for r in rows])
     axes[1].set(title="Preference pairs near each evaluation cluster", xlabel="cluster", ylabel="pairs")
     axes[1].set_yscale("symlog")
     axes[1].grid(alpha=0.3, axis="y")

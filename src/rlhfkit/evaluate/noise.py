@@ -35,7 +35,7 @@ class NoiseConfig:
     model: str = _f("", "Model every fold's reward model starts from, e.g. the SFT model (required).")
     output_dir: str = _f("", "Where flagged.jsonl, scores.jsonl, summary.json, report.html and the fold models go (required).")
     folds: int = _f(5, "Cross-validation folds (each pair is scored by a model that never saw it).")
-    flag_above: float = _f(0.8, "Flag a pair when the out-of-fold P(label is wrong) = sigmoid(-margin) exceeds this.")
+    flag_above: float = _f(0.6, "Flag a pair when the out-of-fold P(label is wrong) = sigmoid(-margin) exceeds this (margins of reward models trained on noisy labels run small, so 0.6 rather than 0.8).")
     flag_fraction: float = _f(0.0, "If > 0: flag this fraction of pairs with the highest P(label is wrong) instead.")
     truth_field: str = _f("", "Boolean column marking labels known to be wrong; set it to get precision and recall.")
     max_steps: int = _f(-1, "Optimiser steps per fold's reward model; -1 means `epochs` passes.")
