@@ -106,7 +106,7 @@ def _figure(rows, bon, fits, keys):
             b0 = bon[0][key]
             ax.plot([b["kl"] ** 0.5 for b in bon], [b[key] - b0 for b in bon], "o", color="black", label="best-of-N")
         top = max([p["kl"] for p in rows] + [b["kl"] for b in bon]) or 1.0
-        grid = np.linspace(0, top * 1.1, 100)
+        grid = np.linspace(0, (top * 1.1) ** 0.5, 100) ** 2     # even in sqrt(KL), the x-axis
         for form, style in (("rl", "-"), ("bon", ":")):
             fit = fits.get(f"{form}/{key}")
             if fit:
