@@ -34,3 +34,16 @@ def test_monitor_fires_only_when_training_rises_and_heldout_falls():
     assert not any(run(0.0, 0.0)[0])      # noise only
     with pytest.raises(ValueError):
         DivergenceMonitor(window=1)
+
+
+def test_monitor_state_round_trip_continues_the_same_test():
+    """A monitor rebuilt from a checkpoint's state gives the same answers as the one that ran on."""
+    a = DivergenceMonitor(window=3)
+    train, held = [5, 0, 0, 0, 1, 2, 3, 4, 5, 6], [5, 0, 0, 0, -1, -2, -3, -4, -5, -6]
+    for t, h in zip(train[:7], held[:7]):
+        a.update(t, h)
+    b = DivergenceMonitor(window=3, state=a.state())
+    assert len(b.train) == 6 and b.steps == 7 and b.warned_at == a.warned_at == [7]
+    for t, h in zip(train[7:], held[7:]):
+        assert a.update(t, h) == b.update(t, h)
+    assert b.warned_at == a.warned_at and b.state() == a.state()

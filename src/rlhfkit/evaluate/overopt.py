@@ -39,17 +39,25 @@ def change_z(values: list[float], window: int) -> float:
 class DivergenceMonitor:
     """Feed it (training reward, held-out reward) once per step; it says when they diverge."""
 
-    def __init__(self, window: int = 10, z: float = 2.0):
+    def __init__(self, window: int = 10, z: float = 2.0, state: dict | None = None):
         if window < 2:
             raise ValueError(f"overopt_window must be >= 2, got {window}")
         self.window, self.z = window, z
-        self.train: list[float] = []
-        self.heldout: list[float] = []
-        self.warned_at: list[int] = []
+        state = state or {}
+        self.train: list[float] = list(state.get("train", []))
+        self.heldout: list[float] = list(state.get("heldout", []))
+        self.warned_at: list[int] = list(state.get("warned_at", []))   # 1-based steps where the test fired
+        self.steps: int = int(state.get("steps", len(self.train)))
+
+    def state(self) -> dict:
+        """What a checkpoint keeps: the last 2 * window values of each reward and the warnings so far."""
+        return {"train": self.train[-2 * self.window:], "heldout": self.heldout[-2 * self.window:],
+                "warned_at": list(self.warned_at), "steps": self.steps}
 
     def update(self, train_reward: float, heldout_reward: float) -> dict:
         """Metrics for this step: the two z statistics (once 2*window steps exist) and
         ``overopt_warning`` (1 while diverging, else 0)."""
+        self.steps += 1
         self.train.append(float(train_reward))
         self.heldout.append(float(heldout_reward))
         if len(self.train) < 2 * self.window:
@@ -57,7 +65,7 @@ class DivergenceMonitor:
         zt, zh = change_z(self.train, self.window), change_z(self.heldout, self.window)
         diverging = zt > self.z and zh < -self.z
         if diverging:
-            self.warned_at.append(len(self.train))
+            self.warned_at.append(self.steps)
         return {"overopt_warning": int(diverging), "overopt_z_train": _finite(zt), "overopt_z_heldout": _finite(zh)}
 
 

@@ -294,7 +294,7 @@ def run_online(cfg, stage: str, algo: Algorithm) -> dict:
         from ..evaluate.overopt import DivergenceMonitor
 
         eng.heldout = make_reward(cfg.heldout_reward_model, cfg.heldout_reward_fn, [], run.device, cfg.trust_remote_code)
-        eng.monitor = DivergenceMonitor(cfg.overopt_window, cfg.overopt_z)
+        eng.monitor = DivergenceMonitor(cfg.overopt_window, cfg.overopt_z, state.get("overopt"))
     return _loop(eng, optimizer, scheduler, state, steps_per_epoch, total, policy)
 
 
@@ -337,6 +337,8 @@ def _loop(eng: Engine, optimizer, scheduler, state: dict, steps_per_epoch: int, 
                 logger.log(done, metrics)
             if cfg.save_steps and done % cfg.save_steps == 0 and done != total:
                 state.update(kl_controller=eng.kl_ctl.state_dict(), **eng.moments.state())
+                if eng.monitor is not None:  # the divergence test's history, so a resumed run tests the same windows
+                    state["overopt"] = eng.monitor.state()
                 save_checkpoint(run, run.accelerator.unwrap_model(eng.model), optimizer, scheduler, done, state)
             bar.update(1)
             bar.set_postfix({k: f"{metrics[k]:.4g}" for k in eng.algo.progress_keys if k in metrics})
