@@ -33,6 +33,13 @@ stages:
   lab LEVER  the lever lab on the demo world: noise | kl | coverage | knowledge; each writes a
           figure and a table to runs/lab/ (label noise -> RM accuracy -> gold reward; KL strength ->
           proxy vs gold reward; a category left out of the preferences; a fact pretraining never had)
+  eval    a policy vs a baseline on prompts: win rate with 95% CI, length-controlled win rate, reward,
+          length, KL to the baseline (scored by a reward model or reward functions)
+  frontier  reward (proxy and held-out) vs KL to a baseline across runs/checkpoints, Gao et al. fits
+  rm-eval   a reward model on held-out pairs: accuracy with CI, reliability diagram, per-category accuracy
+  coverage  which evaluation/red-team prompt clusters have few or no preference pairs near them
+  audit   bias probes for a reward source: counterfactual name/gender/age/dialect swaps, length bias
+  noise   label-noise finder: k-fold reward models flag pairs whose out-of-fold margin contradicts the label
   world-base, world-data, simulate-annotators, gold-eval
           the demo world's stages, for pipelines of your own
 

@@ -156,6 +156,10 @@ class OnlineConfig(RewardSourceConfig, GenerationConfig, TrainConfig):
     ppo_epochs: int = _f(1, "Passes of clipped-surrogate updates over each batch of samples.")
     mini_batch_size: int = _f(0, "Sequences per optimiser step within a batch of samples; 0 means all of them.")
     cliprange: float = _f(0.2, "PPO policy ratio clip range.")
+    heldout_reward_model: str = _f("", "A second reward model scored alongside the training reward and never optimised: logged as `heldout_reward`, with a warning when the training reward rises while it falls (over-optimisation).")
+    heldout_reward_fn: list[str] = _f([], "Held-out reward functions (`file.py:name` or `module:name`), summed with `heldout_reward_model`; logged, never optimised.")
+    overopt_window: int = _f(10, "Steps per window of the over-optimisation test: the last window's mean reward vs the window before.")
+    overopt_z: float = _f(2.0, "Warn when the training reward rose and the held-out reward fell, each by more than this many standard errors.")
 
 
 @dataclass
@@ -437,5 +441,7 @@ def validate_online(cfg: OnlineConfig) -> None:
         raise ConfigError(f"{src}: field 'num_generations' must be >= 2 for RLOO/GRPO (>= 1 for PPO), got {cfg.num_generations}")
     if cfg.kl_target < 0 or cfg.kl_coef < 0:
         raise ConfigError(f"{src}: fields 'kl_coef' and 'kl_target' must be >= 0")
+    if cfg.overopt_window < 2:
+        raise ConfigError(f"{src}: field 'overopt_window' must be >= 2, got {cfg.overopt_window}")
     if cfg.max_new_tokens < 1 or cfg.ppo_epochs < 1:
         raise ConfigError(f"{src}: fields 'max_new_tokens' and 'ppo_epochs' must be >= 1")

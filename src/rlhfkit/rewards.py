@@ -33,12 +33,15 @@ class RewardModelSource:
         self.model.requires_grad_(False)
         self.device, self.batch_size = device, batch_size
 
-    @torch.no_grad()
     def __call__(self, prompts: list, completions: list[str], **columns) -> torch.Tensor:
-        rows = []
-        for prompt, completion in zip(prompts, completions):
-            response = [{"role": "assistant", "content": completion}] if isinstance(prompt, list) else completion
-            rows.append(prompt_ids(self.tokenizer, prompt) + response_ids(self.tokenizer, prompt, response))
+        return self.score(prompts, [[{"role": "assistant", "content": c}] if isinstance(p, list) else c
+                                    for p, c in zip(prompts, completions)])
+
+    @torch.no_grad()
+    def score(self, prompts: list, responses: list) -> torch.Tensor:
+        """(N,) rewards of responses as preference data holds them: strings, or message lists after
+        chat prompts (the pair's ``chosen``/``rejected``), tokenised as in training."""
+        rows = [prompt_ids(self.tokenizer, p) + response_ids(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
         scores = []
         pad = self.tokenizer.pad_token_id
         for i in range(0, len(rows), self.batch_size):

@@ -21,10 +21,11 @@ def registry() -> dict[str, tuple[type, Callable]]:
     from .train.rloo import run_rloo
     from .train.rm import run_rm
     from .train.sft import run_sft
+    from .evaluate import EVAL_STAGES
     from .world.stages import WORLD_STAGES
 
     return {"sft": (SFTConfig, run_sft), "rm": (RMConfig, run_rm), "dpo": (DPOConfig, run_dpo),
             "ppo": (PPOConfig, run_ppo), "rloo": (RLOOConfig, run_rloo), "grpo": (GRPOConfig, run_grpo),
             "best-of-n": (BestOfNConfig, run_best_of_n), "sample-pairs": (SamplePairsConfig, run_sample_pairs),
             "judge": (JudgeConfig, run_judge),
-            **WORLD_STAGES}
+            **WORLD_STAGES, **EVAL_STAGES}

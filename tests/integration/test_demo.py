@@ -31,6 +31,10 @@ def test_demo_runs_every_stage_then_skips_them(tmp_path, small_demo_pipeline):
     assert page.count("data:image/png;base64,") >= 4
     assert not re.search(r"(src|href)=\"https?://", page)
     assert "Samples for the same prompts" in page
+    assert "Coverage of the held-out prompts" in page and "Over-optimisation monitor" in page
+    assert isinstance(summary["coverage_uncovered_clusters"], list)
+    ppo = [json.loads(x) for x in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert all("heldout_reward" in r for r in ppo)
     again = _demo(small_demo_pipeline, out)
     assert again.returncode == 0
-    assert again.stdout.count("unchanged, skipped") == 9  # every stage
+    assert again.stdout.count("unchanged, skipped") == 10  # every stage

@@ -21,7 +21,8 @@ def _cli(stage, args, env_extra=None):
 
 
 ONLINE = {"ppo": ["--num_generations", "2", "--ppo_epochs", "2", "--mini_batch_size", "8"],
-          "rloo": ["--num_generations", "2"],
+          # a held-out reward: the over-optimisation test's history must survive the kill
+          "rloo": ["--num_generations", "2", "--heldout_reward_fn", "rlhfkit.world.toy:kind_reward", "--overopt_window", "2"],
           # adaptive KL and reward normalisation: their state must survive the kill too
           "grpo": ["--num_generations", "2", "--kl_target", "0.5", "--kl_horizon", "16", "--normalize_reward", "true"]}
 
@@ -69,3 +70,8 @@ def test_sigkill_then_resume_matches_uninterrupted(world_dir, tmp_path, stage):
     assert steps == list(range(1, 9))  # each step logged once, none lost or repeated
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 8
+    if stage == "rloo":  # z statistics after the resume use windows that straddle the kill
+        rows = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (straight, killed)]
+        for a_row, b_row in zip(rows[0][4:], rows[1][4:]):
+            assert b_row["overopt_z_train"] == pytest.approx(a_row["overopt_z_train"], abs=1e-5)
+            assert b_row["overopt_z_heldout"] == pytest.approx(a_row["overopt_z_heldout"], abs=1e-5)

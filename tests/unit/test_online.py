@@ -36,7 +36,7 @@ def _engine(**cfg):
     base = dict(missing_eos_penalty=0.0, reward_clip=0.0, normalize_reward=False)
     prompts = [SimpleNamespace(prompt=f"p{i}", extra={}) for i in range(3)]
     return SimpleNamespace(run=SimpleNamespace(cfg=SimpleNamespace(**{**base, **cfg})), prompts=prompts,
-                           reward=_Const(), moments=RunningMoments())
+                           reward=_Const(), moments=RunningMoments(), heldout=None)
 
 
 def test_missing_eos_penalty_and_clip():
@@ -60,3 +60,20 @@ def test_sequence_kl_sums_response_tokens():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1.0]])
     exp = Experience(*(torch.zeros(2, 3),) * 2, mask, *(torch.zeros(2, 3),) * 2, kl, *(torch.zeros(2),) * 3, ["a", "b"])
     assert sequence_kl(exp).tolist() == [1.5, 0.75]
+
+
+def test_heldout_reward_is_scored_on_the_same_samples_and_never_enters_the_scores():
+    """A held-out source sees the same prompts and texts; its mean is kept for logging and the
+    training scores are the training source's alone."""
+    seen = {}
+
+    def heldout(prompts, texts, **columns):
+        seen["args"] = (list(prompts), list(texts))
+        return torch.tensor([10.0, 20.0, 30.0])
+
+    eng = _engine()
+    eng.heldout, eng.heldout_reward = heldout, 0.0
+    raw, scores = _score(eng, [0, 1, 2], ["a", "b", "c"], torch.tensor([True] * 3))
+    assert seen["args"] == (["p0", "p1", "p2"], ["a", "b", "c"])
+    assert eng.heldout_reward == 20.0
+    torch.testing.assert_close(scores, _engine().reward(["p0", "p1", "p2"], ["a", "b", "c"]).float())

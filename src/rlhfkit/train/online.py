@@ -127,6 +127,9 @@ class Engine:
     kl_ctl: object
     moments: RunningMoments
     timings: dict = field(default_factory=dict)
+    heldout: object = None          # held-out reward source: scored and logged, never optimised
+    monitor: object = None          # evaluate.overopt.DivergenceMonitor when `heldout` is set
+    heldout_reward: float = 0.0     # this step's mean held-out reward
 
     @property
     def policy(self):
@@ -146,6 +149,8 @@ def _score(eng: Engine, prompt_idx: list[int], texts: list[str], ended: torch.Te
             columns.setdefault(k, []).append(v)
     columns = {k: v for k, v in columns.items() if len(v) == len(prompt_idx)}
     raw = eng.reward(prompts, texts, **columns).float()
+    if eng.heldout is not None:
+        eng.heldout_reward = float(eng.heldout(prompts, texts, **columns).float().mean())
     scores = raw.clone()
     if cfg.missing_eos_penalty:
         scores = scores - cfg.missing_eos_penalty * (~ended.cpu()).float()
@@ -255,6 +260,8 @@ def _experience_metrics(eng: Engine, exp: Experience) -> dict:
     parts = getattr(eng.reward, "last_parts", {})
     if len(parts) > 1:
         metrics.update({f"reward/{k}": v for k, v in parts.items()})
+    if eng.heldout is not None:
+        metrics["heldout_reward"] = eng.heldout_reward
     return metrics
 
 
@@ -283,7 +290,23 @@ def run_online(cfg, stage: str, algo: Algorithm) -> dict:
         run.start_step = load_checkpoint(run, run.accelerator.unwrap_model(model), optimizer, scheduler, state)
         kl_ctl.load_state_dict(state.get("kl_controller", kl_ctl.state_dict()))
     eng = Engine(run, algo, tokenizer, model, ref, reward, prompts, rows, kl_ctl, RunningMoments(state))
+    if cfg.heldout_reward_model or cfg.heldout_reward_fn:
+        from ..evaluate.overopt import DivergenceMonitor
+
+        eng.heldout = make_reward(cfg.heldout_reward_model, cfg.heldout_reward_fn, [], run.device, cfg.trust_remote_code)
+        eng.monitor = DivergenceMonitor(cfg.overopt_window, cfg.overopt_z, state.get("overopt"))
     return _loop(eng, optimizer, scheduler, state, steps_per_epoch, total, policy)
+
+
+def _check_overoptimisation(eng: Engine, metrics: dict, step: int) -> None:
+    """Log the divergence test; print a warning when it starts to fire (not every step it holds)."""
+    was = bool(eng.monitor.warned_at) and eng.monitor.warned_at[-1] == step - 1
+    metrics.update(eng.monitor.update(metrics["reward"], metrics["heldout_reward"]))
+    if metrics["overopt_warning"] and not was:
+        eng.run.print(f"warning: step {step}: the training reward rose ({metrics['overopt_z_train']:+.1f} s.e. over "
+                      f"the last {eng.monitor.window} steps) while the held-out reward fell "
+                      f"({metrics['overopt_z_heldout']:+.1f} s.e.): the policy may be over-optimising the reward "
+                      "model; consider a larger kl_coef or an earlier checkpoint")
 
 
 def _loop(eng: Engine, optimizer, scheduler, state: dict, steps_per_epoch: int, total: int, policy) -> dict:
@@ -307,11 +330,15 @@ def _loop(eng: Engine, optimizer, scheduler, state: dict, steps_per_epoch: int, 
             metrics.update(eng.timings, time_training=time.perf_counter() - t0, lr=scheduler.get_last_lr()[0],
                            skipped_steps=state["skipped_steps"])
             eng.kl_ctl.update(metrics["kl"], len(exp))
+            if eng.monitor is not None:
+                _check_overoptimisation(eng, metrics, step + 1)
             last, done, samples = metrics, step + 1, exp.texts[:4]
             if done % cfg.logging_steps == 0 or done == total:
                 logger.log(done, metrics)
             if cfg.save_steps and done % cfg.save_steps == 0 and done != total:
                 state.update(kl_controller=eng.kl_ctl.state_dict(), **eng.moments.state())
+                if eng.monitor is not None:  # the divergence test's history, so a resumed run tests the same windows
+                    state["overopt"] = eng.monitor.state()
                 save_checkpoint(run, run.accelerator.unwrap_model(eng.model), optimizer, scheduler, done, state)
             bar.update(1)
             bar.set_postfix({k: f"{metrics[k]:.4g}" for k in eng.algo.progress_keys if k in metrics})
@@ -321,5 +348,7 @@ def _loop(eng: Engine, optimizer, scheduler, state: dict, steps_per_epoch: int, 
     summary = {"stage": run.stage, "steps": total, "train_seconds": round(time.perf_counter() - run.clock_start, 3),
                "resumed_from_step": run.start_step, "skipped_steps": state["skipped_steps"], "train": last,
                "final_kl_coef": eng.kl_ctl.value, "samples": samples}
+    if eng.monitor is not None:  # steps (1-based, this process's run) where the divergence test fired
+        summary["overopt_warning_steps"] = list(eng.monitor.warned_at)
     eng.algo.save_extra(run, run.accelerator.unwrap_model(eng.model))
     return finish(run, policy, eng.tokenizer, summary)

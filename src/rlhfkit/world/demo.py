@@ -38,6 +38,10 @@ def headline(summaries: dict) -> dict:
     rm, labels, evals = summaries.get("rm", {}), summaries.get("labels", {}), summaries.get("eval", {})
     out = {"rm_eval_accuracy": rm.get("eval_accuracy"), "rm_eval_accuracy_ci": rm.get("eval_accuracy_ci"),
            "rm_accuracy_ceiling": labels.get("ceiling_accuracy")}
+    if "coverage" in summaries:
+        out["coverage_uncovered_clusters"] = summaries["coverage"].get("uncovered_clusters")
+    if "overopt_warning_steps" in summaries.get("ppo", {}):
+        out["ppo_overopt_warning_steps"] = summaries["ppo"]["overopt_warning_steps"]
     for name, row in evals.items():
         if name == "sft":
             out["sft"] = {"gold_reward": row["gold_reward"], "length_words": row["length_words"]}

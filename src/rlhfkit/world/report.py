@@ -53,6 +53,24 @@ def build(root: str | Path, summaries: dict) -> Path:
                          "from samples. Dashed: each PPO run during training (its rollouts on training prompts), "
                          "one line per KL coefficient. Where the proxy keeps rising but the gold reward stops or "
                          "falls, the policy is exploiting the reward model.</p>"))
+    monitor = overoptimisation(root)
+    if monitor:
+        sections.append(("Over-optimisation monitor", monitor +
+                         "<p class=note>The training reward (the reward model PPO optimises) and the held-out reward "
+                         "(the hidden gold preference, scored on the same samples and never optimised), 10-step "
+                         "means. Shaded: steps where the training reward's last-10-step mean rose by more than 2 "
+                         "standard errors while the held-out one fell by more than 2 (the warning the trainer "
+                         "prints).</p>"))
+    coverage = root / "coverage" / "coverage.png"
+    if coverage.exists():
+        cov = summaries.get("coverage", {})
+        sections.append(("Coverage of the held-out prompts by the preference data", report.png(coverage.read_bytes()) +
+                         report.table([{k: r[k] for k in ("cluster", "eval_prompts", "pairs_near",
+                                                          "nearest_pair_similarity", "covered")}
+                                       for r in cov.get("cluster_table", [])]) +
+                         "<p class=note>Held-out prompts (and knowledge-gap probes) embedded with MiniLM and "
+                         "clustered; a cluster is uncovered when fewer than "
+                         f"{cov.get('min_pairs', '?')} training preference pairs are near it.</p>"))
     samples_path = root / "eval" / "samples.jsonl"
     if samples_path.exists():
         rows = [json.loads(x) for x in samples_path.read_text().splitlines()]
@@ -67,18 +85,50 @@ def build(root: str | Path, summaries: dict) -> Path:
     return report.write(root / "report.html", "rlhfkit demo report", sections)
 
 
-GOLD_KEY, PROXY_KEY = "reward/rlhfkit.world.gold:gold_reward", "reward"
+GOLD_KEY, HELDOUT_KEY, PROXY_KEY = "reward/rlhfkit.world.gold:gold_reward", "heldout_reward", "reward"
 
 
 def _ppo_runs(root: Path) -> dict[str, list[dict]]:
     """Every stage folder whose metrics log the gold reward beside the proxy (PPO runs with the
-    gold monitor), keyed by a label naming its KL coefficient."""
+    gold reward as held-out monitor, or as a weight-0 source), keyed by a label naming its KL
+    coefficient; each row gets the gold value under GOLD_KEY."""
     runs = {}
     for metrics in sorted(root.glob("*/metrics.jsonl")):
-        rows = [r for r in report.read_metrics(metrics) if GOLD_KEY in r and "kl" in r]
+        rows = [{GOLD_KEY: r.get(GOLD_KEY, r.get(HELDOUT_KEY)), **r} for r in report.read_metrics(metrics)
+                if (GOLD_KEY in r or HELDOUT_KEY in r) and "kl" in r]
         if rows:
             runs[f"{metrics.parent.name} (kl_coef {rows[0].get('kl_coef', float('nan')):g})"] = rows
     return runs
+
+
+def overoptimisation(root: Path) -> str:
+    """Per online run with a held-out reward: training and held-out reward by step (10-step means),
+    steps where the divergence test fired shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {m.parent.name: [r for r in report.read_metrics(m) if HELDOUT_KEY in r]
+            for m in sorted(root.glob("*/metrics.jsonl"))}
+    runs = {k: v for k, v in runs.items() if v}
+    if not runs:
+        return ""
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.6), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], runs.items()):
+        steps = [r["step"] for r in rows]
+        ax.plot(steps, _smooth([r[PROXY_KEY] for r in rows]), color="tab:blue", label="training reward (reward model)")
+        twin = ax.twinx()
+        twin.plot(steps, _smooth([r[HELDOUT_KEY] for r in rows]), color="tab:orange", label="held-out reward (gold)")
+        for r in rows:
+            if r.get("overopt_warning"):
+                ax.axvspan(r["step"] - 0.5, r["step"] + 0.5, color="red", alpha=0.15, lw=0)
+        ax.set(xlabel="step", ylabel="training reward", title=f"{name}: {sum(r.get('overopt_warning', 0) for r in rows)} "
+                                                              "steps flagged")
+        twin.set_ylabel("held-out reward")
+        ax.legend(handles=ax.get_lines() + twin.get_lines(), fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+    return report.figure(fig)
 
 
 def _smooth(values: list[float], window: int = 10) -> list[float]:

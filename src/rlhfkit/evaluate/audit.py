@@ -1,0 +1,179 @@
+"""``rlhfkit audit``: bias probes for a reward model (or reward function).
+
+Counterfactual pairs (Garg et al. 2019, counterfactual fairness in text; Hofmann et al. 2024 for
+dialect): each probe is a templated prompt and response with a slot ``{X}``, filled once with a
+term of group A and once with its swap from group B ("Emily" / "Lakisha", "he" / "she", a
+Standard and an African American English phrasing). Nothing else changes, so for an unbiased
+scorer the reward difference r(A) - r(B) is zero; the audit reports, per axis, its mean with a
+95% bootstrap interval and as a standardised effect (mean difference / std of all rewards in the
+audit, so axes and models compare). An axis whose interval excludes 0 is flagged.
+
+Length bias: every filled probe response is scored again with neutral padding appended
+(``length_padding``, sentences that add no information); the mean reward gain with its interval
+is the counterfactual length effect, and the slope of reward on word count over every scored
+response, with its interval, the correlational one.
+
+A small default probe set ships in ``rlhfkit/evaluate/probes.jsonl``; add your own files in the
+same format with ``probes`` (one JSON object a line: ``axis``, ``prompt``, ``response``, ``swaps``
+= [[a, b], ...], optional ``groups`` = [name of A, name of B]). Judges' position bias will be a
+branch of the same stage once judges exist (issue #6); there is no ``judge`` field yet.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .. import report
+from ..config import ConfigError, RewardSourceConfig, _f
+from ..data import DataError
+from .common import check_required, finish, pyplot, scorer, write_jsonl
+
+PADDING = ["I hope this helps.", "Let me know if you have any other questions.", "Thank you for asking."]
+
+
+@dataclass
+class AuditConfig(RewardSourceConfig):
+    """Counterfactual bias probes (names, demographic terms, dialect) and length bias of a reward source."""
+
+    output_dir: str = _f("", "Where summary.json, probes_scored.jsonl and report.html go (required).")
+    probes: list[str] = _f([], "Probe files of your own (JSONL: axis, prompt, response, swaps, optional groups).")
+    default_probes: bool = _f(True, "Include the probe set shipped with rlhfkit.")
+    length_padding: list[str] = _f(PADDING, "Neutral sentences appended (one, then all) to test the length bias.")
+    n_boot: int = _f(2000, "Bootstrap resamples for the intervals.")
+    seed: int = _f(0, "Bootstrap seed.")
+    device: str = _f("auto", "auto, cpu, cuda.")
+
+
+def builtin_probes() -> str:
+    return str(resources.files("rlhfkit") / "evaluate" / "probes.jsonl")
+
+
+def load_probes(path: str) -> list[dict]:
+    """Validated probe records; errors name the file, line and field."""
+    out = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"not valid JSON: {e.msg}", path, lineno) from None
+        if not isinstance(rec, dict):
+            raise DataError("expected a JSON object", path, lineno)
+        for name in ("axis", "prompt", "response"):
+            if not isinstance(rec.get(name), str) or not rec[name].strip():
+                raise DataError(f"field '{name}': expected a non-empty string, got {rec.get(name)!r}", path, lineno)
+        if "{X}" not in rec["prompt"] + rec["response"]:
+            raise DataError("neither 'prompt' nor 'response' has the slot {X}", path, lineno)
+        swaps = rec.get("swaps")
+        if not (isinstance(swaps, list) and swaps and all(isinstance(s, list) and len(s) == 2 and
+                                                          all(isinstance(t, str) for t in s) for s in swaps)):
+            raise DataError(f"field 'swaps': expected a non-empty list of [a, b] string pairs, got {swaps!r}", path, lineno)
+        groups = rec.get("groups", ["A", "B"])
+        if not (isinstance(groups, list) and len(groups) == 2 and all(isinstance(g, str) for g in groups)):
+            raise DataError(f"field 'groups': expected two strings, got {groups!r}", path, lineno)
+        out.append({**rec, "groups": groups, "where": f"{path}:{lineno}"})
+    if not out:
+        raise DataError("no probes", path)
+    return out
+
+
+def counterfactuals(probes: list[dict]) -> list[dict]:
+    """One row per probe and swap: the two filled (prompt, response) versions."""
+    rows = []
+    for p in probes:
+        for a, b in p["swaps"]:
+            rows.append({"axis": p["axis"], "groups": p["groups"], "where": p["where"], "a": a, "b": b,
+                         "prompt_a": p["prompt"].replace("{X}", a), "response_a": p["response"].replace("{X}", a),
+                         "prompt_b": p["prompt"].replace("{X}", b), "response_b": p["response"].replace("{X}", b)})
+    return rows
+
+
+def axis_effects(rows: list[dict], reward_sd: float, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """Per axis: counterfactual pairs, mean r(A) - r(B) with a 95% bootstrap CI, the standardised
+    effect (mean / ``reward_sd``) and whether the interval excludes 0."""
+    from .stats import bootstrap_ci
+
+    out = []
+    for axis in dict.fromkeys(r["axis"] for r in rows):
+        diffs = [r["reward_a"] - r["reward_b"] for r in rows if r["axis"] == axis]
+        groups = next(r["groups"] for r in rows if r["axis"] == axis)
+        mean = sum(diffs) / len(diffs)
+        lo, hi = bootstrap_ci(diffs, n_boot=n_boot, seed=seed)
+        out.append({"axis": axis, "group_a": groups[0], "group_b": groups[1], "pairs": len(diffs),
+                    "mean_diff": mean, "ci": [lo, hi], "effect_size": mean / reward_sd if reward_sd > 0 else 0.0,
+                    "biased": lo > 0 or hi < 0})
+    return out
+
+
+def _figure(effects: list[dict], length: dict, lengths: list[int], rewards: list[float]):
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    names = [e["axis"] for e in effects]
+    means = [e["mean_diff"] for e in effects]
+    err = [[m - e["ci"][0] for m, e in zip(means, effects)], [e["ci"][1] - m for m, e in zip(means, effects)]]
+    axes[0].barh(names, means, xerr=err, capsize=3, color=["tab:red" if e["biased"] else "tab:blue" for e in effects])
+    axes[0].axvline(0, color="black", lw=1)
+    axes[0].set(xlabel="mean reward difference r(A) - r(B), 95% CI", title="Counterfactual swaps (red: CI excludes 0)")
+    axes[1].scatter(lengths, rewards, s=10, alpha=0.6)
+    axes[1].set(xlabel="response length (words)", ylabel="reward",
+                title=f"Reward vs length (slope {length['slope']:.3g}/word)")
+    axes[1].grid(alpha=0.3)
+    return fig
+
+
+def run_audit(cfg: AuditConfig) -> dict:
+    import statistics
+
+    from ..models import resolve_device
+    from .stats import bootstrap_ci, slope_ci
+
+    check_required(cfg, "output_dir")
+    files = ([builtin_probes()] if cfg.default_probes else []) + list(cfg.probes)
+    if not files:
+        raise ConfigError("config: no probes: set 'probes' or keep 'default_probes' on")
+    score = scorer(cfg, resolve_device(cfg.device))
+    rows = counterfactuals([p for f in files for p in load_probes(f)])
+    n = len(rows)
+    rewards = score([r["prompt_a"] for r in rows] + [r["prompt_b"] for r in rows],
+                    [r["response_a"] for r in rows] + [r["response_b"] for r in rows]).tolist()
+    for r, ra, rb in zip(rows, rewards[:n], rewards[n:]):
+        r["reward_a"], r["reward_b"] = ra, rb
+    # length: each A version once with the first padding sentence, once with all of them
+    pads = [" " + cfg.length_padding[0], " " + " ".join(cfg.length_padding)] if cfg.length_padding else []
+    padded = {}
+    for k, pad in enumerate(pads):
+        padded[k] = score([r["prompt_a"] for r in rows], [r["response_a"] + pad for r in rows]).tolist()
+    all_rewards = rewards + [x for v in padded.values() for x in v]
+    sd = statistics.pstdev(all_rewards) if len(all_rewards) > 1 else 0.0
+    effects = axis_effects(rows, sd, cfg.n_boot, cfg.seed)
+    texts = [r["response_a"] for r in rows] + [r["response_b"] for r in rows] + \
+            [r["response_a"] + pad for pad in pads for r in rows]
+    lengths = [len(t.split()) for t in texts]
+    length = {"slope": 0.0, "slope_ci": [0.0, 0.0], "corr": 0.0}
+    if len(set(lengths)) > 1:
+        length = slope_ci(lengths, all_rewards, cfg.n_boot, cfg.seed)
+    if pads:
+        gains = [x - r["reward_a"] for x, r in zip(padded[len(pads) - 1], rows)]
+        lo, hi = bootstrap_ci(gains, cfg.n_boot, seed=cfg.seed)
+        length.update(padding_gain=sum(gains) / len(gains), padding_gain_ci=[lo, hi],
+                      padding_words=len(pads[-1].split()), biased=lo > 0 or hi < 0)
+    for i, r in enumerate(rows):
+        r.update({f"reward_padded{k}": v[i] for k, v in padded.items()})
+    out = Path(cfg.output_dir)
+    write_jsonl(out / "probes_scored.jsonl", rows)
+    summary = {"scored_by": score.name, "probes": n, "reward_sd": sd, "axes": effects, "length": length,
+               "biased_axes": [e["axis"] for e in effects if e["biased"]]}
+    fig = _figure(effects, length, lengths, all_rewards)
+    report.write(out / "report.html", "rlhfkit audit", [
+        ("Counterfactual bias probes", report.table(effects) + report.figure(fig) +
+         f"<p class=note>Scored by {report.esc(score.name)}. mean_diff: reward of the group-A version minus the "
+         "group-B version, nothing else changed; effect_size: mean_diff / std of all rewards in the audit.</p>"),
+        ("Length bias", report.table([length]) + "<p class=note>padding_gain: reward change when neutral sentences "
+         "are appended to the same response; slope: reward per word over every scored response.</p>")])
+    print(f"rlhfkit audit: {len(summary['biased_axes'])} of {len(effects)} axes with an effect (CI excludes 0): "
+          f"{', '.join(summary['biased_axes']) or 'none'}; length slope {length['slope']:.3g}/word -> {out}")
+    return finish(cfg, summary)
