@@ -190,3 +190,30 @@ def test_online_rl_logs_a_heldout_reward_and_warns_when_they_part(world_dir, sft
     assert all(r["overopt_warning"] == 0 for r in rows[:9])
     assert s["overopt_warning_steps"] and any(r["overopt_warning"] for r in rows)
     assert "over-optimising" in capsys.readouterr().out
+
+
+def test_eval_with_a_judge_endpoint(world_dir, sft_dir, fake_judge_endpoint, tmp_path):
+    """The win rate decided by an AI judge (an OpenAI-compatible endpoint that prefers the response
+    with more kind words and answers "A" on a draw). Against itself every pair is identical, so the
+    judge says "A" in both orders: all ties, win rate exactly 0.5, position bias +0.5. Against the
+    random base model each outcome must follow the rule: more kind words wins in both orders (1 or
+    0), a draw is a first-position answer in both orders, i.e. a tie (0.5)."""
+    from rlhfkit.evaluate.winrate import EvalConfig, run_eval
+    from rlhfkit.world.toy import KIND
+
+    from conftest import kind_judge_reply
+
+    ep = fake_judge_endpoint(kind_judge_reply)
+    common = dict(data=world_dir["prompts"], judge=ep.url, samples_per_prompt=2, max_new_tokens=12, n_boot=300)
+    same = run_eval(EvalConfig(policy=sft_dir, baseline=sft_dir, output_dir=str(tmp_path / "same"), **common))
+    assert same["winrate"] == 0.5 and same["winrate_ci"] == [0.5, 0.5] and same["reward"] is None
+    assert same["judge"]["ties"] == same["n"] == 40 and same["judge"]["position_bias"] == 0.5
+    vs_base = run_eval(EvalConfig(policy=sft_dir, baseline=world_dir["base"], output_dir=str(tmp_path / "b"), **common))
+    kind = lambda s: sum(w in KIND for w in s.split())  # noqa: E731
+    rows = _rows(tmp_path / "b" / "samples.jsonl")
+    expected = [1.0 if kind(r["policy"]) > kind(r["baseline"]) else 0.0 if kind(r["policy"]) < kind(r["baseline"])
+                else 0.5 for r in rows]
+    assert [r["outcome"] for r in rows] == expected and len(set(expected)) > 1
+    assert vs_base["winrate"] == pytest.approx(sum(expected) / len(expected))
+    assert vs_base["winrate_ci"][0] <= vs_base["winrate"] <= vs_base["winrate_ci"][1]
+    assert "Judge" in (tmp_path / "b" / "report.html").read_text()

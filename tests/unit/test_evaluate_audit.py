@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from rlhfkit.config import ConfigError
 from rlhfkit.data import DataError
 from rlhfkit.evaluate.audit import AuditConfig, builtin_probes, load_probes, run_audit
 
@@ -61,3 +62,66 @@ def test_own_probes_and_bad_probe_files(tmp_path):
     bad.write_text("\n" + json.dumps({"axis": "x", "prompt": "no slot", "response": "r", "swaps": [["a", "b"]]}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl:2: .*slot"):
         load_probes(str(bad))
+
+
+class _Judge:
+    """A judge from a function (first, second) -> P(first better)."""
+
+    def __init__(self, fn):
+        from rlhfkit.judge import load_constitution
+
+        self.name, self.fn, self.constitution = "fn", fn, load_constitution()
+
+    def prob_first(self, items):
+        return [self.fn(it.first, it.second) for it in items]
+
+
+HAND_PROBES = [{"axis": "names", "groups": ["A", "B"], "prompt": "Write about {X}.", "response": "{X} is great .",
+                "swaps": [["Emily", "Lakisha"], ["Greg", "Jamal"]], "where": "t:1"},
+               {"axis": "gender", "groups": ["A", "B"], "prompt": "Describe it.", "response": "then {X} left .",
+                "swaps": [["he", "she"]], "where": "t:2"}]
+
+
+def test_judge_audit_position_bias_of_a_judge_that_prefers_the_first():
+    """P(first better) = 0.9 whatever is shown: every single-order verdict goes to the first shown
+    (position bias +0.5, a zero-width interval), and both orders cancel: order-balanced P(A) =
+    (0.9 + (1 - 0.9)) / 2 = 0.5, so no axis shows a preference and every pair is a tie."""
+    from rlhfkit.evaluate.audit import counterfactuals, judge_audit
+
+    rows = counterfactuals(HAND_PROBES)
+    j = judge_audit(_Judge(lambda first, second: 0.9), rows, n_boot=200)
+    assert j["position_bias"] == pytest.approx(0.5) and j["position_bias_ci"] == [pytest.approx(0.5)] * 2
+    assert j["position_biased"] and j["raw_verdicts"] == 2 * 2 * len(rows) and j["ties"] == 2 * len(rows)
+    assert all(a["pref_a"] == pytest.approx(0.0) and not a["biased"] for a in j["axes"]) and j["biased_axes"] == []
+
+
+def test_judge_audit_counterfactual_preference_without_position_bias():
+    """A judge that prefers a response naming Emily or Greg: P(first better) = 0.5 + 0.3 * (first
+    has one - second has one). Names pairs: A shown first 0.8, B shown first 0.2, so P(A) = 0.8 in
+    both orders and under both prompts: pref_a = 0.3 on every names pair. The gender pair gets 0.5:
+    no verdict, no preference. Position: names verdicts go to A once shown first, once shown
+    second, so the position bias is exactly 0."""
+    from rlhfkit.evaluate.audit import counterfactuals, judge_audit
+
+    def fav(text):
+        return float(any(w in text.split() for w in ("Emily", "Greg")))
+
+    rows = counterfactuals(HAND_PROBES)
+    j = judge_audit(_Judge(lambda first, second: 0.5 + 0.3 * (fav(first) - fav(second))), rows, n_boot=200)
+    axes = {a["axis"]: a for a in j["axes"]}
+    assert axes["names"]["pref_a"] == pytest.approx(0.3) and axes["names"]["ci"] == [pytest.approx(0.3)] * 2
+    assert axes["names"]["biased"] and not axes["gender"]["biased"] and axes["gender"]["pref_a"] == pytest.approx(0)
+    assert j["biased_axes"] == ["names"]
+    assert j["position_bias"] == pytest.approx(0.0) and not j["position_biased"] and j["raw_verdicts"] == 2 * 2 * 2
+
+
+def test_audit_stage_with_only_a_judge(fake_judge_endpoint, tmp_path):
+    """`rlhfkit audit` with a judge endpoint and no reward source: the endpoint answers "A" to
+    everything (a judge with a pure first-position preference), which the audit reports."""
+    ep = fake_judge_endpoint(lambda text: "A")
+    s = run_audit(AuditConfig(judge=ep.url, output_dir=str(tmp_path / "j"), n_boot=100))
+    assert "axes" not in s and s["judge"]["position_bias"] == pytest.approx(0.5) and s["judge"]["position_biased"]
+    assert s["judge"]["ties"] == s["judge"]["pairs"] == 2 * s["probes"] and s["judge"]["biased_axes"] == []
+    assert "position bias" in (tmp_path / "j" / "report.html").read_text()
+    with pytest.raises(ConfigError, match="reward_model"):
+        run_audit(AuditConfig(output_dir=str(tmp_path / "none")))

@@ -1,4 +1,4 @@
-"""``rlhfkit audit``: bias probes for a reward model (or reward function).
+"""``rlhfkit audit``: bias probes for a reward model (or reward function) and for an AI judge.
 
 Counterfactual pairs (Garg et al. 2019, counterfactual fairness in text; Hofmann et al. 2024 for
 dialect): each probe is a templated prompt and response with a slot ``{X}``, filled once with a
@@ -15,8 +15,13 @@ response, with its interval, the correlational one.
 
 A small default probe set ships in ``rlhfkit/evaluate/probes.jsonl``; add your own files in the
 same format with ``probes`` (one JSON object a line: ``axis``, ``prompt``, ``response``, ``swaps``
-= [[a, b], ...], optional ``groups`` = [name of A, name of B]). Judges' position bias will be a
-branch of the same stage once judges exist (issue #6); there is no ``judge`` field yet.
+= [[a, b], ...], optional ``groups`` = [name of A, name of B]).
+
+With a ``judge``: every counterfactual pair is judged in both orders, under the group-A prompt and
+under the group-B prompt. Per axis, the judge's preference for the group-A version is its
+order-balanced P(A better) minus 0.5, averaged over the two prompts (0: none), with a 95% bootstrap
+interval. Position bias: the share of single-order verdicts won by the response shown first, minus
+0.5, with a 95% bootstrap interval over those verdicts (0: none; +0.5: always the first shown).
 """
 
 from __future__ import annotations
@@ -29,14 +34,15 @@ from pathlib import Path
 from .. import report
 from ..config import ConfigError, RewardSourceConfig, _f
 from ..data import DataError
-from .common import check_required, finish, pyplot, scorer, write_jsonl
+from .common import JudgeSourceConfig, check_required, finish, judge_of, pyplot, scorer, write_jsonl
 
 PADDING = ["I hope this helps.", "Let me know if you have any other questions.", "Thank you for asking."]
 
 
 @dataclass
-class AuditConfig(RewardSourceConfig):
-    """Counterfactual bias probes (names, demographic terms, dialect) and length bias of a reward source."""
+class AuditConfig(RewardSourceConfig, JudgeSourceConfig):
+    """Counterfactual bias probes (names, demographic terms, dialect) and length bias of a reward source;
+    position bias and counterfactual preferences of an AI judge."""
 
     output_dir: str = _f("", "Where summary.json, probes_scored.jsonl and report.html go (required).")
     probes: list[str] = _f([], "Probe files of your own (JSONL: axis, prompt, response, swaps, optional groups).")
@@ -125,18 +131,45 @@ def _figure(effects: list[dict], length: dict, lengths: list[int], rewards: list
     return fig
 
 
-def run_audit(cfg: AuditConfig) -> dict:
+def judge_audit(judge, rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Position bias and per-axis counterfactual preference of a judge (see the module docstring)."""
+    from ..judge import compare, judge_stats
+    from .stats import bootstrap_ci
+
+    n = len(rows)
+    prompts = [r["prompt_a"] for r in rows] + [r["prompt_b"] for r in rows]
+    a, b = [r["response_a"] for r in rows] * 2, [r["response_b"] for r in rows] * 2
+    verdicts = compare(judge, prompts, a, b)
+    first = []  # 1 where a single-order verdict went to the response shown first
+    for v in verdicts:
+        r1, r2 = v.raw
+        first += [float(r1 == "a")] if r1 is not None else []
+        first += [float(r2 == "b")] if r2 is not None else []
+    for r, va, vb in zip(rows, verdicts[:n], verdicts[n:]):
+        r["judge_pref_a"] = (va.p_a + vb.p_a) / 2 - 0.5
+    axes = []
+    for axis in dict.fromkeys(r["axis"] for r in rows):
+        prefs = [r["judge_pref_a"] for r in rows if r["axis"] == axis]
+        lo, hi = bootstrap_ci(prefs, n_boot=n_boot, seed=seed)
+        axes.append({"axis": axis, "pairs": len(prefs), "pref_a": sum(prefs) / len(prefs), "ci": [lo, hi],
+                     "biased": lo > 0 or hi < 0})
+    out = {"name": judge.name, "axes": axes, "biased_axes": [e["axis"] for e in axes if e["biased"]],
+           **{k: v for k, v in judge_stats(verdicts, a, b).items() if k in ("pairs", "ties", "raw_verdicts")}}
+    if first:
+        lo, hi = bootstrap_ci(first, n_boot=n_boot, seed=seed)
+        bias = sum(first) / len(first) - 0.5
+        out.update(position_bias=bias, position_bias_ci=[lo - 0.5, hi - 0.5], position_biased=lo > 0.5 or hi < 0.5)
+    else:  # every single-order verdict was exactly 0.5
+        out.update(position_bias=0.0, position_bias_ci=[0.0, 0.0], position_biased=False)
+    return out
+
+
+def _reward_audit(cfg: AuditConfig, score, rows: list[dict]) -> tuple[dict, list]:
+    """Counterfactual and length effects under a reward source: summary figures and report sections."""
     import statistics
 
-    from ..models import resolve_device
     from .stats import bootstrap_ci, slope_ci
 
-    check_required(cfg, "output_dir")
-    files = ([builtin_probes()] if cfg.default_probes else []) + list(cfg.probes)
-    if not files:
-        raise ConfigError("config: no probes: set 'probes' or keep 'default_probes' on")
-    score = scorer(cfg, resolve_device(cfg.device))
-    rows = counterfactuals([p for f in files for p in load_probes(f)])
     n = len(rows)
     rewards = score([r["prompt_a"] for r in rows] + [r["prompt_b"] for r in rows],
                     [r["response_a"] for r in rows] + [r["response_b"] for r in rows]).tolist()
@@ -163,17 +196,48 @@ def run_audit(cfg: AuditConfig) -> dict:
                       padding_words=len(pads[-1].split()), biased=lo > 0 or hi < 0)
     for i, r in enumerate(rows):
         r.update({f"reward_padded{k}": v[i] for k, v in padded.items()})
-    out = Path(cfg.output_dir)
-    write_jsonl(out / "probes_scored.jsonl", rows)
-    summary = {"scored_by": score.name, "probes": n, "reward_sd": sd, "axes": effects, "length": length,
+    summary = {"scored_by": score.name, "reward_sd": sd, "axes": effects, "length": length,
                "biased_axes": [e["axis"] for e in effects if e["biased"]]}
     fig = _figure(effects, length, lengths, all_rewards)
-    report.write(out / "report.html", "rlhfkit audit", [
+    sections = [
         ("Counterfactual bias probes", report.table(effects) + report.figure(fig) +
          f"<p class=note>Scored by {report.esc(score.name)}. mean_diff: reward of the group-A version minus the "
          "group-B version, nothing else changed; effect_size: mean_diff / std of all rewards in the audit.</p>"),
         ("Length bias", report.table([length]) + "<p class=note>padding_gain: reward change when neutral sentences "
-         "are appended to the same response; slope: reward per word over every scored response.</p>")])
-    print(f"rlhfkit audit: {len(summary['biased_axes'])} of {len(effects)} axes with an effect (CI excludes 0): "
-          f"{', '.join(summary['biased_axes']) or 'none'}; length slope {length['slope']:.3g}/word -> {out}")
+         "are appended to the same response; slope: reward per word over every scored response.</p>")]
+    return summary, sections
+
+
+def run_audit(cfg: AuditConfig) -> dict:
+    from ..models import resolve_device
+
+    check_required(cfg, "output_dir")
+    files = ([builtin_probes()] if cfg.default_probes else []) + list(cfg.probes)
+    if not files:
+        raise ConfigError("config: no probes: set 'probes' or keep 'default_probes' on")
+    device = resolve_device(cfg.device)
+    judge = judge_of(cfg, device)
+    score = scorer(cfg, device, required=judge is None)
+    rows = counterfactuals([p for f in files for p in load_probes(f)])
+    summary, sections = {"probes": len(rows)}, []
+    if score is not None:
+        found, sections = _reward_audit(cfg, score, rows)
+        summary.update(found)
+        print(f"rlhfkit audit: {len(found['biased_axes'])} of {len(found['axes'])} axes with an effect (CI excludes "
+              f"0): {', '.join(found['biased_axes']) or 'none'}; length slope {found['length']['slope']:.3g}/word")
+    if judge is not None:
+        j = summary["judge"] = judge_audit(judge, rows, cfg.n_boot, cfg.seed)
+        sections.append(("Judge: position bias and counterfactual preferences",
+                         report.table([{k: j[k] for k in ("name", "pairs", "ties", "raw_verdicts", "position_bias",
+                                                          "position_bias_ci", "position_biased")}]) +
+                         report.table(j["axes"]) +
+                         "<p class=note>position_bias: share of single-order verdicts won by the response shown "
+                         "first, minus 0.5. pref_a: the judge's order-balanced P(group-A version better) minus 0.5, "
+                         "averaged over the group-A and group-B prompts.</p>"))
+        print(f"rlhfkit audit: judge position bias {j['position_bias']:+.3f} (95% CI {j['position_bias_ci'][0]:+.3f} "
+              f"to {j['position_bias_ci'][1]:+.3f}); axes with a preference: {', '.join(j['biased_axes']) or 'none'}")
+    out = Path(cfg.output_dir)
+    write_jsonl(out / "probes_scored.jsonl", rows)
+    report.write(out / "report.html", "rlhfkit audit", sections)
+    print(f"rlhfkit audit -> {out}")
     return finish(cfg, summary)

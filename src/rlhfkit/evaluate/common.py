@@ -1,26 +1,51 @@
-"""What the evaluation stages share: reward scoring behind one hook, output files, figure setup."""
+"""What the evaluation stages share: reward scoring behind one hook, an AI judge, output files, figure setup."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, dump_config
+from ..config import ConfigError, _f, dump_config
 
 
-def scorer(cfg, device):
-    """The scoring hook of ``eval`` and ``audit``: ``fn(prompts, completions, **columns) -> (N,) tensor``.
+@dataclass
+class JudgeSourceConfig:
+    """An AI judge as the scorer of ``eval`` and ``audit`` (``rlhfkit.judge``)."""
 
-    Today: the configured reward model and/or reward functions (``rewards.make_reward``). An AI
-    judge (issue #6) plugs in here as one more branch once ``rlhfkit.judge`` exists; the configs
-    have no ``judge`` field until then.
-    """
+    judge: str = _f("", "An AI judge: an OpenAI-compatible `http(s)://HOST/v1` URL, a reward-model folder or a causal-LM "
+                        "folder. In `eval` it decides the win rate (both orders, ties half); in `audit` it adds its "
+                        "position bias and per-axis preferences.")
+    judge_model: str = _f("", "Model name the judge endpoint serves; empty means the first one it lists.")
+    constitution: str = _f("", "YAML file of principles for the judge; empty means the shipped default.")
+
+
+def scorer(cfg, device, required: bool = True):
+    """The reward hook of ``eval`` and ``audit``: ``fn(prompts, completions, **columns) -> (N,) tensor``
+    from the configured reward model and/or reward functions (``rewards.make_reward``); None when
+    neither is set and ``required`` is False (a judge scores instead)."""
     from ..rewards import make_reward
 
     if not (cfg.reward_model or cfg.reward_fn):
-        raise ConfigError("config: set 'reward_model' and/or 'reward_fn' to score responses")
+        if required:
+            raise ConfigError("config: set 'reward_model' and/or 'reward_fn' to score responses")
+        return None
     return make_reward(cfg.reward_model, cfg.reward_fn, cfg.reward_weights, device)
+
+
+def judge_of(cfg, device):
+    """The configured AI judge (``JudgeSourceConfig``), or None."""
+    if not getattr(cfg, "judge", ""):
+        return None
+    from ..judge import make_judge
+
+    return make_judge(cfg.judge, cfg.constitution or None, model=cfg.judge_model, device=str(device))
+
+
+def judge_outcomes(verdicts) -> list[float]:
+    """1 where the judge picked ``a`` (in both orders), 0 where it picked ``b``, 0.5 for a tie."""
+    return [1.0 if v.winner == "a" else 0.0 if v.winner == "b" else 0.5 for v in verdicts]
 
 
 def check_required(cfg, *names: str) -> None:
