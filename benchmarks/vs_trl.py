@@ -17,7 +17,7 @@ sides: real (non-padding) tokens of the examples trained for SFT, pairs for RM a
 completions for RLOO and GRPO.
 
     .venv/bin/pip install trl==1.16.0 "torch==2.13.0"     # benchmarks only, not a dependency
-    .venv/bin/python benchmarks/vs_trl.py --reps 3 --threads 2
+    .venv/bin/python benchmarks/vs_trl.py --reps 3 --threads 1 [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -198,11 +198,13 @@ def worker(side: str, stage: str, workdir: Path, steps: int, threads: int, opts:
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def spawn(side: str, stage: str, args, opts: dict | None = None) -> dict:
+def spawn(side: str, stage: str, args, opts: dict | None = None, src: Path | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, stage, "--workdir", str(args.workdir),
            "--steps", str(args.steps), "--threads", str(args.threads), "--opts", json.dumps(opts or {})]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHONWARNINGS="ignore")
+    if src is not None:  # an older rlhfkit tree (git archive REV src | tar -x -C DIR) ahead of the installed one
+        env["PYTHONPATH"] = str(Path(src).resolve() / "src")
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     if res.returncode or not lines:
@@ -215,9 +217,12 @@ def main() -> None:
     p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--steps", type=int, default=16, help="optimiser steps (16 x 32 = one pass over 512 pairs)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads, both sides (1 on a shared machine)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/rlhfkit-bench"))
     p.add_argument("--json", type=Path, help="also write the raw measurements here")
+    p.add_argument("--src", type=Path, help="run this rlhfkit tree (a folder holding src/) instead of the installed one")
+    p.add_argument("--baseline-src", type=Path, help="also run an older rlhfkit checkout (a folder holding its "
+                   "src/) as side 'rlhfkit-base', e.g. from `git archive main src | tar -x -C DIR`")
     p.add_argument("--worker", nargs=2, metavar=("SIDE", "STAGE"), help=argparse.SUPPRESS)
     p.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -229,23 +234,27 @@ def main() -> None:
     raw: list[dict] = []
     rows = []
     for stage in args.stages.split(","):
-        sides = ["rlhfkit", "trl"] + (["trl-precompute"] if stage == "dpo" else [])
+        sides = (["rlhfkit", "trl"] + (["trl-precompute"] if stage == "dpo" else [])
+                 + (["rlhfkit-base"] if args.baseline_src else []))
         got: dict[str, list[dict]] = {s: [] for s in sides}
         for rep in range(args.reps):
             for side in sides if rep % 2 == 0 else sides[::-1]:
-                r = spawn("trl" if side.startswith("trl") else side, stage, args, variants.get(side))
+                r = spawn("trl" if side.startswith("trl") else "rlhfkit", stage, args, variants.get(side),
+                          args.baseline_src if side == "rlhfkit-base" else args.src)
                 r["variant"] = side
                 got[side].append(r)
                 raw.append(r)
                 print(f"  {stage} {side:15s} {r['seconds']:7.2f} s  {r['rate']:9.1f} {UNITS[stage]}", flush=True)
         med = {s: statistics.median(x["rate"] for x in got[s]) for s in sides}
         best_trl = max((s for s in sides if s.startswith("trl")), key=med.get)
+        base = f"{med['rlhfkit-base']:.1f} ({med['rlhfkit'] / med['rlhfkit-base']:.2f}x)" if args.baseline_src else "-"
         rows.append((stage, med["rlhfkit"], med[best_trl], best_trl, med["rlhfkit"] / med[best_trl],
                      statistics.median(x["seconds"] for x in got["rlhfkit"]),
-                     statistics.median(x["seconds"] for x in got[best_trl])))
-    print(f"\n| stage | unit | rlhfkit | TRL (best setting) | ratio | rlhfkit s | TRL s |\n|---|---|---|---|---|---|---|")
-    for stage, a, b, which, ratio, sa, sb in rows:
-        print(f"| {stage} | {UNITS[stage]} | {a:.1f} | {b:.1f} ({which}) | **{ratio:.2f}x** | {sa:.1f} | {sb:.1f} |")
+                     statistics.median(x["seconds"] for x in got[best_trl]), base))
+    print("\n| stage | unit | rlhfkit | TRL (best setting) | ratio | rlhfkit s | TRL s | rlhfkit before (speed-up) |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for stage, a, b, which, ratio, sa, sb, base in rows:
+        print(f"| {stage} | {UNITS[stage]} | {a:.1f} | {b:.1f} ({which}) | **{ratio:.2f}x** | {sa:.1f} | {sb:.1f} | {base} |")
     if args.json:
         args.json.write_text(json.dumps(raw, indent=1))
 

@@ -227,7 +227,7 @@ def _one_step(run: Run, task: Task, model, optimizer, step: int, steps_per_epoch
     ntok = 0
     for k, chunk in enumerate(chunks):
         batch = to_device(task.collate([task.examples[i] for i in chunk]), run.device)
-        ntok += int(batch["attention_mask"].sum())
+        ntok += int(batch["num_tokens"]) if "num_tokens" in batch else int(batch["attention_mask"].sum())
         sync = acc.no_sync(model) if k < len(chunks) - 1 and world > 1 else nullcontext()
         with sync, acc.autocast():
             loss, metrics = task.loss_fn(model, batch, units)
