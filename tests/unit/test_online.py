@@ -60,3 +60,18 @@ def test_sequence_kl_sums_response_tokens():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1.0]])
     exp = Experience(*(torch.zeros(2, 3),) * 2, mask, *(torch.zeros(2, 3),) * 2, kl, *(torch.zeros(2),) * 3, ["a", "b"])
     assert sequence_kl(exp).tolist() == [1.5, 0.75]
+
+
+def test_entropy_at_response_positions_equals_full_masked_mean():
+    """The fast entropy (log-softmax at response positions only) against the reference path
+    (log-softmax over every position, then a masked mean)."""
+    from rlhfkit.losses import masked_mean
+    from rlhfkit.train.online import _entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 17, generator=g) * 3
+    mask = torch.tensor([[0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]], dtype=torch.float32)
+    logp = torch.log_softmax(logits, -1)
+    want = float(masked_mean(-(logp.exp() * logp).sum(-1), mask))
+    assert abs(_entropy(logits, mask) - want) < 1e-6
+    assert want > 0.5  # 17-way distributions from N(0, 9) logits are far from one-hot

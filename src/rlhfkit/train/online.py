@@ -85,9 +85,11 @@ def sequence_kl(exp: Experience) -> torch.Tensor:
     return masked_sum(exp.kl, exp.mask, dim=1)
 
 
+@torch.no_grad()
 def _entropy(logits_BTV: torch.Tensor, mask_BT: torch.Tensor) -> float:
-    logp = torch.log_softmax(logits_BTV.detach(), -1)
-    return float(masked_mean(-(logp.exp() * logp).sum(-1), mask_BT))
+    """Mean entropy over response positions, computed at those positions only."""
+    logp_NV = torch.log_softmax(logits_BTV[mask_BT.bool()], -1)
+    return float(-(logp_NV.exp() * logp_NV).sum() / max(logp_NV.shape[0], 1))
 
 
 class RunningMoments:
@@ -178,11 +180,14 @@ def collect(eng: Engine, step: int, indices: list[int]) -> Experience:
     kl = kl_estimate(old, ref_logp, cfg.kl_estimator) * mask
     exp = Experience(ids, attn, mask, old, ref_logp, kl, scores.to(dev), raw.to(dev), rollout.ended.to(dev),
                      rollout.texts)
+    t3 = time.perf_counter()
     if eng.algo.values is not None:
         eng.model.eval()
         with run.accelerator.autocast():
             exp.values = eng.algo.values(eng.model, ids, attn).float() * mask
-    eng.timings = {"time_generation": t1 - t0, "time_scoring": t2 - t1}
+    # generation / reward scoring / reference forward / critic forward; training is timed by the loop
+    eng.timings = {"time_generation": t1 - t0, "time_scoring": t2 - t1, "time_reference": t3 - t2,
+                   "time_values": time.perf_counter() - t3}
     return exp
 
 
