@@ -162,7 +162,8 @@ def _split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
 
 def target_logprobs(model: PreTrainedModel, input_ids_BT: torch.Tensor, loss_mask_BT: torch.Tensor,
                     attention_mask_BT: torch.Tensor | None = None,
-                    position_ids_BT: torch.Tensor | None = None) -> torch.Tensor:
+                    position_ids_BT: torch.Tensor | None = None, temperature: float = 1.0,
+                    return_logits: bool = False):
     """log p(token t | tokens before it) for every token t with ``loss_mask`` 1 (t >= 1), as an (N,)
     vector in row-major order. Padded batches pass ``attention_mask``; packed ones (see
     ``data.tokenize.layout``) pass ``position_ids`` and no mask.
@@ -170,7 +171,8 @@ def target_logprobs(model: PreTrainedModel, input_ids_BT: torch.Tensor, loss_mas
     Less work than full logits: the LM head (a V x H matmul per position, and the (B, T, V)
     tensors after it) runs only at the N positions that predict a trained token, not at prompt or
     padding positions. Models whose logits are not a plain head over the last hidden state take
-    the full-logits path.
+    the full-logits path. Log-probs are of softmax(logits / temperature); with ``return_logits``
+    the (N, V) tempered logits come back too.
     """
     if position_ids_BT is None:
         position_ids_BT = position_ids_from_mask(attention_mask_BT)
@@ -184,7 +186,10 @@ def target_logprobs(model: PreTrainedModel, input_ids_BT: torch.Tensor, loss_mas
     else:
         backbone, head = split
         logits_NV = head(backbone(**kw).last_hidden_state[:, :-1][select_BT])
-    return token_logprobs(logits_NV, targets_N)
+    if temperature != 1.0:
+        logits_NV = logits_NV.float() / temperature
+    logps_N = token_logprobs(logits_NV, targets_N)
+    return (logps_N, logits_NV) if return_logits else logps_N
 
 
 def packed_rewards(model: PreTrainedModel, input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor,
