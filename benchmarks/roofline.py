@@ -3,7 +3,8 @@
 Measures (1) the fp32 matmul rate (square matmuls, FLOP/s), (2) the dense forward+backward rate of
 the benchmark model (benchmarks/vs_trl.py's ``MODEL``) on full rows with no padding and no mask,
 counted as 6N FLOPs per token (N = parameters), and (3) the same for a packed batch (the padding-free
-layout, block-diagonal attention) of the benchmark data, to show what packing costs over dense.
+layout, block-diagonal attention) and the same batch padded: a full SFT, RM and DPO training step
+on 32 examples of the benchmark data, counted on real tokens.
 With ``--vs-trl FILE`` (the ``--json`` output of vs_trl.py) it turns each trainer's throughput
 into achieved model FLOP/s: 6N per trained token (+2N per token for a reference pass, DPO) and
 reports it as a fraction of the dense rate.
@@ -52,26 +53,41 @@ def dense_rate(model, n_params: int, rows: int, width: int, reps: int) -> float:
     return 6 * n_params * rows * width / timed(step, reps)
 
 
-def packed_rate(model, n_params: int, paths: dict, reps: int) -> tuple[float, float, int]:
-    """6N per real token of a packed DPO micro-batch (32 pairs) forward+backward; and the same
-    batch padded. Returns (packed FLOP/s, padded FLOP/s counted on real tokens, real tokens)."""
-    from rlhfkit.data import load_preference
-    from rlhfkit.data.tokenize import collate_pairs, tokenize_preference
-    from rlhfkit.models import load_tokenizer
+def step_rates(model, n_params: int, paths: dict, reps: int) -> dict:
+    """Achieved model FLOP/s of one full training step (forward, backward, fused AdamW step) on a
+    32-example micro-batch of the benchmark data, packed and padded, for SFT, RM and DPO, counted
+    as 6N per real (non-padding) token. Returns {(stage, layout): (FLOP/s, real tokens)}."""
+    from rlhfkit.data import load_preference, load_sft
+    from rlhfkit.data.tokenize import collate_pairs, collate_sft, tokenize_preference, tokenize_sft
+    from rlhfkit.models import load_reward_model, load_tokenizer
     from rlhfkit.train.dpo import response_logps
+    from rlhfkit.train.rm import pair_rewards
+    from rlhfkit.train.sft import nll_sum
 
     tok = load_tokenizer(paths["model"])
     pairs, _ = tokenize_preference(load_preference(paths["pairs"]), tok, vs_trl.MAX_LENGTH, vs_trl.MAX_LENGTH)
-    rates = []
-    for pack in (True, False):
-        batch = collate_pairs(pairs[:vs_trl.BATCH], tok.pad_token_id, pack)
+    sft_rows, _ = tokenize_sft(load_sft(paths["sft"]), tok, vs_trl.MAX_LENGTH)
+    rm_model = load_reward_model(paths["model"], tok)
+    stages = {"sft": (model, lambda pack: collate_sft(sft_rows[:vs_trl.BATCH], tok.pad_token_id, pack),
+                      lambda m, b: nll_sum(m, b)[0]),
+              "rm": (rm_model, lambda pack: collate_pairs(pairs[:vs_trl.BATCH], tok.pad_token_id, pack),
+                     lambda m, b: torch.nn.functional.logsigmoid(torch.sub(*pair_rewards(m, b))).sum()),
+              "dpo": (model, lambda pack: collate_pairs(pairs[:vs_trl.BATCH], tok.pad_token_id, pack),
+                      lambda m, b: response_logps(m, b).sum())}
+    out = {}
+    for stage, (m, collate, loss_fn) in stages.items():
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-9, fused=True)
+        for pack in (True, False):
+            batch = collate(pack)
 
-        def step():
-            response_logps(model, batch).sum().backward()
-            model.zero_grad(set_to_none=True)
+            def step():
+                loss_fn(m, batch).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
 
-        rates.append(6 * n_params * int(batch["num_tokens"]) / timed(step, reps))
-    return rates[0], rates[1], int(batch["num_tokens"])
+            out[(stage, "packed" if pack else "padded")] = (6 * n_params * int(batch["num_tokens"]) / timed(step, reps),
+                                                            int(batch["num_tokens"]))
+    return out
 
 
 def achieved(raw: list[dict], n_params: int, sft_tokens: int, pair_tokens: int) -> dict:
@@ -103,12 +119,14 @@ def main() -> None:
     n = sum(p.numel() for p in model.parameters())
     mm = matmul_rate(reps=args.reps)
     dense = dense_rate(model, n, 24, 96, args.reps)
-    packed, padded, ntok = packed_rate(model, n, paths, args.reps)
+    steps = step_rates(model, n, paths, args.reps)
     print(f"parameters N = {n:,}; threads {args.threads}")
     print(f"fp32 matmul 1024^3:                 {mm / 1e9:7.1f} GFLOP/s")
     print(f"dense fwd+bwd (24 x 96, 6N/token):  {dense / 1e9:7.1f} GFLOP/s  ({dense / mm:.0%} of matmul)")
-    print(f"DPO micro-batch packed ({ntok} real tokens): {packed / 1e9:7.1f} GFLOP/s = {packed / dense:.0%} of dense")
-    print(f"DPO micro-batch padded ({ntok} real tokens): {padded / 1e9:7.1f} GFLOP/s = {padded / dense:.0%} of dense")
+    print("\n| training step (32 examples, fwd + bwd + AdamW) | real tokens | GFLOP/s (6N per real token) | "
+          "fraction of dense |\n|---|---|---|---|")
+    for (stage, lay), (rate, ntok) in steps.items():
+        print(f"| {stage} {lay} | {ntok} | {rate / 1e9:.1f} | {rate / dense:.0%} |")
     if args.vs_trl:
         tok = load_tokenizer(paths["model"])
         pairs, _ = tokenize_preference(load_preference(paths["pairs"]), tok, vs_trl.MAX_LENGTH, vs_trl.MAX_LENGTH)
