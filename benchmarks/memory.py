@@ -92,7 +92,7 @@ def main() -> None:
 
     with __import__("torch").device("meta"):
         n = sum(q.numel() for q in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(paths["model"])).parameters())
-    runs = [("rlhfkit", "dpo", {}, 1, 1), ("trl", "dpo", {"precompute_ref_log_probs": True}, 2, 1),
+    runs = [("rlhfkit", "dpo", {}, 1, 1), ("trl", "dpo", {"precompute_ref_log_probs": True}, 1, 1),
             ("trl", "dpo", {}, 2, 1), ("rlhfkit", "ppo", {}, 4, 2)]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                TQDM_DISABLE="1", PYTHONWARNINGS="ignore")
