@@ -69,6 +69,9 @@ class SFTConfig(TrainConfig):
     """Supervised fine-tuning on {prompt, completion}, {messages} or {text} records."""
 
     completion_only_loss: bool = _f(True, "Train only on response tokens (prompt tokens masked out).")
+    padding_free: bool = _f(True, "Pack each micro-batch's sequences end to end with no padding (attention stays within "
+                                  "a sequence through position-id resets): no compute on padding. Checked on the model at "
+                                  "start; models that cannot pack fall back to padded batches.")
 
 
 @dataclass
@@ -78,6 +81,9 @@ class RMConfig(TrainConfig):
     learning_rate: float = _f(1e-4, "Peak AdamW learning rate.")
     use_margin: bool = _f(True, "Subtract a pair's `margin` field in the loss (Llama 2 eq. 2) when present.")
     center_rewards_coef: float = _f(0.0, "Weight of mean((r_c + r_r)^2), which keeps rewards centred on 0.")
+    padding_free: bool = _f(True, "Pack each micro-batch's sequences end to end with no padding (attention stays within "
+                                  "a sequence through position-id resets): no compute on padding. Checked on the model at "
+                                  "start; models that cannot pack fall back to padded batches.")
     source_weights: list[str] = _f([], "Loss weight per label source: `source=weight` entries (YAML: a mapping), e.g. "
                                        "human=1.0 judge=0.5; exact source, else longest prefix, else `default`, else 1. "
                                        "Rows carry `source` from `annotate export` (human) or `rlhfkit judge` (judge:NAME).")
@@ -94,6 +100,9 @@ class DPOConfig(TrainConfig):
                         choices=["sigmoid", "ipo", "robust", "hinge"])
     label_smoothing: float = _f(0.0, "Assumed label-flip rate: cDPO for sigmoid, rDPO's epsilon for robust.")
     precompute_ref: bool = _f(False, "Compute reference log-probs once before training and free the reference model.")
+    padding_free: bool = _f(True, "Pack each micro-batch's sequences end to end with no padding (attention stays within "
+                                  "a sequence through position-id resets): no compute on padding. Checked on the model at "
+                                  "start; models that cannot pack fall back to padded batches.")
     source_weights: list[str] = _f([], "Loss weight per label source: `source=weight` entries (YAML: a mapping), e.g. "
                                        "human=1.0 judge=0.5; exact source, else longest prefix, else `default`, else 1. "
                                        "Rows carry `source` from `annotate export` (human) or `rlhfkit judge` (judge:NAME).")

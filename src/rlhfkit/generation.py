@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .data.tokenize import layout
 from .data.tokenize import prompt_ids as _prompt_ids
 from .losses import token_logprobs
-from .models import causal_lm_logits, position_ids_from_mask
+from .models import causal_lm_logits, position_ids_from_mask, target_logprobs
 
 
 @dataclass
@@ -334,3 +335,29 @@ def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """(N, T-1) log-probs of the next tokens at ``temperature``, and the (N, T-1, V) logits."""
     logits = causal_lm_logits(model, input_ids, attention_mask)[:, :-1].float() / temperature
     return token_logprobs(logits, input_ids[:, 1:]), logits
+
+
+def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
+                      temperature: float = 1.0, pack: bool = True):
+    """:func:`policy_logprobs` with less work, for rows from :func:`rollout_rows`: (N, T-1) log-probs
+    at the response positions ``mask`` marks (0 elsewhere) and the (n, V) tempered logits there.
+
+    With ``pack`` the rows are packed without padding (``data.tokenize.layout``) and the LM head runs
+    only at response positions (``models.target_logprobs``); the values are scattered back into the
+    shifted (N, T-1) layout, differentiably.
+    """
+    lengths = attention_mask.sum(1).tolist()
+    ids_cpu, mask_cpu = input_ids.cpu(), mask.cpu()
+    rows = [ids_cpu[i, :n].tolist() for i, n in enumerate(lengths)]
+    loss_masks = [[0] + mask_cpu[i, :n - 1].long().tolist() for i, n in enumerate(lengths)]
+    batch = {k: v.to(input_ids.device) for k, v in layout(rows, loss_masks, 0, pack).items()}
+    logps_n, logits_nV = target_logprobs(model, batch["input_ids"], batch["loss_mask"], batch.get("attention_mask"),
+                                         batch.get("position_ids"), temperature=temperature, return_logits=True)
+    select = batch["loss_mask"][:, 1:].bool()
+    row_n = batch["seq_id"][:, 1:][select]
+    if pack:
+        col_n = batch["position_ids"][:, 1:][select] - 1
+    else:
+        col_n = torch.arange(select.shape[1], device=select.device).expand_as(select)[select]
+    out = torch.zeros(mask.shape, dtype=logps_n.dtype, device=logps_n.device)
+    return out.index_put((row_n, col_n), logps_n), logits_nV

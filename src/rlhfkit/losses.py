@@ -30,11 +30,13 @@ def masked_mean(x_BT: torch.Tensor, mask_BT: torch.Tensor, dim: int | None = Non
 def token_logprobs(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> torch.Tensor:
     """log p(target) at each position; logits and targets are already aligned (no shift here).
 
-    Uses ``log_softmax`` + gather rather than cross_entropy so that the values are the same
-    ones the DPO and KL code consume.
+    Computed as logit[target] - logsumexp(logits): the same value as
+    ``log_softmax(logits).gather(target)`` (tests/unit/test_losses.py checks it) without a second
+    full-vocabulary (B, T, V) tensor in memory, the log-softmax output autograd would keep.
+    Works for any leading shape, e.g. (N, V) logits of selected positions and (N,) targets.
     """
-    logp_BTV = torch.log_softmax(logits_BTV.float(), dim=-1)
-    return logp_BTV.gather(-1, targets_BT.unsqueeze(-1)).squeeze(-1)
+    logits = logits_BTV.float()
+    return logits.gather(-1, targets_BT.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
 def sequence_logprobs(logits_BTV: torch.Tensor, input_ids_BT: torch.Tensor,

@@ -15,6 +15,8 @@ import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
                           AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase)
 
+from .losses import token_logprobs
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -142,6 +144,97 @@ def reward_forward(model: PreTrainedModel, input_ids_BT: torch.Tensor,
         last_BH = hidden_BTH[torch.arange(ids.shape[0], device=ids.device), last_token_index(mask)]
         return model.score(last_BH).squeeze(-1).float()
     return model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
+
+
+def _split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(backbone, LM head) when logits are exactly head(backbone's last hidden state), else None
+    (logit soft-capping or scaling after the head, PEFT wrappers, ...)."""
+    cfg = getattr(model, "config", None)
+    if any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in ("final_logit_softcapping", "logit_scale",
+                                                                  "logits_scaling", "output_multiplier_scale")):
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if head is None or backbone is None or not type(model).__name__.endswith("ForCausalLM"):
+        return None
+    return backbone, head
+
+
+def target_logprobs(model: PreTrainedModel, input_ids_BT: torch.Tensor, loss_mask_BT: torch.Tensor,
+                    attention_mask_BT: torch.Tensor | None = None,
+                    position_ids_BT: torch.Tensor | None = None, temperature: float = 1.0,
+                    return_logits: bool = False):
+    """log p(token t | tokens before it) for every token t with ``loss_mask`` 1 (t >= 1), as an (N,)
+    vector in row-major order. Padded batches pass ``attention_mask``; packed ones (see
+    ``data.tokenize.layout``) pass ``position_ids`` and no mask.
+
+    Less work than full logits: the LM head (a V x H matmul per position, and the (B, T, V)
+    tensors after it) runs only at the N positions that predict a trained token, not at prompt or
+    padding positions. Models whose logits are not a plain head over the last hidden state take
+    the full-logits path. Log-probs are of softmax(logits / temperature); with ``return_logits``
+    the (N, V) tempered logits come back too.
+    """
+    if position_ids_BT is None:
+        position_ids_BT = position_ids_from_mask(attention_mask_BT)
+    select_BT = loss_mask_BT[:, 1:].bool()
+    targets_N = input_ids_BT[:, 1:][select_BT]
+    split = _split_head(model)
+    kw = dict(input_ids=input_ids_BT, attention_mask=attention_mask_BT, position_ids=position_ids_BT,
+              use_cache=False)
+    if split is None:
+        logits_NV = model(**kw).logits[:, :-1][select_BT]
+    else:
+        backbone, head = split
+        logits_NV = head(backbone(**kw).last_hidden_state[:, :-1][select_BT])
+    if temperature != 1.0:
+        logits_NV = logits_NV.float() / temperature
+    logps_N = token_logprobs(logits_NV, targets_N)
+    return (logps_N, logits_NV) if return_logits else logps_N
+
+
+def packed_rewards(model: PreTrainedModel, input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor,
+                   last_index: torch.Tensor) -> torch.Tensor:
+    """Scalar reward of each packed sequence (decoder classifiers with a ``score`` head), read at its
+    last token by flat index (``data.tokenize.layout``'s ``last_index``). Returns (S,)."""
+    backbone = getattr(model, model.base_model_prefix)
+    hidden_BTH = backbone(input_ids=input_ids_BT, position_ids=position_ids_BT, use_cache=False).last_hidden_state
+    return model.score(hidden_BTH.flatten(0, 1)[last_index]).squeeze(-1).float()
+
+
+@torch.no_grad()
+def packing_works(model: PreTrainedModel, reward: bool = False) -> bool:
+    """Whether this model computes packed sequences (position resets, no mask) exactly as padded
+    ones, checked on two short sequences: models that ignore the position resets would let packed
+    sequences attend to each other. Callers fall back to padding when this is False."""
+    from .data.tokenize import layout
+
+    vocab = model.config.vocab_size
+    rows = [[(7 * i + 3) % vocab for i in range(6)], [(5 * i + 11) % vocab for i in range(4)],
+            [(3 * i + 5) % vocab for i in range(2)]]  # packs as [6], [4, 2]
+    masks = [[1] * len(r) for r in rows]
+    dev = next(model.parameters()).device
+    padded = {k: v.to(dev) for k, v in layout(rows, masks, 0, pack=False).items()}
+    packed = {k: v.to(dev) for k, v in layout(rows, masks, 0, pack=True).items()}
+    assert packed["input_ids"].shape[0] == 2
+    was_training = model.training
+    model.eval()
+    try:
+        if reward:
+            if not hasattr(model, "score"):
+                return False
+            want = reward_forward(model, padded["input_ids"], padded["attention_mask"])
+            got = packed_rewards(model, packed["input_ids"], packed["position_ids"], packed["last_index"])
+        else:
+            full = causal_lm_logits(model, padded["input_ids"], padded["attention_mask"])[:, :-1]
+            want = token_logprobs(full[padded["loss_mask"][:, 1:].bool()],
+                                  padded["input_ids"][:, 1:][padded["loss_mask"][:, 1:].bool()])
+            got = target_logprobs(model, packed["input_ids"], packed["loss_mask"],
+                                  position_ids_BT=packed["position_ids"])
+        return got.shape == want.shape and bool(torch.allclose(got.float(), want.float(), atol=1e-4, rtol=1e-4))
+    except Exception:  # a model whose forward rejects the packed form
+        return False
+    finally:
+        model.train(was_training)
 
 
 # --------------------------------------------------------------------------- tiny models for tests

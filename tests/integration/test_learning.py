@@ -96,3 +96,29 @@ def test_precompute_ref_gives_the_same_model(world_dir, pipeline, tmp_path):
     a, b = dpo(tmp_path / "a", True), dpo(tmp_path / "b", False)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
+def test_padding_free_trains_like_padded_batches(world_dir, pipeline, tmp_path, stage):
+    """padding_free: true (packed micro-batches) == false (padded): the same loss at every step.
+    Step 1 runs on identical weights; later steps on weights the two runs updated separately."""
+    from rlhfkit.config import SFTConfig
+    from rlhfkit.train.sft import run_sft
+
+    def losses(out, padding_free):
+        args = dict(model=str(pipeline["dir"] / "sft"), output_dir=str(out), max_steps=3, learning_rate=1e-4,
+                    padding_free=padding_free, **{**COMMON, "logging_steps": 1})
+        if stage == "sft":
+            run_sft(SFTConfig(data=world_dir["sft"], **args))
+        elif stage == "rm":
+            run_rm(RMConfig(data=world_dir["prefs"], **args))
+        else:
+            run_dpo(DPOConfig(data=world_dir["prefs"], precompute_ref=True, **args))
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r]
+
+    packed, padded = losses(tmp_path / "packed", True), losses(tmp_path / "padded", False)
+    assert len(packed) == len(padded) == 3
+    assert abs(packed[0] - padded[0]) <= 1e-5 * abs(padded[0])
+    for a, b in zip(packed[1:], padded[1:]):
+        assert abs(a - b) <= 1e-4 * abs(b)

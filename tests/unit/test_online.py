@@ -77,3 +77,46 @@ def test_heldout_reward_is_scored_on_the_same_samples_and_never_enters_the_score
     assert seen["args"] == (["p0", "p1", "p2"], ["a", "b", "c"])
     assert eng.heldout_reward == 20.0
     torch.testing.assert_close(scores, _engine().reward(["p0", "p1", "p2"], ["a", "b", "c"]).float())
+
+
+def test_entropy_at_response_positions_equals_full_masked_mean():
+    """The fast entropy (log-softmax of the response positions' logits only) against the reference
+    path (log-softmax over every position, then a masked mean)."""
+    from rlhfkit.losses import masked_mean
+    from rlhfkit.train.online import _entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 17, generator=g) * 3
+    mask = torch.tensor([[0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]], dtype=torch.float32)
+    logp = torch.log_softmax(logits, -1)
+    want = float(masked_mean(-(logp.exp() * logp).sum(-1), mask))
+    assert abs(_entropy(logits[mask.bool()]) - want) < 1e-6
+    assert want > 0.5  # 17-way distributions from N(0, 9) logits are far from one-hot
+
+
+def test_response_logprobs_packed_equals_policy_logprobs():
+    """Packed rows, LM head at response positions (fast path) == full logits on padded rows
+    (reference path), values and gradients, at a temperature != 1."""
+    from rlhfkit.generation import Rollout, policy_logprobs, response_logprobs, rollout_rows
+    from rlhfkit.models import build_word_tokenizer, tiny_causal_lm
+
+    tok = build_word_tokenizer(["a b c d e f g h i j k l m n o p"])
+    model = tiny_causal_lm(tok, seed=7)
+    prompts = [[2, 7, 8, 9], [2, 10], [2, 11, 12, 13, 14, 15], [2, 9, 9]]
+    resp = torch.tensor([[16, 17, 3, 0], [18, 19, 20, 21], [7, 3, 0, 0], [8, 8, 8, 3]])
+    rmask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]])
+    rollout = Rollout(prompts, resp, torch.zeros(4, 4), rmask, torch.ones(4, dtype=torch.bool), [""] * 4)
+    ids, attn, mask, _ = rollout_rows(prompts, rollout, tok.pad_token_id)
+    want, logits = policy_logprobs(model, ids, attn, temperature=0.7)
+    (want * mask).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for pack in (True, False):
+        got, got_logits = response_logprobs(model, ids, attn, mask, temperature=0.7, pack=pack)
+        assert got_logits.shape == (int(mask.sum()), len(tok))
+        torch.testing.assert_close(got * mask, want.detach() * mask, rtol=0, atol=1e-5)
+        assert bool((got[mask == 0] == 0).all())
+    got, _ = response_logprobs(model, ids, attn, mask, temperature=0.7, pack=True)
+    got.sum().backward()
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlhfkit.data.formats import parse_preference, parse_sft
-from rlhfkit.data.tokenize import (Tokenized, TokenizedPair, collate_pairs, collate_sft,
+from rlhfkit.data.tokenize import (Tokenized, TokenizedPair, collate_pairs, collate_sft, pack_bins,
                                    tokenize_preference, tokenize_sft)
 from rlhfkit.models import build_word_tokenizer
 
@@ -190,11 +190,34 @@ def test_conversational_preference_prompt_keeps_end(tok):
 def test_collate_sft_right_pads_with_pad_id():
     batch = [Tokenized([2, 10, 11], [0, 1, 1]), Tokenized([2, 12, 13, 14, 3], [0, 0, 1, 1, 1])]
     out = collate_sft(batch, pad_id=9)
-    assert set(out) == {"input_ids", "attention_mask", "loss_mask"}
+    assert set(out) == {"input_ids", "attention_mask", "loss_mask", "seq_id", "last_index", "num_tokens"}
     assert out["input_ids"].dtype == torch.long
     assert out["input_ids"].tolist() == [[2, 10, 11, 9, 9], [2, 12, 13, 14, 3]]
     assert out["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert out["loss_mask"].tolist() == [[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]]
+    assert out["seq_id"].tolist() == [[0, 0, 0, -1, -1], [1, 1, 1, 1, 1]]
+    assert out["last_index"].tolist() == [2, 9] and int(out["num_tokens"]) == 8
+
+
+def test_collate_sft_packed_places_rows_end_to_end():
+    """Lengths 3, 5, 2 into bins of width 5 (first fit decreasing): row 1 alone, rows 0 and 2
+    together; positions restart per sequence; each sequence's first token is never a target
+    (row 2's mask [1, 1] becomes [0, 1]); last_index is flat in the (2 x 5) layout."""
+    batch = [Tokenized([2, 10, 11], [0, 1, 1]), Tokenized([2, 12, 13, 14, 3], [0, 0, 1, 1, 1]),
+             Tokenized([2, 15], [1, 1])]
+    out = collate_sft(batch, pad_id=9, pack=True)
+    assert "attention_mask" not in out
+    assert out["input_ids"].tolist() == [[2, 12, 13, 14, 3], [2, 10, 11, 2, 15]]
+    assert out["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    assert out["loss_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 1, 1, 0, 1]]
+    assert out["seq_id"].tolist() == [[1, 1, 1, 1, 1], [0, 0, 0, 2, 2]]
+    assert out["last_index"].tolist() == [7, 4, 9] and int(out["num_tokens"]) == 10
+
+
+def test_pack_bins_first_fit_decreasing():
+    assert pack_bins([3, 5, 2], 5) == [[1], [0, 2]]
+    assert pack_bins([4, 4, 4, 4], 8) == [[0, 1], [2, 3]]
+    assert pack_bins([1, 7, 2, 6, 3], 8) == [[1, 0], [3, 2], [4]]
 
 
 def _pairs(**refs):
@@ -210,7 +233,8 @@ def test_collate_pairs_chosen_rows_then_rejected_rows():
     """Rows: a.prompt+a.chosen (5), b.prompt+b.chosen (6), a.prompt+a.rejected (4),
     b.prompt+b.rejected (8); right-padded with 9 to width 8; loss mask on responses only."""
     out = collate_pairs(_pairs(), pad_id=9)
-    assert set(out) == {"input_ids", "attention_mask", "loss_mask", "margin", "weight"}
+    assert set(out) == {"input_ids", "attention_mask", "loss_mask", "margin", "weight", "seq_id", "last_index",
+                        "num_tokens"}
     assert out["weight"].tolist() == [1.0, 1.0]  # no source_weights: every pair weighs 1
     assert out["input_ids"].tolist() == [
         [2, 10, 11, 12, 3, 9, 9, 9],

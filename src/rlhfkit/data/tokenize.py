@@ -132,20 +132,78 @@ def tokenize_preference(examples: list[PreferenceExample], tokenizer, max_length
     return out, truncated
 
 
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+def pack_bins(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit-decreasing bin packing: row indices per bin, each bin's lengths summing to <= capacity."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        j = next((j for j, r in enumerate(room) if r >= lengths[i]), None)
+        if j is None:
+            bins.append([]), room.append(capacity)
+            j = len(bins) - 1
+        bins[j].append(i)
+        room[j] -= lengths[i]
+    return bins
 
 
-def collate_sft(batch: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded (B, T) input_ids, attention_mask, loss_mask."""
-    return {"input_ids": _pad([b.input_ids for b in batch], pad_id),
-            "attention_mask": _pad([[1] * len(b.input_ids) for b in batch], 0),
-            "loss_mask": _pad([b.loss_mask for b in batch], 0)}
+def layout(rows: list[list[int]], masks: list[list[int]], pad_id: int, pack: bool = False) -> dict[str, torch.Tensor]:
+    """Sequences and their loss masks as one batch, padded or packed.
+
+    Padded (``pack=False``): right-padded (B, T) ``input_ids``, ``attention_mask``, ``loss_mask``.
+    Packed (``pack=True``, padding-free): the sequences are placed in bins as wide as the longest
+    one (first fit decreasing) and laid end to end in (R, L) rows, R <= B; ``position_ids`` restart
+    at 0 for every sequence and there is no ``attention_mask``: `transformers` reads the position
+    resets as sequence boundaries and attends within a sequence only (a block-diagonal causal
+    mask), so a packed forward equals the padded one without computing on padding. The few pad
+    slots left at a bin's end form a segment of their own.
+
+    Both layouts carry ``seq_id`` (which input sequence a token belongs to, -1 on padding),
+    ``last_index`` (flat index of each sequence's last token in the (R*L) layout) and
+    ``num_tokens`` (real tokens). ``loss_mask`` is 0 at each sequence's first token (it has no
+    prediction), so ``loss_mask[:, 1:]`` selects the trained targets in both layouts.
+    """
+    masks = [[0] + list(m[1:]) for m in masks]
+    if not pack:
+        order = [[i] for i in range(len(rows))]
+        width = max(map(len, rows))
+    else:
+        width = max(map(len, rows))
+        order = pack_bins([len(r) for r in rows], width)
+        width = max(sum(len(rows[i]) for i in b) for b in order)
+    R = len(order)
+    ids = torch.full((R, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((R, width), dtype=torch.long)
+    loss = torch.zeros((R, width), dtype=torch.long)
+    seq = torch.full((R, width), -1, dtype=torch.long)
+    last = torch.zeros(len(rows), dtype=torch.long)
+    for r, members in enumerate(order):
+        at = 0
+        for i in members:
+            n = len(rows[i])
+            ids[r, at:at + n] = torch.tensor(rows[i], dtype=torch.long)
+            pos[r, at:at + n] = torch.arange(n)
+            loss[r, at:at + n] = torch.tensor(masks[i], dtype=torch.long)
+            seq[r, at:at + n] = i
+            last[i] = r * width + at + n - 1
+            at += n
+        pos[r, at:] = torch.arange(width - at)  # trailing pad: its own segment
+    out = {"input_ids": ids, "loss_mask": loss, "seq_id": seq, "last_index": last,
+           "num_tokens": torch.tensor(sum(map(len, rows)))}
+    if pack:
+        out["position_ids"] = pos
+    else:
+        out["attention_mask"] = (seq >= 0).long()
+    return out
 
 
-def collate_pairs(batch: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """Chosen rows then rejected rows in one (2B, T) batch, so one forward pass scores both.
+def collate_sft(batch: list[Tokenized], pad_id: int, pack: bool = False) -> dict[str, torch.Tensor]:
+    """(B, T) right-padded or packed ``input_ids``, ``loss_mask`` (see :func:`layout`)."""
+    return layout([b.input_ids for b in batch], [b.loss_mask for b in batch], pad_id, pack)
+
+
+def collate_pairs(batch: list[TokenizedPair], pad_id: int, pack: bool = False) -> dict[str, torch.Tensor]:
+    """Chosen rows then rejected rows in one batch (sequence ids 0..B-1 chosen, B..2B-1 rejected),
+    so one forward pass scores both; padded or packed (see :func:`layout`).
 
     ``loss_mask`` marks response tokens; ``margin`` and ``weight`` are (B,); ``ref_logps`` (2B,) when
     precomputed.
@@ -153,11 +211,9 @@ def collate_pairs(batch: list[TokenizedPair], pad_id: int) -> dict[str, torch.Te
     rows = [b.prompt_ids + b.chosen_ids for b in batch] + [b.prompt_ids + b.rejected_ids for b in batch]
     masks = ([[0] * len(b.prompt_ids) + [1] * len(b.chosen_ids) for b in batch]
              + [[0] * len(b.prompt_ids) + [1] * len(b.rejected_ids) for b in batch])
-    out = {"input_ids": _pad(rows, pad_id),
-           "attention_mask": _pad([[1] * len(r) for r in rows], 0),
-           "loss_mask": _pad(masks, 0),
-           "margin": torch.tensor([b.margin for b in batch], dtype=torch.float32),
-           "weight": torch.tensor([b.weight for b in batch], dtype=torch.float32)}
+    out = layout(rows, masks, pad_id, pack)
+    out.update(margin=torch.tensor([b.margin for b in batch], dtype=torch.float32),
+               weight=torch.tensor([b.weight for b in batch], dtype=torch.float32))
     if all(b.ref_chosen is not None and b.ref_rejected is not None for b in batch):
         out["ref_logps"] = torch.tensor([b.ref_chosen for b in batch] + [b.ref_rejected for b in batch],
                                         dtype=torch.float32)

@@ -8,7 +8,8 @@ With ``precompute_ref`` the reference log-probs of every pair are computed once 
 (from the policy itself when the reference is the starting model, so no second copy is loaded;
 else from ``ref_model``, which is then freed): only the policy is in memory while training, with
 the same result since the reference is frozen. Without it the reference runs alongside, under
-``torch.no_grad``.
+``torch.no_grad``. With ``padding_free`` (the default) the 2B sequences of a micro-batch are packed
+without padding and the LM head runs only at response positions (``models.target_logprobs``).
 
 Logged per step: the implicit rewards of chosen and rejected responses, their margin, reward
 accuracy, summed log-probs, and ``kl``: the per-token k1 estimate log pi - log ref averaged over
@@ -25,15 +26,18 @@ from ..config import DPOConfig
 from ..data import load_preference
 from ..data.sources import apply_source_weights
 from ..data.tokenize import collate_pairs, tokenize_preference
-from ..losses import dpo_loss, sequence_logprobs
-from ..models import causal_lm_logits, load_causal_lm, load_tokenizer
+from ..losses import dpo_loss
+from ..models import load_causal_lm, load_tokenizer, packing_works, target_logprobs
 from .loop import Run, Task, eval_batches, finish, start_run, train
 
 
 def response_logps(model, batch) -> torch.Tensor:
-    """Summed log-probs of each row's response tokens, (2B,): chosen rows then rejected rows."""
-    logits = causal_lm_logits(model, batch["input_ids"], batch["attention_mask"])
-    return sequence_logprobs(logits, batch["input_ids"], batch["loss_mask"])
+    """Summed log-probs of each sequence's response tokens, (2B,): chosen then rejected, from a
+    padded or packed batch (the per-token values summed by sequence id)."""
+    logps_N = target_logprobs(model, batch["input_ids"], batch["loss_mask"], batch.get("attention_mask"),
+                              batch.get("position_ids"))
+    seq_N = batch["seq_id"][:, 1:][batch["loss_mask"][:, 1:].bool()]
+    return logps_N.new_zeros(len(batch["last_index"])).index_add(0, seq_N, logps_N)
 
 
 @torch.no_grad()
@@ -90,7 +94,10 @@ def run_dpo(cfg: DPOConfig) -> dict:
     weighted = apply_source_weights(train_set, cfg.source_weights)
     if weighted:
         run.print(f"source weights: {weighted}")
-    collate = lambda b: collate_pairs(b, tokenizer.pad_token_id)  # noqa: E731
+    pack = cfg.padding_free and packing_works(policy)
+    if cfg.padding_free and not pack:
+        run.print("padding_free: this model does not compute packed sequences like padded ones; using padding")
+    collate = lambda b: collate_pairs(b, tokenizer.pad_token_id, pack)  # noqa: E731
     if cfg.precompute_ref:
         run.print(f"precomputing reference log-probs for {len(train_set) + len(eval_set)} pairs")
         precompute_reference(run, ref, train_set + eval_set, collate)

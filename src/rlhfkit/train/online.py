@@ -11,7 +11,9 @@ PPO-clip updates over mini-batches. The algorithms differ only in :class:`Algori
 
 Simplifications, on purpose: the log-probs the sampler returned are the "old" log-probs of the
 ratio (no second forward pass; the sampler's log-probs equal a fresh forward pass's, which
-tests/unit/test_generation.py checks). Log-probs use the sampling temperature throughout.
+tests/unit/test_generation.py checks). Log-probs use the sampling temperature throughout. Policy
+and reference log-probs are computed on packed rows with the LM head at response positions only
+(``generation.response_logprobs``) where the models allow it.
 Sampling and mini-batch order are seeded by (seed, step), so a resumed run draws exactly what
 the uninterrupted run drew.
 """
@@ -26,10 +28,10 @@ import torch
 
 from ..data import load_prompts
 from ..data.tokenize import prompt_ids
-from ..generation import generate, policy_logprobs, rollout_rows
+from ..generation import generate, response_logprobs, rollout_rows
 from ..kl import make_kl_controller
 from ..losses import kl_estimate, masked_mean, masked_sum, ppo_policy_loss
-from ..models import load_causal_lm, load_tokenizer
+from ..models import load_causal_lm, load_tokenizer, packing_works
 from ..rewards import make_reward
 from ..tracking import MetricsLogger
 from .loop import (Run, _fault_hook, _grad_norm, _skip_bad_step, batch_plan, finish, load_checkpoint,
@@ -85,9 +87,11 @@ def sequence_kl(exp: Experience) -> torch.Tensor:
     return masked_sum(exp.kl, exp.mask, dim=1)
 
 
-def _entropy(logits_BTV: torch.Tensor, mask_BT: torch.Tensor) -> float:
-    logp = torch.log_softmax(logits_BTV.detach(), -1)
-    return float(masked_mean(-(logp.exp() * logp).sum(-1), mask_BT))
+@torch.no_grad()
+def _entropy(logits_NV: torch.Tensor) -> float:
+    """Mean entropy of the (N, V) logits of the response positions (the only ones computed)."""
+    logp_NV = torch.log_softmax(logits_NV.float(), -1)
+    return float(-(logp_NV.exp() * logp_NV).sum() / max(logp_NV.shape[0], 1))
 
 
 class RunningMoments:
@@ -130,6 +134,7 @@ class Engine:
     heldout: object = None          # held-out reward source: scored and logged, never optimised
     monitor: object = None          # evaluate.overopt.DivergenceMonitor when `heldout` is set
     heldout_reward: float = 0.0     # this step's mean held-out reward
+    pack: bool = False  # policy and reference compute packed rows like padded ones (models.packing_works)
 
     @property
     def policy(self):
@@ -179,15 +184,18 @@ def collect(eng: Engine, step: int, indices: list[int]) -> Experience:
     dev = run.device
     ids, attn, mask, old = ids.to(dev), attn.to(dev), mask.to(dev), old.to(dev)
     with run.accelerator.autocast():
-        ref_logp = policy_logprobs(eng.ref, ids, attn, cfg.temperature)[0].float()
+        ref_logp = response_logprobs(eng.ref, ids, attn, mask, cfg.temperature, eng.pack)[0].float()
     kl = kl_estimate(old, ref_logp, cfg.kl_estimator) * mask
     exp = Experience(ids, attn, mask, old, ref_logp, kl, scores.to(dev), raw.to(dev), rollout.ended.to(dev),
                      rollout.texts)
+    t3 = time.perf_counter()
     if eng.algo.values is not None:
         eng.model.eval()
         with run.accelerator.autocast():
             exp.values = eng.algo.values(eng.model, ids, attn).float() * mask
-    eng.timings = {"time_generation": t1 - t0, "time_scoring": t2 - t1}
+    # generation / reward scoring / reference forward / critic forward; training is timed by the loop
+    eng.timings = {"time_generation": t1 - t0, "time_scoring": t2 - t1, "time_reference": t3 - t2,
+                   "time_values": time.perf_counter() - t3}
     return exp
 
 
@@ -232,11 +240,11 @@ def _micro_loss(eng: Engine, exp: Experience, part: list[int], tokens: float) ->
     cfg = eng.run.cfg
     ids, attn, mask = exp.input_ids[part], exp.attention_mask[part], exp.mask[part]
     share = float(mask.sum()) / tokens
-    logp, logits = policy_logprobs(eng.algo.policy_of(eng.model), ids, attn, cfg.temperature)
+    logp, logits = response_logprobs(eng.algo.policy_of(eng.model), ids, attn, mask, cfg.temperature, eng.pack)
     pg_loss, clip_frac, approx_kl = ppo_policy_loss(logp, exp.old_logp[part], exp.advantages[part], mask, cfg.cliprange)
     loss = pg_loss
     stats = {"policy_loss": pg_loss.item() * share, "clip_frac": float(clip_frac) * share,
-             "approx_kl": float(approx_kl) * share, "entropy": _entropy(logits, mask) * share}
+             "approx_kl": float(approx_kl) * share, "entropy": _entropy(logits) * share}
     if cfg.kl_in == "loss":
         kl_loss = masked_mean(kl_estimate(logp, exp.ref_logp[part], cfg.kl_estimator), mask)
         loss = loss + eng.kl_ctl.value * kl_loss
@@ -289,7 +297,8 @@ def run_online(cfg, stage: str, algo: Algorithm) -> dict:
     if cfg.resume:
         run.start_step = load_checkpoint(run, run.accelerator.unwrap_model(model), optimizer, scheduler, state)
         kl_ctl.load_state_dict(state.get("kl_controller", kl_ctl.state_dict()))
-    eng = Engine(run, algo, tokenizer, model, ref, reward, prompts, rows, kl_ctl, RunningMoments(state))
+    eng = Engine(run, algo, tokenizer, model, ref, reward, prompts, rows, kl_ctl, RunningMoments(state),
+                 pack=packing_works(policy) and packing_works(ref))
     if cfg.heldout_reward_model or cfg.heldout_reward_fn:
         from ..evaluate.overopt import DivergenceMonitor
 

@@ -3,7 +3,7 @@
 Stage 2 of the RLHF pipeline. Bradley-Terry loss -log sigmoid(r(x, y_c) - r(x, y_r) - margin)
 (``losses.bradley_terry``); the scalar reward is read at the last real token of each sequence by
 attention mask (``models.reward_forward``), whatever the padding side. Chosen and rejected rows go
-through the model in one concatenated batch. Held-out accuracy is reported with a 95% Wilson
+through the model in one concatenated batch, packed without padding when ``padding_free``. Held-out accuracy is reported with a 95% Wilson
 interval from the first evaluation, and a warning is printed when it cannot be told from chance.
 """
 
@@ -15,13 +15,16 @@ from ..data.sources import apply_source_weights
 from ..data.tokenize import collate_pairs, tokenize_preference
 from ..evaluate.stats import wilson_interval
 from ..losses import bradley_terry
-from ..models import load_reward_model, load_tokenizer, reward_forward
+from ..models import load_reward_model, load_tokenizer, packed_rewards, packing_works, reward_forward
 from .loop import Task, eval_batches, finish, start_run, train
 
 
 def pair_rewards(model, batch):
-    """(chosen rewards (B,), rejected rewards (B,)) from a concatenated pair batch."""
-    rewards = reward_forward(model, batch["input_ids"], batch["attention_mask"])
+    """(chosen rewards (B,), rejected rewards (B,)) from a concatenated pair batch, padded or packed."""
+    if "position_ids" in batch:
+        rewards = packed_rewards(model, batch["input_ids"], batch["position_ids"], batch["last_index"])
+    else:
+        rewards = reward_forward(model, batch["input_ids"], batch["attention_mask"])
     return rewards.chunk(2)
 
 
@@ -43,7 +46,10 @@ def run_rm(cfg: RMConfig) -> dict:
     weighted = apply_source_weights(train_set, cfg.source_weights)
     if weighted:
         run.print(f"source weights: {weighted}")
-    collate = lambda b: collate_pairs(b, tokenizer.pad_token_id)  # noqa: E731
+    pack = cfg.padding_free and packing_works(model, reward=True)
+    if cfg.padding_free and not pack:
+        run.print("padding_free: this model cannot score packed sequences like padded ones; using padding")
+    collate = lambda b: collate_pairs(b, tokenizer.pad_token_id, pack)  # noqa: E731
 
     def loss_fn(model, batch, num_pairs):
         chosen, rejected = pair_rewards(model, batch)

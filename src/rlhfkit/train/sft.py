@@ -4,6 +4,8 @@ Stage 1 of the RLHF pipeline (Ouyang et al. 2022, section 3.5). The loss is the 
 negative log-likelihood per response token over the whole optimiser step
 (``losses.sft_nll`` with the step's token count), so accumulation and data parallelism do not
 change the gradient. With ``completion_only_loss`` (the default) prompt tokens are masked out.
+With ``padding_free`` (the default) each micro-batch is packed without padding
+(``data.tokenize.layout``) and the LM head runs only where a trained token is predicted.
 """
 
 from __future__ import annotations
@@ -11,18 +13,15 @@ from __future__ import annotations
 from ..config import SFTConfig
 from ..data import load_sft
 from ..data.tokenize import collate_sft, tokenize_sft
-from ..losses import sft_nll, token_logprobs
-from ..models import causal_lm_logits, load_causal_lm, load_tokenizer
+from ..models import load_causal_lm, load_tokenizer, packing_works, target_logprobs
 from .loop import Task, eval_batches, finish, start_run, train
 
 
 def nll_sum(model, batch) -> tuple:
-    """(summed NLL, number of predicted response tokens) of a batch."""
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    logits = causal_lm_logits(model, ids, mask)
-    logps_BT = token_logprobs(logits[:, :-1], ids[:, 1:])
-    target_mask = batch["loss_mask"][:, 1:]
-    return sft_nll(logps_BT, target_mask, num_tokens=1.0), target_mask.sum()
+    """(summed NLL, number of predicted response tokens) of a padded or packed batch."""
+    logps_N = target_logprobs(model, batch["input_ids"], batch["loss_mask"], batch.get("attention_mask"),
+                              batch.get("position_ids"))
+    return -logps_N.sum(), logps_N.numel()
 
 
 def run_sft(cfg: SFTConfig) -> dict:
@@ -40,6 +39,10 @@ def run_sft(cfg: SFTConfig) -> dict:
         run.print(f"truncated to max_length={cfg.max_length}: {n_cut} of {len(train_set)} training "
                   f"and {n_cut_eval} of {len(eval_set)} eval examples")
     pad = tokenizer.pad_token_id
+    pack = cfg.padding_free and packing_works(model)
+    if cfg.padding_free and not pack:
+        run.print("padding_free: this model does not compute packed sequences like padded ones; using padding")
+    collate = lambda b: collate_sft(b, pad, pack)  # noqa: E731
 
     def loss_fn(model, batch, num_tokens):
         total, _ = nll_sum(model, batch)
@@ -48,12 +51,12 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     def evaluate(model):
         total, count = 0.0, 0
-        for batch in eval_batches(run, eval_set, lambda b: collate_sft(b, pad), cfg.eval_batch_size):
+        for batch in eval_batches(run, eval_set, collate, cfg.eval_batch_size):
             s, n = nll_sum(model, batch)
             total, count = total + float(s), count + int(n)
         return {"eval_loss": total / max(count, 1)}
 
-    task = Task(model=model, examples=train_set, collate=lambda b: collate_sft(b, pad), loss_fn=loss_fn,
+    task = Task(model=model, examples=train_set, collate=collate, loss_fn=loss_fn,
                 units=lambda ex: sum(ex.loss_mask[1:]), evaluate=evaluate if eval_set else None,
                 tokenizer=tokenizer)
     summary = train(run, task)

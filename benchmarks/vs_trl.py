@@ -1,0 +1,263 @@
+"""rlhfkit vs TRL on identical work: SFT tokens/s, RM pairs/s, DPO pairs/s, RLOO and GRPO completions/s.
+
+Same tiny Llama-style model (written once by ``prepare``), same data (512 preference pairs of
+varied length; SFT trains on prompt + chosen), same global batch, steps, learning rate, fp32 and
+thread count on both sides. TRL runs at its best CPU settings: bf16 off, gradient checkpointing
+off, and for DPO the faster of ``precompute_ref_log_probs`` on and off (both are measured).
+
+Each measurement runs in a fresh subprocess (no shared accelerate state, a clean peak-RSS reading),
+the two sides alternating, ``--reps`` times; the medians and their ratio are printed as a Markdown
+table (paste into benchmarks/RESULTS.md with the machine and the command).
+
+Timed span: from the data (already loaded) to the last optimiser step, with the model already
+loaded: rlhfkit's ``summary.json`` ``train_seconds`` (tokenisation and reference pre-computation
+included); for TRL, constructing the trainer (its tokenisation, its reference copy) plus
+``trainer.train()`` (its reference pre-computation). Throughput counts the same units on both
+sides: real (non-padding) tokens of the examples trained for SFT, pairs for RM and DPO, sampled
+completions for RLOO and GRPO.
+
+    .venv/bin/pip install trl==1.16.0 "torch==2.13.0"     # benchmarks only, not a dependency
+    .venv/bin/python benchmarks/vs_trl.py --reps 3 --threads 1 [--baseline-src DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STAGES = ("sft", "rm", "dpo", "rloo", "grpo")
+UNITS = {"sft": "tokens/s", "rm": "pairs/s", "dpo": "pairs/s", "rloo": "completions/s", "grpo": "completions/s"}
+
+# The benchmark model: Llama-style, ~2.8M parameters with the word vocabulary below.
+MODEL = dict(hidden_size=192, num_layers=4, num_heads=4, max_positions=256)
+N_PAIRS, BATCH, MAX_LENGTH = 512, 32, 256
+RL_PROMPTS, RL_GENERATIONS, RL_NEW_TOKENS = 8, 4, 32
+
+
+def reward_len(prompts, completions, **_):
+    """A reward function both sides call (TRL signature): prefers ~12-word completions."""
+    return [-abs(len(str(c).split()) - 12) / 12.0 for c in completions]
+
+
+# --------------------------------------------------------------------------- data and model
+
+
+def make_data(seed: int = 0, n: int = N_PAIRS) -> list[dict]:
+    """Preference pairs of varied length: prompts 4-40 words, responses 2-60 words (long tail)."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(2000)]
+
+    def text(lo, hi):
+        k = min(hi, lo + int(rng.expovariate(1.0 / ((hi - lo) / 3))))
+        return " ".join(rng.choice(words) for _ in range(k))
+
+    return [{"prompt": text(4, 40), "chosen": text(2, 60), "rejected": text(2, 60)} for _ in range(n)]
+
+
+def prepare(workdir: Path) -> dict:
+    """Write the data files and the model folder once; returns their paths."""
+    from rlhfkit.models import make_tiny_model_dir
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = {k: workdir / f"{k}.jsonl" for k in ("pairs", "sft", "prompts")}
+    paths["model"] = workdir / "model"
+    if (paths["model"] / "config.json").exists():
+        return {k: str(v) for k, v in paths.items()}
+    pairs = make_data()
+    with open(paths["pairs"], "w") as f:
+        f.writelines(json.dumps(p) + "\n" for p in pairs)
+    with open(paths["sft"], "w") as f:
+        f.writelines(json.dumps({"prompt": p["prompt"], "completion": p["chosen"]}) + "\n" for p in pairs)
+    with open(paths["prompts"], "w") as f:
+        f.writelines(json.dumps({"prompt": p["prompt"]}) + "\n" for p in pairs)
+    texts = [t for p in pairs for t in p.values()]
+    make_tiny_model_dir(paths["model"], texts, seed=0, **MODEL)
+    return {k: str(v) for k, v in paths.items()}
+
+
+def read_jsonl(path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def real_tokens(paths: dict, stage: str) -> int:
+    """Non-padding tokens of one pass over the data, as rlhfkit tokenises it (the SFT unit)."""
+    from rlhfkit.data import load_sft
+    from rlhfkit.data.tokenize import tokenize_sft
+    from rlhfkit.models import load_tokenizer
+
+    tok = load_tokenizer(paths["model"])
+    rows, _ = tokenize_sft(load_sft(paths["sft"]), tok, MAX_LENGTH)
+    return sum(len(r.input_ids) for r in rows)
+
+
+# --------------------------------------------------------------------------- one side, one stage
+
+
+def common(stage: str, steps: int) -> dict:
+    return dict(max_steps=steps, batch_size=BATCH, learning_rate=1e-5 if stage in ("rloo", "grpo") else 5e-5,
+                seed=0, max_length=MAX_LENGTH)
+
+
+def run_rlhfkit(stage: str, paths: dict, out: Path, steps: int, opts: dict) -> float:
+    from rlhfkit import config as C
+    from rlhfkit.train import dpo, grpo, rloo, rm, sft
+
+    base = dict(model=paths["model"], output_dir=str(out), dtype="float32", device="cpu", lr_scheduler="linear",
+                **common(stage, steps))
+    if stage == "sft":
+        summary = sft.run_sft(C.SFTConfig(data=paths["sft"], **base, **opts))
+    elif stage == "rm":
+        summary = rm.run_rm(C.RMConfig(data=paths["pairs"], **base, **opts))
+    elif stage == "dpo":
+        summary = dpo.run_dpo(C.DPOConfig(data=paths["pairs"], precompute_ref=True, beta=0.1, **base, **opts))
+    else:
+        base.update(batch_size=RL_PROMPTS, data=paths["prompts"], num_generations=RL_GENERATIONS,
+                    max_new_tokens=RL_NEW_TOKENS, reward_fn=[f"{Path(__file__).resolve()}:reward_len"],
+                    temperature=1.0)
+        if stage == "rloo":  # TRL RLOO: KL (beta 0.05) in the reward
+            summary = rloo.run_rloo(C.RLOOConfig(kl_coef=0.05, kl_in="reward", **base, **opts))
+        else:  # TRL GRPO with beta 0.04: k3 KL as a loss term
+            summary = grpo.run_grpo(C.GRPOConfig(kl_coef=0.04, kl_in="loss", kl_estimator="k3", **base, **opts))
+    return float(summary["train_seconds"])
+
+
+def run_trl(stage: str, paths: dict, out: Path, steps: int, opts: dict) -> float:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    import trl
+    from rlhfkit.models import load_reward_model, load_tokenizer
+
+    tok = load_tokenizer(paths["model"])
+    c = common(stage, steps)
+    args = dict(output_dir=str(out), max_steps=steps, learning_rate=c["learning_rate"], seed=0, bf16=False,
+                fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
+                logging_steps=10_000, disable_tqdm=True, lr_scheduler_type="linear", max_grad_norm=1.0,
+                dataloader_num_workers=0)
+    torch.manual_seed(0)
+    if stage == "rm":
+        model = load_reward_model(paths["model"], tok)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32)
+    if stage == "sft":
+        data = Dataset.from_list(read_jsonl(paths["sft"]))
+        cfg = trl.SFTConfig(per_device_train_batch_size=BATCH, max_length=MAX_LENGTH, **args, **opts)
+        make = lambda: trl.SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok)  # noqa: E731
+    elif stage == "rm":
+        data = Dataset.from_list(read_jsonl(paths["pairs"]))
+        cfg = trl.RewardConfig(per_device_train_batch_size=BATCH, max_length=MAX_LENGTH, **args, **opts)
+        make = lambda: trl.RewardTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok)  # noqa: E731
+    elif stage == "dpo":
+        data = Dataset.from_list(read_jsonl(paths["pairs"]))
+        cfg = trl.DPOConfig(per_device_train_batch_size=BATCH, max_length=MAX_LENGTH, beta=0.1, **args, **opts)
+        make = lambda: trl.DPOTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok)  # noqa: E731
+    else:
+        data = Dataset.from_list(read_jsonl(paths["prompts"]))
+        rl = dict(per_device_train_batch_size=RL_PROMPTS * RL_GENERATIONS, num_generations=RL_GENERATIONS,
+                  max_completion_length=RL_NEW_TOKENS, temperature=1.0, **args, **opts)
+        if stage == "rloo":
+            cfg = trl.RLOOConfig(beta=0.05, **rl)
+            make = lambda: trl.RLOOTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,  # noqa: E731
+                                           reward_funcs=reward_len)
+        else:
+            cfg = trl.GRPOConfig(beta=0.04, **rl)
+            make = lambda: trl.GRPOTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,  # noqa: E731
+                                           reward_funcs=reward_len)
+    t0 = time.perf_counter()
+    trainer = make()
+    trainer.train()
+    return time.perf_counter() - t0
+
+
+def worker(side: str, stage: str, workdir: Path, steps: int, threads: int, opts: dict) -> dict:
+    """One measurement in this (fresh) process; returns seconds, units/s and peak RSS."""
+    import torch
+
+    torch.set_num_threads(threads)
+    paths = prepare(workdir)
+    out = workdir / f"out-{side}-{stage}-{os.getpid()}"
+    seconds = (run_trl if side == "trl" else run_rlhfkit)(stage, paths, out, steps, opts)
+    if stage == "sft":
+        units = real_tokens(paths, stage) * steps * BATCH / N_PAIRS
+    elif stage in ("rm", "dpo"):
+        units = steps * BATCH
+    else:
+        units = steps * RL_PROMPTS * RL_GENERATIONS
+    return {"side": side, "stage": stage, "seconds": seconds, "rate": units / seconds,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def spawn(side: str, stage: str, args, opts: dict | None = None, src: Path | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", side, stage, "--workdir", str(args.workdir),
+           "--steps", str(args.steps), "--threads", str(args.threads), "--opts", json.dumps(opts or {})]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHONWARNINGS="ignore")
+    if src is not None:  # an older rlhfkit tree (git archive REV src | tar -x -C DIR) ahead of the installed one
+        env["PYTHONPATH"] = str(Path(src).resolve() / "src")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode or not lines:
+        raise SystemExit(f"{side} {stage} failed:\n{res.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--stages", default=",".join(STAGES))
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=16, help="optimiser steps (16 x 32 = one pass over 512 pairs)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads, both sides (1 on a shared machine)")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/rlhfkit-bench"))
+    p.add_argument("--json", type=Path, help="also write the raw measurements here")
+    p.add_argument("--src", type=Path, help="run this rlhfkit tree (a folder holding src/) instead of the installed one")
+    p.add_argument("--baseline-src", type=Path, help="also run an older rlhfkit checkout (a folder holding its "
+                   "src/) as side 'rlhfkit-base', e.g. from `git archive main src | tar -x -C DIR`")
+    p.add_argument("--worker", nargs=2, metavar=("SIDE", "STAGE"), help=argparse.SUPPRESS)
+    p.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.workdir, args.steps, args.threads, json.loads(args.opts))))
+        return
+    prepare(args.workdir)
+    variants = {"trl": {}, "trl-precompute": {"precompute_ref_log_probs": True}}
+    raw: list[dict] = []
+    rows = []
+    for stage in args.stages.split(","):
+        sides = (["rlhfkit", "trl"] + (["trl-precompute"] if stage == "dpo" else [])
+                 + (["rlhfkit-base"] if args.baseline_src else []))
+        got: dict[str, list[dict]] = {s: [] for s in sides}
+        for rep in range(args.reps):
+            for side in sides if rep % 2 == 0 else sides[::-1]:
+                r = spawn("trl" if side.startswith("trl") else "rlhfkit", stage, args, variants.get(side),
+                          args.baseline_src if side == "rlhfkit-base" else args.src)
+                r["variant"] = side
+                got[side].append(r)
+                raw.append(r)
+                print(f"  {stage} {side:15s} {r['seconds']:7.2f} s  {r['rate']:9.1f} {UNITS[stage]}", flush=True)
+        med = {s: statistics.median(x["rate"] for x in got[s]) for s in sides}
+        best_trl = max((s for s in sides if s.startswith("trl")), key=med.get)
+        base = f"{med['rlhfkit-base']:.1f} ({med['rlhfkit'] / med['rlhfkit-base']:.2f}x)" if args.baseline_src else "-"
+        rows.append((stage, med["rlhfkit"], med[best_trl], best_trl, med["rlhfkit"] / med[best_trl],
+                     statistics.median(x["seconds"] for x in got["rlhfkit"]),
+                     statistics.median(x["seconds"] for x in got[best_trl]), base))
+    print("\n| stage | unit | rlhfkit | TRL (best setting) | ratio | rlhfkit s | TRL s | rlhfkit before (speed-up) |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for stage, a, b, which, ratio, sa, sb, base in rows:
+        print(f"| {stage} | {UNITS[stage]} | {a:.1f} | {b:.1f} ({which}) | **{ratio:.2f}x** | {sa:.1f} | {sb:.1f} | {base} |")
+    if args.json:
+        args.json.write_text(json.dumps(raw, indent=1))
+
+
+if __name__ == "__main__":
+    main()
