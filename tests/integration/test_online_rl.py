@@ -81,8 +81,10 @@ def test_larger_kl_coef_ends_at_smaller_kl(world_dir, sft_dir, tmp_path):
 
 def test_adaptive_controller_moves_kl_toward_target(world_dir, sft_dir, tmp_path):
     """From the same strong coefficient (1.0), the fixed run holds the KL far below a target of 3
-    nats; the adaptive controller sees KL < target, lowers the coefficient, and the KL rises toward
-    the target. (The other direction, raising the coefficient above target, is in test_kl.py.)"""
+    nats; the adaptive controller moves the coefficient with the sign of the KL error at every
+    step (down after a step below target, up after one above: Ziegler et al. 2019's controller),
+    and its KL ends above the fixed run's. A low coefficient can let the KL overshoot the target on
+    this tiny world; the controller then pulls it back, which the sign check covers too."""
     target = 3.0
     fixed, adaptive = tmp_path / "fixed", tmp_path / "adaptive"
     run_rloo(RLOOConfig(**_common(world_dir, sft_dir, fixed, num_generations=4, kl_coef=1.0, max_steps=30)))
@@ -90,9 +92,12 @@ def test_adaptive_controller_moves_kl_toward_target(world_dir, sft_dir, tmp_path
                                   kl_target=target, kl_horizon=64)))
     f_rows, a_rows = _rows(fixed), _rows(adaptive)
     assert all(r["kl_coef"] == 1.0 for r in f_rows)
-    assert a_rows[-1]["kl_coef"] < 0.2  # KL sat below target: the coefficient fell
+    for prev, cur in zip(a_rows, a_rows[1:]):
+        if prev["kl"] != target:
+            assert (cur["kl_coef"] < prev["kl_coef"]) == (prev["kl"] < target), (prev, cur)
+    assert min(r["kl_coef"] for r in a_rows) < 0.5  # KL sat below target: the coefficient fell
     f_kl, a_kl = _mean(f_rows, "kl", slice(-10, None)), _mean(a_rows, "kl", slice(-10, None))
-    assert f_kl < a_kl < target, (f_kl, a_kl)
+    assert f_kl < a_kl, (f_kl, a_kl)
 
 
 def test_ppo_with_a_trained_reward_model(world_dir, sft_dir, tmp_path):
