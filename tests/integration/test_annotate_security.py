@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlhfkit.annotate.app import create_app
+from rlhfkit.annotate.auth import LoginLimiter
 from rlhfkit.annotate.records import TaskRecord
 from rlhfkit.annotate.store import Store
 
@@ -131,6 +132,46 @@ def test_authorization_matrix_every_route_every_role(tmp_path):
     # bob's logout ended his session; alice's goes on
     assert world.clients["bob"].get("/annotate", follow_redirects=False).headers["location"] == "/login"
     assert world.clients["alice"].get("/annotate").status_code == 200
+
+
+def _login(client, name, password):
+    return client.post("/login", data={"name": name, "password": password, "csrf_token": _csrf(client.get("/login").text)},
+                       follow_redirects=False)
+
+
+def test_login_rate_limit_per_name_and_per_client(tmp_path):
+    """3 failures for one name lock that name (even the right password is refused, unchecked, with 429,
+    a message and Retry-After) while others still log in; 5 failures from one client lock the client;
+    both lift once the window has passed. A fake clock stands in for waiting."""
+    now = [1000.0]
+    store = Store(str(tmp_path / "limit.db"))
+    for name in ("alice", "bob"):
+        store.add_user(name, "annotator", PW)
+    app = create_app(store, LoginLimiter(per_name=3, per_client=5, window=60, clock=lambda: now[0]))
+    c = TestClient(app)
+    for _ in range(3):
+        assert "error=wrong" in _login(c, "alice", "guess").headers["location"]
+    r = _login(c, "alice", PW)
+    assert r.status_code == 429 and "too many failed logins; try again in 1 minute" in r.text
+    assert 1 <= int(r.headers["retry-after"]) <= 61 and "rlhfkit_session" not in c.cookies
+    assert _login(c, "bob", PW).headers["location"] == "/"  # another name is not locked
+    now[0] += 61
+    assert _login(TestClient(app), "alice", PW).headers["location"] == "/"  # the window passed
+    for i in range(5):
+        _login(c, f"nobody{i}", "guess")
+    assert _login(TestClient(app), "bob", PW).status_code == 429  # this client is locked out
+    now[0] += 61
+    assert _login(TestClient(app), "bob", PW).headers["location"] == "/"
+    store.close()
+
+
+def test_default_login_limit_is_five_failures_per_name(tmp_path):
+    world = World(tmp_path / "default-limit.db")
+    c = world.clients["anon"]
+    for _ in range(5):
+        assert _login(c, "bob", "guess").status_code == 303
+    assert _login(c, "bob", PW).status_code == 429
+    assert _login(c, "alice", PW).status_code == 303  # alice is not locked
 
 
 def test_expired_session_goes_back_to_login(tmp_path, monkeypatch):
