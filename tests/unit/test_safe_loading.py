@@ -31,7 +31,7 @@ def pickled_dir(world_dir, tmp_path):
     return folder
 
 
-@pytest.mark.parametrize("stage,data", [("sft", "sft"), ("rm", "prefs"), ("dpo", "prefs")])
+@pytest.mark.parametrize("stage,data", [("sft", "sft"), ("rm", "prefs")])  # causal LM and reward-model loaders
 def test_cli_refuses_pickle_weights_in_one_line_unless_allowed(world_dir, pickled_dir, tmp_path, capsys, stage, data):
     args = [stage, "--model", str(pickled_dir), "--data", world_dir[data], "--max_steps", "1", "--batch_size", "4",
             "--max_length", "32"]
