@@ -167,3 +167,24 @@ def test_checkpoint_write_error_is_one_line_and_keeps_the_previous_checkpoint(wo
     assert rc == 0, out_text.err[-2000:]
     assert f"resumed from {ckpts / 'step-0000002'} (step 2)" in out_text.out + out_text.err
     assert json.loads((out / "summary.json").read_text())["steps"] == 6
+
+
+def test_final_model_write_error_is_one_line_naming_the_last_checkpoint(world_dir, tmp_path, capsys, monkeypatch):
+    """The disk fills up while the final model folder is written: one line, exit code 2, and the
+    last periodic checkpoint named and intact."""
+    out = tmp_path / "run"
+
+    def full_disk(*a, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "model.safetensors"))
+
+    monkeypatch.setattr(loop, "save_model", full_disk)  # loop's own name: checkpoints of an HF model use it too
+    monkeypatch.setattr(loop, "PreTrainedModel", type(None))  # so checkpoints take the plain-module path
+    rc = main(_sft_args(world_dir, out, "--max_steps", "4", "--save_steps", "2", "--learning_rate", "1e-3"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if "error" in x]
+    ckpt = out / "checkpoints" / "step-0000002"
+    assert f"could not write the final model to {out}: [Errno 28] No space left on device" in line
+    assert f"the last good checkpoint is {ckpt}" in line
+    assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == 2
+    assert not (out / "summary.json").exists()

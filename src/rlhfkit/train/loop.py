@@ -387,7 +387,12 @@ def _load_weights(model, path: Path) -> None:
 def finish(run: Run, model, tokenizer, summary: dict) -> dict:
     """Write the final Hugging Face folder and summary.json (main process only)."""
     if run.is_main:
-        save_model(run.accelerator.unwrap_model(model), tokenizer, run.output_dir)
-        (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        try:
+            save_model(run.accelerator.unwrap_model(model), tokenizer, run.output_dir)
+            (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        except OSError as e:  # a full disk at the very end: say what is still safe
+            good = latest_checkpoint(run.output_dir)
+            kept = f"the last good checkpoint is {good}" if good else "no checkpoint was written"
+            raise TrainingError(f"could not write the final model to {run.output_dir}: {e}; {kept}") from e
     run.accelerator.wait_for_everyone()
     return summary
