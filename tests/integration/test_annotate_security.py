@@ -193,23 +193,29 @@ FORM_POSTS = [("/logout", {}), ("/guidelines/ack", {"version": 1}), ("/annotate/
               ("/admin/guidelines", {"markdown": "forged"})]
 
 
-@pytest.mark.parametrize("token", ["other-session", "forged", "missing"])
-def test_every_form_post_needs_the_sessions_csrf_token(tmp_path, token):
+def test_every_form_post_needs_the_sessions_csrf_token(tmp_path):
+    """Another session's real token, a forged one, none at all: 403 on every form post, nothing changes."""
     world = World(tmp_path / "csrf.db")
     posts = {p for m, p, _, _ in MATRIX if m == "POST" and not p.startswith("/api")}
     assert posts == {p for p, _ in FORM_POSTS}
     other = world.form_csrf("bob")  # a real token, but of another session
-    for path, extra in FORM_POSTS:
-        for role in ("alice", "boss"):
-            data = dict(extra)
-            if path in ("/annotate/label", "/annotate/skip", "/annotate/demonstration"):
-                data["task_id"] = world.alice_task("demonstration" if "demonstration" in path else "pair")
-            if token != "missing":
-                data["csrf_token"] = other if token == "other-session" else token
-            r = world.clients[role].post(path, data=data, follow_redirects=False)
-            assert r.status_code == 403, (path, role, r.status_code, r.text[:200])
+    for token in ("other-session", "forged", "missing"):
+        for path, extra in FORM_POSTS:
+            for role in ("alice", "boss"):
+                data = dict(extra)
+                if path in ("/annotate/label", "/annotate/skip", "/annotate/demonstration"):
+                    data["task_id"] = world.alice_task("demonstration" if "demonstration" in path else "pair")
+                if token != "missing":
+                    data["csrf_token"] = other if token == "other-session" else token
+                r = world.clients[role].post(path, data=data, follow_redirects=False)
+                assert r.status_code == 403, (token, path, role, r.status_code, r.text[:200])
     assert world.store.label_rows() == [] and world.store.guidelines()[0] in ("", None)
     assert world.clients["alice"].get("/annotate").status_code == 200  # the forged logout ended nothing
+    # and the same post with the right token goes through (so the 403s above were the token's doing)
+    r = world.clients["alice"].post("/annotate/label", data={"task_id": world.alice_task(), "choice": "a",
+                                                             "csrf_token": world.form_csrf("alice")},
+                                    follow_redirects=False)
+    assert r.status_code == 303 and len(world.store.label_rows()) == 1
 
 
 INJECTIONS = ["'; DROP TABLE labels; --", "\" OR 1=1 --", "x'); DELETE FROM users; --", "1; UPDATE users SET role='admin'",
