@@ -60,15 +60,25 @@ def load_tokenizer(path: str, trust_remote_code: bool = False,
     return tok
 
 
-def _weights_kwargs(allow_pickle: bool, trust_remote_code: bool) -> dict:
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _weights_kwargs(path: str, allow_pickle: bool, trust_remote_code: bool) -> dict:
     # safetensors only by default: a pickle checkpoint can run arbitrary code when loaded.
+    folder = Path(path)
+    if not allow_pickle and folder.is_dir() and not list(folder.glob("*.safetensors*")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_WEIGHTS))
+        if pickles:
+            raise OSError(f"{path}: has only pickle weights ({', '.join(pickles[:3])}), which can run code when "
+                          "loaded; rlhfkit loads safetensors unless told otherwise. Convert them "
+                          "(save_pretrained writes safetensors) or set allow_pickle: true if you trust this folder")
     return {"use_safetensors": None if allow_pickle else True, "trust_remote_code": trust_remote_code}
 
 
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
                    allow_pickle: bool = False) -> PreTrainedModel:
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, **_weights_kwargs(allow_pickle, trust_remote_code))
+        path, dtype=dtype, **_weights_kwargs(path, allow_pickle, trust_remote_code))
     return model
 
 
@@ -84,7 +94,7 @@ def load_reward_model(path: str, tokenizer: PreTrainedTokenizerBase, dtype: torc
     if getattr(config, "num_labels", 2) != 1:
         extra = {"num_labels": 1, "ignore_mismatched_sizes": True}
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, dtype=dtype, **extra, **_weights_kwargs(allow_pickle, trust_remote_code))
+        path, dtype=dtype, **extra, **_weights_kwargs(path, allow_pickle, trust_remote_code))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 

@@ -1,8 +1,11 @@
 """Kill and resume: a run SIGKILLed mid-training and resumed ends with the same weights as a run
-that was never interrupted (SFT, reward model, DPO, PPO, RLOO, GRPO)."""
+that was never interrupted (SFT, reward model, DPO, PPO, RLOO, GRPO). Each run is killed twice:
+halfway through writing a checkpoint (the previous one must stay intact and be the one resumed
+from), then at the start of a step drawn at random (seeded), then resumed to the end."""
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -46,15 +49,28 @@ def test_sigkill_then_resume_matches_uninterrupted(world_dir, tmp_path, stage):
     done = _cli(stage, _args(world_dir, stage, straight))
     assert done.returncode == 0, done.stderr[-2000:]
 
-    # SIGKILL at the start of step 5 (0-based): checkpoints of steps 2 and 4 exist, step 5 was not saved
-    crash = _cli(stage, _args(world_dir, stage, killed), {"RLHFKIT_TEST_KILL_AT_STEP": "5"})
+    ckpts = killed / "checkpoints"
+    # 1. SIGKILL halfway through writing the step-4 checkpoint (weights written, trainer state not)
+    crash = _cli(stage, _args(world_dir, stage, killed), {"RLHFKIT_TEST_KILL_IN_CHECKPOINT": "4"})
     assert crash.returncode == -signal.SIGKILL
     assert not (killed / "model.safetensors").exists()
-    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+    assert sorted(p.name for p in ckpts.iterdir()) == [".tmp-step-0000004", "step-0000002"]
+    assert (ckpts / ".tmp-step-0000004" / "model.safetensors").exists()  # the kill really was mid-write
+    assert not (ckpts / ".tmp-step-0000004" / "trainer_state.json").exists()
+    assert json.loads((ckpts / "step-0000002" / "trainer_state.json").read_text())["step"] == 2
 
+    # 2. resume (from step 2, the intact one), then SIGKILL at the start of a step drawn at random
+    kill_at = random.Random(f"kill-{stage}").randint(3, 7)  # 0-based: steps 0 .. kill_at-1 are done
+    crash = _cli(stage, _args(world_dir, stage, killed) + ["--resume", "true"], {"RLHFKIT_TEST_KILL_AT_STEP": str(kill_at)})
+    assert crash.returncode == -signal.SIGKILL, crash.stderr[-2000:]
+    assert f"resumed from {ckpts / 'step-0000002'} (step 2)" in crash.stdout + crash.stderr
+    saved = [s for s in (2, 4, 6) if s <= kill_at][-2:]  # save_steps 2, save_total_limit 2
+    assert sorted(p.name for p in ckpts.glob("step-*")) == [f"step-{s:07d}" for s in saved]
+
+    # 3. resume to the end
     resumed = _cli(stage, _args(world_dir, stage, killed) + ["--resume", "true"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert f"resumed from {ckpts / f'step-{saved[-1]:07d}'}" in resumed.stdout + resumed.stderr
 
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -69,7 +85,7 @@ def test_sigkill_then_resume_matches_uninterrupted(world_dir, tmp_path, stage):
     steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))  # each step logged once, none lost or repeated
     summary = json.loads((killed / "summary.json").read_text())
-    assert summary["resumed_from_step"] == 4 and summary["steps"] == 8
+    assert summary["resumed_from_step"] == saved[-1] and summary["steps"] == 8
     if stage == "rloo":  # z statistics after the resume use windows that straddle the kill
         rows = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (straight, killed)]
         for a_row, b_row in zip(rows[0][4:], rows[1][4:]):

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from .agreement import compute_stats
-from .auth import new_secret, same
+from .auth import LoginLimiter, new_secret, same
 from .export import MODES, export_rows, to_jsonl
 from .store import MARGINS, Store, StoreError
 
@@ -67,13 +67,14 @@ def stats_payload(store: Store) -> dict:
     return {**compute_stats(store.label_rows()), "tasks": store.counts()}
 
 
-def create_app(store: Store) -> FastAPI:
+def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastAPI:
     app = FastAPI(title="rlhfkit annotate", version=__version__, docs_url=None, redoc_url=None,
                   description="Preference and demonstration collection. Every /api route needs "
                               "`Authorization: Bearer TOKEN` (`rlhfkit annotate add-user` prints one).")
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.state.store = store
+    limiter = app.state.login_limiter = login_limiter or LoginLimiter()
     bearer = HTTPBearer(auto_error=False, description="the token `rlhfkit annotate add-user` printed")
 
     # ------------------------------------------------------------ cross-cutting
@@ -207,9 +208,21 @@ def create_app(store: Store) -> FastAPI:
     @app.post("/login", include_in_schema=False)
     def login(request: Request, name: str = Form(...), password: str = Form(...), csrf_token: str = Form("")):
         check_csrf(csrf_token, request.cookies.get(LOGIN_COOKIE))
-        user = store.login(name.strip(), password)
+        name, client = name.strip(), request.client.host if request.client else "?"
+        wait = limiter.retry_after(name, client)
+        if wait > 0:  # refused before the password is even checked
+            minutes = max(1, round(wait / 60))
+            token = new_secret()
+            resp = render(request, "login.html", status=429, csrf=token, user=None,
+                          error=f"too many failed logins; try again in {minutes} minute{'s' if minutes > 1 else ''}")
+            resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=_https(request))
+            resp.headers["Retry-After"] = str(int(wait) + 1)
+            return resp
+        user = store.login(name, password)
         if user is None:
+            limiter.failed(name, client)
             return RedirectResponse("/login?error=wrong+name+or+password", status_code=303)
+        limiter.succeeded(name)
         sid, _ = store.create_session(user.id)
         resp = RedirectResponse("/", status_code=303)
         resp.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="lax", secure=_https(request),

@@ -46,3 +46,48 @@ def digest(secret: str) -> str:
 def same(a: str | None, b: str | None) -> bool:
     """Constant-time comparison of two secrets; False when either is missing."""
     return bool(a) and bool(b) and hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+class LoginLimiter:
+    """Failed-login throttle: after ``per_name`` failures for one user name (from anywhere), or
+    ``per_client`` failures from one client address (any names), within ``window`` seconds, further
+    attempts are refused without checking the password until the oldest failure ages out. A
+    successful login clears its name's failures. In memory: one server process (as ``annotate serve`` runs)."""
+
+    def __init__(self, per_name: int = 5, per_client: int = 20, window: float = 900.0, clock=None):
+        import threading
+        import time
+
+        self.per_name, self.per_client, self.window = per_name, per_client, window
+        self.clock = clock or time.monotonic
+        self._failures: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, []) if now - t < self.window]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def retry_after(self, name: str, client: str) -> float:
+        """Seconds until an attempt is allowed again; 0 when it is allowed now."""
+        with self._lock:
+            now = self.clock()
+            wait = 0.0
+            for key, limit in ((("name", name), self.per_name), (("client", client), self.per_client)):
+                times = self._recent(key, now)
+                if len(times) >= limit:
+                    wait = max(wait, times[-limit] + self.window - now)
+            return wait
+
+    def failed(self, name: str, client: str) -> None:
+        with self._lock:
+            now = self.clock()
+            for key in (("name", name), ("client", client)):
+                self._failures.setdefault(key, []).append(now)
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(("name", name), None)

@@ -290,9 +290,11 @@ def _skip_bad_step(run: Run, optimizer, step: int, state: dict) -> None:
                             f"non-finite loss or gradient (lower learning_rate, check the data); {where}")
 
 
-def _fault_hook(step: int) -> None:
-    """Test hook for the kill-and-resume tests: SIGKILL this process at the start of a step."""
-    target = os.environ.get("RLHFKIT_TEST_KILL_AT_STEP")
+def _fault_hook(step: int, variable: str = "RLHFKIT_TEST_KILL_AT_STEP") -> None:
+    """Test hook for the kill-and-resume tests: SIGKILL this process at the start of a step
+    (``RLHFKIT_TEST_KILL_AT_STEP``) or halfway through writing a checkpoint
+    (``RLHFKIT_TEST_KILL_IN_CHECKPOINT``, the checkpoint's step)."""
+    target = os.environ.get(variable)
     if target is not None and int(target) == step:
         os.kill(os.getpid(), 9)
 
@@ -315,6 +317,21 @@ def save_checkpoint(run: Run, model, optimizer, scheduler, step: int, state: dic
         return None
     root = run.output_dir / CHECKPOINTS
     final, tmp = root / f"step-{step:07d}", root / f".tmp-step-{step:07d}"
+    previous = latest_checkpoint(run.output_dir)
+    try:
+        _write_checkpoint(run, model, optimizer, scheduler, step, state, root, tmp, final)
+    except OSError as e:  # a full disk, a read-only folder: say so, keep the previous checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the last good checkpoint is {previous}" if previous else "no checkpoint was written yet"
+        raise TrainingError(f"could not write checkpoint {final} at step {step}: {e}; {kept}") from e
+    for old in sorted(root.glob("step-*"))[:-max(run.cfg.save_total_limit, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    run.accelerator.wait_for_everyone()
+    return final
+
+
+def _write_checkpoint(run: Run, model, optimizer, scheduler, step: int, state: dict, root: Path, tmp: Path,
+                      final: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     if isinstance(model, PreTrainedModel):
         save_model(model, None, tmp)
@@ -329,14 +346,11 @@ def save_checkpoint(run: Run, model, optimizer, scheduler, step: int, state: dic
     np_state = np.random.get_state()
     meta = {"step": step, **state, "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
             "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    _fault_hook(step, "RLHFKIT_TEST_KILL_IN_CHECKPOINT")  # weights and optimiser written, state not yet
     (tmp / "trainer_state.json").write_text(json.dumps(meta))
     _fsync_dir(tmp)
     os.replace(tmp, final)
     _fsync_dir(root)
-    for old in sorted(root.glob("step-*"))[:-max(run.cfg.save_total_limit, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
-    run.accelerator.wait_for_everyone()
-    return final
 
 
 def _fsync_dir(path: Path) -> None:
@@ -386,7 +400,12 @@ def _load_weights(model, path: Path) -> None:
 def finish(run: Run, model, tokenizer, summary: dict) -> dict:
     """Write the final Hugging Face folder and summary.json (main process only)."""
     if run.is_main:
-        save_model(run.accelerator.unwrap_model(model), tokenizer, run.output_dir)
-        (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        try:
+            save_model(run.accelerator.unwrap_model(model), tokenizer, run.output_dir)
+            (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        except OSError as e:  # a full disk at the very end: say what is still safe
+            good = latest_checkpoint(run.output_dir)
+            kept = f"the last good checkpoint is {good}" if good else "no checkpoint was written"
+            raise TrainingError(f"could not write the final model to {run.output_dir}: {e}; {kept}") from e
     run.accelerator.wait_for_everyone()
     return summary
