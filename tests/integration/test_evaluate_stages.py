@@ -201,7 +201,7 @@ def test_eval_with_a_judge_endpoint(world_dir, sft_dir, fake_judge_endpoint, tmp
     from rlhfkit.evaluate.winrate import EvalConfig, run_eval
     from rlhfkit.world.toy import KIND
 
-    from conftest import kind_judge_reply
+    from judge_support import kind_judge_reply
 
     ep = fake_judge_endpoint(kind_judge_reply)
     common = dict(data=world_dir["prompts"], judge=ep.url, samples_per_prompt=2, max_new_tokens=12, n_boot=300)

@@ -7,7 +7,7 @@ import pytest
 from rlhfkit.config import DPOConfig, RLOOConfig, RMConfig
 from rlhfkit.world.toy import write_jsonl
 
-from conftest import kind_judge_reply
+from judge_support import kind_judge_reply
 
 
 @pytest.mark.slow

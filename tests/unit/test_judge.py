@@ -14,7 +14,7 @@ from rlhfkit.judge.constitution import Constitution, Principle, render
 from rlhfkit.judge.remote import OpenAIJudge, parse_verdict, prob_from_top_logprobs
 from rlhfkit.judge.reward import JudgeReward, parse_judge_spec
 
-from conftest import kind_judge_reply, make_bigram_model_dir
+from judge_support import kind_judge_reply, make_bigram_model_dir
 
 
 class FnJudge:
