@@ -176,6 +176,14 @@ def step_indices(step: int, n_examples: int, batch_size: int, steps_per_epoch: i
     return perm[pos * batch_size:(pos + 1) * batch_size].tolist()
 
 
+def my_share(run: Run, indices: list) -> list:
+    """This process's contiguous slice of a global batch: rank r of W takes [r*B/W, (r+1)*B/W),
+    so the shards cover the batch exactly once (``batch_plan`` checks that W divides B)."""
+    share = len(indices) // run.accelerator.num_processes
+    rank = run.accelerator.process_index
+    return indices[rank * share:(rank + 1) * share]
+
+
 def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -290,11 +298,10 @@ def _one_step(run: Run, task: Task, model, optimizer, step: int, steps_per_epoch
               state: dict) -> tuple[dict, int]:
     """Forward/backward over this process's micro-batches, clip, guard, optimiser step."""
     cfg, acc = run.cfg, run.accelerator
-    world, rank = acc.num_processes, acc.process_index
+    world = acc.num_processes
     indices = step_indices(step, len(task.examples), cfg.batch_size, steps_per_epoch, cfg.seed)
     units = float(sum(task.units(task.examples[i]) for i in indices))
-    share = cfg.batch_size // world
-    mine = indices[rank * share:(rank + 1) * share]
+    mine = my_share(run, indices)
     chunks = [mine[i:i + micro] for i in range(0, len(mine), micro)]
     sums: dict[str, float] = {}
     ntok = 0
