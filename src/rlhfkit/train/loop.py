@@ -157,16 +157,17 @@ def check_engine(run: Run, share: int, micro: int) -> None:
 
     DeepSpeed steps its optimiser inside ``accelerator.backward`` unless accelerate's own
     accumulation counter says otherwise, so this loop's manual accumulation would step after every
-    micro-batch: require one micro-batch per process and step. FSDP shards the optimiser state,
-    which the exact checkpoints here do not gather yet: refuse save_steps and resume under it.
+    micro-batch: require one micro-batch per process and step. FSDP and DeepSpeed shard the
+    optimiser state across processes, which the exact checkpoints here (written by the main
+    process) do not gather: refuse save_steps and resume under them.
     """
     kind, cfg = run.accelerator.distributed_type, run.cfg
     if kind == DistributedType.DEEPSPEED and micro != share:
         raise TrainingError(f"micro_batch_size {micro}: under DeepSpeed set micro_batch_size to batch_size / "
                             f"processes = {share} (gradient accumulation is not supported with DeepSpeed here)")
-    if kind == DistributedType.FSDP and (cfg.save_steps or cfg.resume):
-        raise TrainingError("save_steps / resume: checkpoints are not supported under FSDP yet (the final model "
-                            "is saved); use DDP or DeepSpeed for runs that need checkpoints")
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED) and (cfg.save_steps or cfg.resume):
+        raise TrainingError(f"save_steps / resume: checkpoints are not supported under {kind.value} yet (it shards the "
+                            "optimiser state; the final model is saved); use DDP for runs that need checkpoints")
 
 
 def step_indices(step: int, n_examples: int, batch_size: int, steps_per_epoch: int, seed: int) -> list[int]:
@@ -516,10 +517,12 @@ def finish(run: Run, model, tokenizer, summary: dict) -> dict:
 
 
 def full_state_dict(run: Run, prefix: str = "module.") -> dict | None:
-    """Under FSDP, the full (unsharded) state dict of the trained module, gathered by every
-    process (a collective) and kept on the main one; None elsewhere, where the module itself holds
-    full weights. ``prefix`` strips the :class:`ForwardFn` level."""
-    if run.prepared is None or run.accelerator.distributed_type != DistributedType.FSDP:
+    """Under FSDP or DeepSpeed ZeRO-3, the full (unsharded) state dict of the trained module,
+    gathered by every process (a collective) and kept on the main one; None where the module
+    itself holds full weights. ``prefix`` strips the :class:`ForwardFn` level."""
+    acc = run.accelerator
+    zero3 = acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
+    if run.prepared is None or not (acc.distributed_type == DistributedType.FSDP or zero3):
         return None
-    full = run.accelerator.get_state_dict(run.prepared)
+    full = acc.get_state_dict(run.prepared)
     return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)} if run.is_main else None

@@ -336,6 +336,9 @@ def _check_engine(run: Run, cfg) -> None:
     if acc.distributed_type == DistributedType.FSDP or zero3:
         raise TrainingError("online trainers (ppo, rloo, grpo) sample with the full policy on every process, which "
                             "FSDP and DeepSpeed ZeRO-3 shard: use DDP or DeepSpeed ZeRO-2")
+    if acc.distributed_type == DistributedType.DEEPSPEED and (cfg.save_steps or cfg.resume):
+        raise TrainingError("save_steps / resume: checkpoints are not supported under DeepSpeed yet (it shards the "
+                            "optimiser state; the final model is saved); use DDP for runs that need checkpoints")
     mini = (cfg.mini_batch_size or n) // world
     if acc.distributed_type == DistributedType.DEEPSPEED and (cfg.micro_batch_size or mini) < mini:
         raise TrainingError(f"micro_batch_size {cfg.micro_batch_size}: under DeepSpeed set it to mini_batch_size / "
