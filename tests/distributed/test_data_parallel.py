@@ -7,9 +7,11 @@ runs move the weights by more than 1e-3 from the base model (checked), and Adam'
 move each weight by about the learning rate (1e-3) in the direction of its gradient's sign. If
 the shards overlapped (both ranks reading the same 4 examples) or DDP did not sync (each rank
 stepping on its own 4), the step's gradient would be that of other data, the signs of many
-coordinates would differ, and those weights would end ~1e-3 apart (verified by breaking
-``loop.my_share`` to hand both ranks the first share: every stage then fails this test).
-In practice the sums are exact: (2 g1 + 2 g2) / 2 in float is g1 + g2, so the difference is 0.
+coordinates would differ, and those weights would end ~1e-3 apart. Verified by breaking the
+code on purpose: with ``loop.my_share`` handing both ranks the first share, SFT ends 5.0e-3 away;
+with the loss computed on the bare module instead of through the DDP wrapper (no gradient sync),
+SFT, RM and DPO end 5.0e-3 away; this test fails on each. In practice the sums are exact:
+(2 g1 + 2 g2) / 2 in float is g1 + g2, so the difference is 0.
 
 Also: per-step logged losses and eval figures agree (metrics are reduced across processes, the
 held-out set is evaluated whole), only the main process writes (one line per step), a checkpoint
