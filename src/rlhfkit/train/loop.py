@@ -387,7 +387,9 @@ def save_checkpoint(run: Run, model, optimizer, scheduler, step: int, state: dic
     """Write model, optimiser, scheduler, RNG states and the step to a temporary folder, then
     rename it into place: a kill mid-write leaves the previous checkpoint untouched. The main
     process writes (processes hold identical weights and optimiser states under DDP); the others
-    learn whether it succeeded."""
+    learn whether it succeeded. The RNG states are the main process's and every process restores
+    them: all processes are seeded alike, data order comes from seeded generators, and online
+    sampling seeds by (seed, step, rank), so nothing a resume must reproduce differs by rank."""
     root = run.output_dir / CHECKPOINTS
     final, tmp = root / f"step-{step:07d}", root / f".tmp-step-{step:07d}"
 
