@@ -24,6 +24,7 @@ PPO on 2 processes under ``accelerate launch`` with the shipped DDP config raise
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -183,8 +184,11 @@ def test_ppo_on_two_processes_under_accelerate_launch_raises_the_reward(world_di
         model=world_dir["base"], data=world_dir["prompts"], output_dir=str(out), device="cpu",
         reward_fn=["rlhfkit.world.toy:kind_reward"], max_steps=12, batch_size=8, num_generations=2, ppo_epochs=2,
         mini_batch_size=8, max_new_tokens=8, max_length=32, max_prompt_length=16, learning_rate=1e-3, seed=0))
+    with socket.socket() as s:  # a free port: the config's default (29500) may be taken on a shared machine
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / "ddp.yaml"),
-           "--num_processes", "2", "-m", "rlhfkit", "ppo", "--config", cfg]
+           "--num_processes", "2", "--main_process_port", str(port), "-m", "rlhfkit", "ppo", "--config", cfg]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _rows(out)
