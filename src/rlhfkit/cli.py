@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rlhfkit {stage}: interrupted", file=sys.stderr)
         return 130
-    if isinstance(summary, dict) and "train_seconds" in summary and stage not in ("demo", "lab"):
+    # under torchrun / accelerate launch every process returns here: one line from the main one
+    if (isinstance(summary, dict) and "train_seconds" in summary and stage not in ("demo", "lab")
+            and os.environ.get("RANK", "0") == "0"):
         print(f"rlhfkit {stage}: done -> {cfg.output_dir} ({summary.get('steps')} steps, "
               f"{summary.get('train_seconds')} s)")
     return 0

@@ -153,7 +153,7 @@ def kl_estimate(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor, estimator: str
 
 
 def whiten(x_BT: torch.Tensor, mask_BT: torch.Tensor, shift_mean: bool = True,
-           eps: float = 1e-8) -> torch.Tensor:
+           eps: float = 1e-8, all_sum=None) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) with mean and variance over all masked positions of the batch.
 
     The variance is the unbiased one (divide by n - 1), as TRL's ``masked_whiten`` and
@@ -161,13 +161,16 @@ def whiten(x_BT: torch.Tensor, mask_BT: torch.Tensor, shift_mean: bool = True,
     0 (the result is 0) instead of raising, so that no host sync is needed. ``shift_mean=False``
     adds the mean back: the scale is normalised but the sign of the average is kept (used for
     rewards, whose mean carries signal). Positions where the mask is 0 are returned as 0, and
-    NaN or inf there never reaches the statistics nor the gradient.
+    NaN or inf there never reaches the statistics nor the gradient. ``all_sum`` (tensor -> tensor)
+    sums the count and the two moments over data-parallel processes, so each process whitens its
+    shard with the statistics of the whole batch; None means this batch is the whole batch.
     """
+    total = all_sum or (lambda t: t)
     keep_BT = mask_BT.bool()
     x_BT = torch.where(keep_BT, x_BT, torch.zeros_like(x_BT))
-    n = keep_BT.sum()
-    mean = masked_sum(x_BT, keep_BT) / n.clamp(min=1)
-    var = masked_sum((x_BT - mean) ** 2, keep_BT) / (n - 1).clamp(min=1)
+    n, s = total(torch.stack([keep_BT.sum().to(x_BT.dtype), masked_sum(x_BT, keep_BT)]))
+    mean = s / n.clamp(min=1)
+    var = total(masked_sum((x_BT - mean) ** 2, keep_BT)) / (n - 1).clamp(min=1)
     out_BT = (x_BT - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out_BT = out_BT + mean

@@ -36,7 +36,8 @@ def _engine(**cfg):
     base = dict(missing_eos_penalty=0.0, reward_clip=0.0, normalize_reward=False)
     prompts = [SimpleNamespace(prompt=f"p{i}", extra={}) for i in range(3)]
     return SimpleNamespace(run=SimpleNamespace(cfg=SimpleNamespace(**{**base, **cfg})), prompts=prompts,
-                           reward=_Const(), moments=RunningMoments(), heldout=None)
+                           reward=_Const(), moments=RunningMoments(), heldout=None,
+                           gather=lambda t: t)  # one process: the gathered scores are its own
 
 
 def test_missing_eos_penalty_and_clip():

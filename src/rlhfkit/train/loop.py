@@ -10,6 +10,15 @@ Batching contract: ``batch_size`` examples per optimiser step across all process
 (response tokens for SFT, pairs for RM/DPO) and divides its *sum* by it, so 4 x 2 accumulation,
 1 x 8 and 2 processes x 4 all produce the same gradient.
 
+Data parallelism (``torchrun`` / ``accelerate launch``): every process computes the same global
+batch of indices and takes its own contiguous share (rank r: positions [r*B/W, (r+1)*B/W)), so
+shards never overlap and nothing is dropped. The recipe's loss and evaluation run *inside* the
+prepared model's forward (:class:`ForwardFn`): DDP only all-reduces gradients, and FSDP only
+gathers parameters, for work done through the wrapper's forward, while the recipes call
+sub-modules (backbone, head) directly. Metrics are summed over processes; only the main process
+writes files, and a write error there stops every process with its message (no one is left
+waiting at a barrier).
+
 Data order is a pure function of (seed, epoch): step s of epoch e reads positions
 [s*B, (s+1)*B) of a permutation seeded by seed + e. A checkpoint therefore needs only the step
 number to restore the data position exactly.
@@ -31,6 +40,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, broadcast_object_list
 from safetensors.torch import load_file
 from safetensors.torch import save_model as save_module
 from transformers import PreTrainedModel
@@ -59,6 +69,7 @@ class Run:
     start_step: int = 0
     clock_start: float = field(default_factory=time.perf_counter)
     notes: dict = field(default_factory=dict)
+    prepared: Any = None  # the accelerate-prepared ForwardFn, once training has started
 
     @property
     def device(self) -> torch.device:
@@ -97,6 +108,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class ForwardFn(torch.nn.Module):
+    """Holds the trained module and runs a function of it as ``forward``: ``wrapped(fn, *args)``
+    returns ``fn(module, *args)``. Wrapped by ``accelerator.prepare``, a recipe's whole loss (which
+    calls backbones and heads directly, several forward passes deep) becomes one forward of the
+    DDP/FSDP module, so DDP's reducer expects this backward and FSDP gathers the root's parameters.
+    On one process it adds nothing but the call."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+        # FSDP's transformer auto-wrap policy reads the layer classes to shard from here
+        self._no_split_modules = getattr(module, "_no_split_modules", None)
+
+    def forward(self, fn: Callable, *args):
+        return fn(self.module, *args)
+
+
+def prepare(run: Run, module: torch.nn.Module, optimizer):
+    """(prepared ForwardFn around ``module``, prepared optimiser); ``inner`` gets ``module`` back."""
+    return run.accelerator.prepare(ForwardFn(module), optimizer)
+
+
+def inner(run: Run, prepared) -> torch.nn.Module:
+    """The trained module inside a prepared :class:`ForwardFn` (the same object the recipe built)."""
+    return run.accelerator.unwrap_model(prepared).module
+
+
 # --------------------------------------------------------------------------- batching
 
 
@@ -106,11 +144,30 @@ def batch_plan(n_examples: int, cfg, world: int) -> tuple[int, int, int]:
         raise TrainingError(f"{cfg.data}: {n_examples} training examples is fewer than batch_size "
                             f"{cfg.batch_size}; lower batch_size or add data")
     if cfg.batch_size % world:
-        raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
+        raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes: batch_size "
+                            f"is global (split evenly across processes); use a multiple of {world}")
     steps_per_epoch = n_examples // cfg.batch_size
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
     micro = min(cfg.micro_batch_size or cfg.batch_size, cfg.batch_size // world)
     return steps_per_epoch, total, micro
+
+
+def check_engine(run: Run, share: int, micro: int) -> None:
+    """Refuse what the engine in use cannot do, naming the field, before any compute is spent.
+
+    DeepSpeed steps its optimiser inside ``accelerator.backward`` unless accelerate's own
+    accumulation counter says otherwise, so this loop's manual accumulation would step after every
+    micro-batch: require one micro-batch per process and step. FSDP and DeepSpeed shard the
+    optimiser state across processes, which the exact checkpoints here (written by the main
+    process) do not gather: refuse save_steps and resume under them.
+    """
+    kind, cfg = run.accelerator.distributed_type, run.cfg
+    if kind == DistributedType.DEEPSPEED and micro != share:
+        raise TrainingError(f"micro_batch_size {micro}: under DeepSpeed set micro_batch_size to batch_size / "
+                            f"processes = {share} (gradient accumulation is not supported with DeepSpeed here)")
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED) and (cfg.save_steps or cfg.resume):
+        raise TrainingError(f"save_steps / resume: checkpoints are not supported under {kind.value} yet (it shards the "
+                            "optimiser state; the final model is saved); use DDP for runs that need checkpoints")
 
 
 def step_indices(step: int, n_examples: int, batch_size: int, steps_per_epoch: int, seed: int) -> list[int]:
@@ -118,6 +175,14 @@ def step_indices(step: int, n_examples: int, batch_size: int, steps_per_epoch: i
     epoch, pos = divmod(step, steps_per_epoch)
     perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch))
     return perm[pos * batch_size:(pos + 1) * batch_size].tolist()
+
+
+def my_share(run: Run, indices: list) -> list:
+    """This process's contiguous slice of a global batch: rank r of W takes [r*B/W, (r+1)*B/W),
+    so the shards cover the batch exactly once (``batch_plan`` checks that W divides B)."""
+    share = len(indices) // run.accelerator.num_processes
+    rank = run.accelerator.process_index
+    return indices[rank * share:(rank + 1) * share]
 
 
 def to_device(batch: dict, device) -> dict:
@@ -178,11 +243,13 @@ def train(run: Run, task: Task) -> dict:
     """Run the optimiser steps; returns the summary figures (the recipe adds its own)."""
     cfg, acc = run.cfg, run.accelerator
     steps_per_epoch, total, micro = batch_plan(len(task.examples), cfg, acc.num_processes)
+    check_engine(run, cfg.batch_size // acc.num_processes, micro)
     optimizer, scheduler = make_optimizer(task.model, cfg, total)
-    model, optimizer = acc.prepare(task.model, optimizer)
+    model, optimizer = prepare(run, task.model, optimizer)
+    run.prepared = model
     state = {"bad_steps": 0, "skipped_steps": 0}
     if cfg.resume:
-        run.start_step = load_checkpoint(run, acc.unwrap_model(model), optimizer, scheduler, state)
+        run.start_step = load_checkpoint(run, task.model, optimizer, scheduler, state)
     logger = MetricsLogger(run.output_dir, cfg.report_to, run.is_main,
                            resume_step=run.start_step if cfg.resume else None, run_name=f"rlhfkit-{run.stage}")
     bar = tqdm(total=total, initial=run.start_step, disable=not run.is_main, desc=run.stage, dynamic_ncols=True)
@@ -205,7 +272,7 @@ def train(run: Run, task: Task) -> dict:
                 logger.log(done, _evaluate(task, model))
             if cfg.save_steps and done % cfg.save_steps == 0 and done != total:
                 state["epoch"], state["batch_in_epoch"] = divmod(done, steps_per_epoch)  # data position
-                save_checkpoint(run, acc.unwrap_model(model), optimizer, scheduler, done, state)
+                save_checkpoint(run, task.model, optimizer, scheduler, done, state)
             bar.update(1)
             bar.set_postfix({k: f"{metrics[k]:.4g}" for k in task.progress_keys if k in metrics})
         bar.close()
@@ -221,20 +288,21 @@ def train(run: Run, task: Task) -> dict:
 
 
 def _evaluate(task: Task, model) -> dict:
+    """Every process evaluates the whole held-out set through the prepared model (identical
+    figures everywhere, no reduction needed; under FSDP all processes must take part anyway)."""
     model.eval()
     with torch.no_grad():
-        return task.evaluate(model)
+        return model(task.evaluate)
 
 
 def _one_step(run: Run, task: Task, model, optimizer, step: int, steps_per_epoch: int, micro: int,
               state: dict) -> tuple[dict, int]:
     """Forward/backward over this process's micro-batches, clip, guard, optimiser step."""
     cfg, acc = run.cfg, run.accelerator
-    world, rank = acc.num_processes, acc.process_index
+    world = acc.num_processes
     indices = step_indices(step, len(task.examples), cfg.batch_size, steps_per_epoch, cfg.seed)
     units = float(sum(task.units(task.examples[i]) for i in indices))
-    share = cfg.batch_size // world
-    mine = indices[rank * share:(rank + 1) * share]
+    mine = my_share(run, indices)
     chunks = [mine[i:i + micro] for i in range(0, len(mine), micro)]
     sums: dict[str, float] = {}
     ntok = 0
@@ -243,12 +311,14 @@ def _one_step(run: Run, task: Task, model, optimizer, step: int, steps_per_epoch
         ntok += int(batch["num_tokens"]) if "num_tokens" in batch else int(batch["attention_mask"].sum())
         sync = acc.no_sync(model) if k < len(chunks) - 1 and world > 1 else nullcontext()
         with sync, acc.autocast():
-            loss, metrics = task.loss_fn(model, batch, units)
+            loss, metrics = model(task.loss_fn, batch, units)
             # DDP averages gradients over processes; the loss is a share of the global sum.
             acc.backward(loss * world)
         for name, v in metrics.items():
             sums[name] = sums.get(name, 0.0) + float(v)
+    sums["_tokens"] = float(ntok)
     sums = _reduce(acc, sums)
+    ntok = int(sums.pop("_tokens"))  # every process's tokens, for tokens_per_second
     for name, (num, den) in task.ratios.items():
         sums[name] = sums.pop(num) / max(sums.pop(den), 1.0)
     grad_norm = _grad_norm(acc, model, cfg.max_grad_norm)
@@ -259,21 +329,25 @@ def _one_step(run: Run, task: Task, model, optimizer, step: int, steps_per_epoch
         state["bad_steps"] = 0
     optimizer.zero_grad(set_to_none=True)
     sums["grad_norm"] = grad_norm
-    return sums, ntok * world
+    return sums, ntok
 
 
 def _reduce(acc: Accelerator, sums: dict) -> dict:
+    """Sum each metric over processes (one all-reduce); the same dict comes back everywhere."""
     if acc.num_processes == 1 or not sums:
         return sums
-    keys = sorted(sums)
+    keys = sorted(sums)  # the same order on every process, whatever order each built its dict in
     t = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device, dtype=torch.float64), "sum")
-    return dict(zip(keys, t.tolist()))
+    total = dict(zip(keys, t.tolist()))
+    return {k: total[k] for k in sums}
 
 
 def _grad_norm(acc: Accelerator, model, max_norm: float) -> float:
     params = [p for p in model.parameters() if p.grad is not None]
     if max_norm > 0:
-        return float(acc.clip_grad_norm_(params, max_norm))
+        norm = acc.clip_grad_norm_(params, max_norm)
+        if norm is not None:  # None under DeepSpeed, which clips (gradient_clipping) inside its step
+            return float(norm)
     return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
 
 
@@ -311,23 +385,49 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 def save_checkpoint(run: Run, model, optimizer, scheduler, step: int, state: dict) -> Path | None:
     """Write model, optimiser, scheduler, RNG states and the step to a temporary folder, then
-    rename it into place: a kill mid-write leaves the previous checkpoint untouched."""
-    if not run.is_main:
-        run.accelerator.wait_for_everyone()
-        return None
+    rename it into place: a kill mid-write leaves the previous checkpoint untouched. The main
+    process writes (processes hold identical weights and optimiser states under DDP); the others
+    learn whether it succeeded. The RNG states are the main process's and every process restores
+    them: all processes are seeded alike, data order comes from seeded generators, and online
+    sampling seeds by (seed, step, rank), so nothing a resume must reproduce differs by rank."""
     root = run.output_dir / CHECKPOINTS
     final, tmp = root / f"step-{step:07d}", root / f".tmp-step-{step:07d}"
-    previous = latest_checkpoint(run.output_dir)
-    try:
-        _write_checkpoint(run, model, optimizer, scheduler, step, state, root, tmp, final)
-    except OSError as e:  # a full disk, a read-only folder: say so, keep the previous checkpoint
-        shutil.rmtree(tmp, ignore_errors=True)
-        kept = f"the last good checkpoint is {previous}" if previous else "no checkpoint was written yet"
-        raise TrainingError(f"could not write checkpoint {final} at step {step}: {e}; {kept}") from e
-    for old in sorted(root.glob("step-*"))[:-max(run.cfg.save_total_limit, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
-    run.accelerator.wait_for_everyone()
-    return final
+
+    def write() -> None:
+        previous = latest_checkpoint(run.output_dir)
+        try:
+            _write_checkpoint(run, model, optimizer, scheduler, step, state, root, tmp, final)
+        except OSError as e:  # a full disk, a read-only folder: say so, keep the previous checkpoint
+            shutil.rmtree(tmp, ignore_errors=True)
+            kept = f"the last good checkpoint is {previous}" if previous else "no checkpoint was written yet"
+            raise TrainingError(f"could not write checkpoint {final} at step {step}: {e}; {kept}") from e
+        for old in sorted(root.glob("step-*"))[:-max(run.cfg.save_total_limit, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    on_main(run, write)
+    return final if run.is_main else None
+
+
+def on_main(run: Run, write: Callable[[], Any]) -> None:
+    """Run ``write`` on the main process only, then tell every process whether it failed.
+
+    This replaces a bare barrier: with one, a full disk on the main process would raise there while
+    the others waited at the barrier until the collective timeout (30 minutes by default). The
+    broadcast is itself the synchronisation point, so the others stop at once with the message.
+    """
+    error, failure = None, None
+    if run.is_main:
+        try:
+            write()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the others have heard of it
+            error, failure = f"{type(e).__name__}: {e}" if not isinstance(e, TrainingError) else str(e), e
+    if run.accelerator.num_processes > 1:
+        error = broadcast_object_list([error])[0]
+    if failure is not None:
+        raise failure
+    if error is not None:
+        raise TrainingError(f"process {run.accelerator.process_index}: stopping because the main process failed "
+                            f"to write: {error}")
 
 
 def _write_checkpoint(run: Run, model, optimizer, scheduler, step: int, state: dict, root: Path, tmp: Path,
@@ -399,13 +499,32 @@ def _load_weights(model, path: Path) -> None:
 
 def finish(run: Run, model, tokenizer, summary: dict) -> dict:
     """Write the final Hugging Face folder and summary.json (main process only)."""
-    if run.is_main:
+    state_dict = full_state_dict(run)
+
+    def write() -> None:
         try:
-            save_model(run.accelerator.unwrap_model(model), tokenizer, run.output_dir)
+            if state_dict is None:
+                save_model(run.accelerator.unwrap_model(model), tokenizer, run.output_dir)
+            else:  # FSDP: the module holds shards; write the gathered full weights under its config
+                model.save_pretrained(run.output_dir, safe_serialization=True, state_dict=state_dict)
+                tokenizer.save_pretrained(run.output_dir)
             (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         except OSError as e:  # a full disk at the very end: say what is still safe
             good = latest_checkpoint(run.output_dir)
             kept = f"the last good checkpoint is {good}" if good else "no checkpoint was written"
             raise TrainingError(f"could not write the final model to {run.output_dir}: {e}; {kept}") from e
-    run.accelerator.wait_for_everyone()
+
+    on_main(run, write)
     return summary
+
+
+def full_state_dict(run: Run, prefix: str = "module.") -> dict | None:
+    """Under FSDP or DeepSpeed ZeRO-3, the full (unsharded) state dict of the trained module,
+    gathered by every process (a collective) and kept on the main one; None where the module
+    itself holds full weights. ``prefix`` strips the :class:`ForwardFn` level."""
+    acc = run.accelerator
+    zero3 = acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
+    if run.prepared is None or not (acc.distributed_type == DistributedType.FSDP or zero3):
+        return None
+    full = acc.get_state_dict(run.prepared)
+    return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)} if run.is_main else None

@@ -16,11 +16,23 @@ and reference log-probs are computed on packed rows with the LM head at response
 (``generation.response_logprobs``) where the models allow it.
 Sampling and mini-batch order are seeded by (seed, step), so a resumed run draws exactly what
 the uninterrupted run drew.
+
+Data parallel (``torchrun`` / ``accelerate launch``): each process takes a contiguous share of the
+step's ``batch_size`` prompts (whole prompts, so all ``num_generations`` completions of a prompt,
+and hence RLOO/GRPO group baselines, stay on one process), samples them with a generator seeded by
+(seed, step, rank): distinct draws per process, reproduced on resume with the same process count.
+``mini_batch_size`` counts sequences across all processes; each process updates on its share of
+it. The token-mean loss divides by the mini-batch's token count summed over processes, so the
+gradient DDP averages is the 1-process gradient of the same samples. PPO whitens advantages and
+``normalize_reward`` tracks moments over all processes' samples; logged metrics are global
+(per-sample ones gathered, loss statistics summed, algorithm figures averaged over processes);
+timings are the main process's.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,8 +47,9 @@ from ..models import load_causal_lm, load_tokenizer, packing_works
 from ..rewards import make_reward
 from ..shared_prompt import prompt_sharing_works
 from ..tracking import MetricsLogger
-from .loop import (Run, _fault_hook, _grad_norm, _skip_bad_step, batch_plan, finish, load_checkpoint,
-                   make_optimizer, save_checkpoint, start_run, step_indices)
+from .loop import (Run, TrainingError, _fault_hook, _grad_norm, _reduce, _skip_bad_step, batch_plan, finish, inner,
+                   load_checkpoint, make_optimizer, my_share, on_main, prepare, save_checkpoint, start_run,
+                   step_indices)
 
 
 @dataclass
@@ -57,6 +70,8 @@ class Experience:
     advantages: torch.Tensor | None = None   # (N, T-1)
     returns: torch.Tensor | None = None      # (N, T-1), PPO's value targets
     values: torch.Tensor | None = None       # (N, T-1), PPO's critic at sampling time
+    # sums a tensor over data-parallel processes (identity on one): global whitening statistics
+    all_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -139,12 +154,29 @@ class Engine:
     share: bool = False  # ... and prompt-shared rows like plain ones (shared_prompt.prompt_sharing_works)
 
     @property
+    def module(self):
+        """The trained module (policy, or PPO's policy + critic) inside the prepared wrapper."""
+        return inner(self.run, self.model)
+
+    @property
     def policy(self):
-        return self.algo.policy_of(self.run.accelerator.unwrap_model(self.model))
+        return self.algo.policy_of(self.module)
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over processes (itself on one process), on ``t``'s device."""
+        acc = self.run.accelerator
+        return t if acc.num_processes == 1 else acc.reduce(t.to(acc.device), "sum").to(t.device)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every process's ``t`` concatenated along dim 0 in rank order (the global batch order)."""
+        acc = self.run.accelerator
+        return t if acc.num_processes == 1 else acc.gather(t.contiguous().to(acc.device)).to(t.device)
 
 
-def _seeded(seed: int, step: int, salt: int, device="cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step * 7_919 + salt) % 2**63)
+def _seeded(seed: int, step: int, salt: int, device="cpu", rank: int = 0) -> torch.Generator:
+    """A generator for (seed, step, salt, rank): rank 0 draws as a single process does."""
+    return torch.Generator(device=device).manual_seed(
+        (seed * 1_000_003 + step * 7_919 + salt + rank * 15_485_863) % 2**63)
 
 
 def _score(eng: Engine, prompt_idx: list[int], texts: list[str], ended: torch.Tensor) -> tuple:
@@ -163,8 +195,8 @@ def _score(eng: Engine, prompt_idx: list[int], texts: list[str], ended: torch.Te
         scores = scores - cfg.missing_eos_penalty * (~ended.cpu()).float()
     if cfg.reward_clip > 0:
         scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
-    if cfg.normalize_reward:
-        eng.moments.update(scores)
+    if cfg.normalize_reward:  # moments of every process's scores, so all processes normalise alike
+        eng.moments.update(eng.gather(scores))
         scores = (scores - eng.moments.mean) / (eng.moments.std + 1e-8)
     return raw, scores
 
@@ -178,7 +210,8 @@ def collect(eng: Engine, step: int, indices: list[int]) -> Experience:
     t0 = time.perf_counter()
     rollout = generate(eng.policy, eng.tokenizer, rows, cfg.max_new_tokens, temperature=cfg.temperature,
                        top_k=cfg.top_k, top_p=cfg.top_p, stop_strings=cfg.stop_strings,
-                       generator=_seeded(cfg.seed, step, 1, run.device), batch_size=max(len(rows), 1))
+                       generator=_seeded(cfg.seed, step, 1, run.device, run.accelerator.process_index),
+                       batch_size=max(len(rows), 1))
     t1 = time.perf_counter()
     raw, scores = _score(eng, prompt_idx, rollout.texts, rollout.ended)
     t2 = time.perf_counter()
@@ -194,7 +227,7 @@ def collect(eng: Engine, step: int, indices: list[int]) -> Experience:
     if eng.algo.values is not None:
         eng.model.eval()
         with run.accelerator.autocast():
-            exp.values = eng.algo.values(eng.model, ids, attn).float() * mask
+            exp.values = eng.model(lambda module: eng.algo.values(module, ids, attn)).float() * mask
     # generation / reward scoring / reference forward / critic forward; training is timed by the loop
     eng.timings = {"time_generation": t1 - t0, "time_scoring": t2 - t1, "time_reference": t3 - t2,
                    "time_values": time.perf_counter() - t3}
@@ -202,27 +235,34 @@ def collect(eng: Engine, step: int, indices: list[int]) -> Experience:
 
 
 def update(eng: Engine, exp: Experience, step: int, optimizer, scheduler, state: dict) -> dict:
-    """``ppo_epochs`` passes of clipped-surrogate updates over mini-batches of the experience."""
+    """``ppo_epochs`` passes of clipped-surrogate updates over mini-batches of the experience.
+
+    Each process holds its share of the step's sequences and updates on ``mini_batch_size /
+    processes`` of them per optimiser step. Loss statistics are summed over processes per
+    mini-batch (each micro-batch's share is of the global token count), so they are global means.
+    """
     cfg, acc = eng.run.cfg, eng.run.accelerator
-    n = len(exp)
-    mini = cfg.mini_batch_size or n
-    micro = cfg.micro_batch_size or mini
+    world, n = acc.num_processes, len(exp)
+    mini = (cfg.mini_batch_size or n * world) // world
+    micro = min(cfg.micro_batch_size or mini, mini)
     sums: dict[str, float] = {}
     updates = 0
     eng.model.train()
     for epoch in range(cfg.ppo_epochs):
-        order = torch.randperm(n, generator=_seeded(cfg.seed, step, 100 + epoch)).tolist()
+        order = torch.randperm(n, generator=_seeded(cfg.seed, step, 100 + epoch, rank=acc.process_index)).tolist()
         for start in range(0, n, mini):
             idx = order[start:start + mini]
-            tokens = float(exp.mask[idx].sum().clamp(min=1))
+            tokens = float(eng.all_sum(exp.mask[idx].sum()).clamp(min=1))
+            parts = [idx[m:m + micro] for m in range(0, len(idx), micro)]
             stats: dict[str, float] = {}
-            for m in range(0, len(idx), micro):
-                part = idx[m:m + micro]
-                with acc.autocast():
-                    loss, mstats = _micro_loss(eng, exp, part, tokens)
-                acc.backward(loss)
-                for k, v in mstats.items():
-                    stats[k] = stats.get(k, 0.0) + v
+            for k, part in enumerate(parts):
+                sync = acc.no_sync(eng.model) if k < len(parts) - 1 and world > 1 else nullcontext()
+                with sync, acc.autocast():
+                    loss, mstats = eng.model(lambda module: _micro_loss(eng, module, exp, part, tokens))
+                    acc.backward(loss * world)  # DDP averages over processes; the loss is a share of the sum
+                for key, v in mstats.items():
+                    stats[key] = stats.get(key, 0.0) + v
+            stats = _reduce(acc, stats)
             stats["grad_norm"] = _grad_norm(acc, eng.model, cfg.max_grad_norm)
             if all(torch.isfinite(torch.tensor(v)) for v in stats.values()):
                 optimizer.step()
@@ -232,17 +272,18 @@ def update(eng: Engine, exp: Experience, step: int, optimizer, scheduler, state:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             updates += 1
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
+            for key, v in stats.items():
+                sums[key] = sums.get(key, 0.0) + v
     return {k: v / updates for k, v in sums.items()}
 
 
-def _micro_loss(eng: Engine, exp: Experience, part: list[int], tokens: float) -> tuple[torch.Tensor, dict]:
-    """Loss of a micro-batch as its share of the mini-batch's token mean, and its statistics."""
+def _micro_loss(eng: Engine, module, exp: Experience, part: list[int], tokens: float) -> tuple[torch.Tensor, dict]:
+    """Loss of a micro-batch as its share of the mini-batch's token mean, and its statistics.
+    ``module`` is the trained module, reached through the prepared model's forward."""
     cfg = eng.run.cfg
     ids, attn, mask = exp.input_ids[part], exp.attention_mask[part], exp.mask[part]
     share = float(mask.sum()) / tokens
-    logp, logits = response_logprobs(eng.algo.policy_of(eng.model), ids, attn, mask, cfg.temperature, eng.pack,
+    logp, logits = response_logprobs(eng.algo.policy_of(module), ids, attn, mask, cfg.temperature, eng.pack,
                                      eng.share)
     pg_loss, clip_frac, approx_kl = ppo_policy_loss(logp, exp.old_logp[part], exp.advantages[part], mask, cfg.cliprange)
     loss = pg_loss
@@ -253,7 +294,7 @@ def _micro_loss(eng: Engine, exp: Experience, part: list[int], tokens: float) ->
         loss = loss + eng.kl_ctl.value * kl_loss
         stats["kl_loss"] = kl_loss.item() * share
     if eng.algo.value_loss is not None:
-        v_loss, v_stats = eng.algo.value_loss(eng.model, exp, torch.tensor(part))
+        v_loss, v_stats = eng.algo.value_loss(module, exp, torch.tensor(part))
         loss = loss + cfg.vf_coef * v_loss
         stats.update({k: v * share for k, v in v_stats.items()})
     stats["loss"] = loss.item() * share
@@ -261,19 +302,50 @@ def _micro_loss(eng: Engine, exp: Experience, part: list[int], tokens: float) ->
 
 
 def _experience_metrics(eng: Engine, exp: Experience) -> dict:
-    seq_kl = sequence_kl(exp)
+    """Per-sample figures of every process's samples (gathered), then their means."""
     k1 = masked_sum(exp.old_logp - exp.ref_logp, exp.mask, dim=1)
     k3 = masked_sum(kl_estimate(exp.old_logp, exp.ref_logp, "k3"), exp.mask, dim=1)
-    metrics = {"reward": float(exp.raw_scores.mean()), "reward_std": float(exp.raw_scores.std()) if len(exp) > 1 else 0.0,
+    per_sample_N6 = torch.stack([exp.raw_scores.float(), sequence_kl(exp), k1, k3, exp.mask.sum(1),
+                                 exp.ended.float()], dim=1)
+    raw, seq_kl, k1, k3, length, ended = eng.gather(per_sample_N6).unbind(1)
+    metrics = {"reward": float(raw.mean()), "reward_std": float(raw.std()) if len(raw) > 1 else 0.0,
                "kl": float(seq_kl.mean()), "kl_k1": float(k1.mean()), "kl_k3": float(k3.mean()),
-               "kl_coef": eng.kl_ctl.value, "response_length": float(exp.mask.sum(1).mean()),
-               "eos_rate": float(exp.ended.float().mean())}
+               "kl_coef": eng.kl_ctl.value, "response_length": float(length.mean()),
+               "eos_rate": float(ended.mean())}
     parts = getattr(eng.reward, "last_parts", {})
     if len(parts) > 1:
-        metrics.update({f"reward/{k}": v for k, v in parts.items()})
+        metrics.update(_mean_over_processes(eng, {f"reward/{k}": v for k, v in parts.items()}))
     if eng.heldout is not None:
-        metrics["heldout_reward"] = eng.heldout_reward
+        metrics.update(_mean_over_processes(eng, {"heldout_reward": eng.heldout_reward}))
     return metrics
+
+
+def _mean_over_processes(eng: Engine, figures: dict) -> dict:
+    """Per-process means of equally many samples, averaged: the global means."""
+    world = eng.run.accelerator.num_processes
+    return {k: v / world for k, v in _reduce(eng.run.accelerator, {k: float(v) for k, v in figures.items()}).items()}
+
+
+def _check_engine(run: Run, cfg) -> None:
+    """What the online engine cannot run under, said before any model is loaded."""
+    from accelerate.utils import DistributedType
+
+    acc, world = run.accelerator, run.accelerator.num_processes
+    n = cfg.batch_size * cfg.num_generations
+    if cfg.mini_batch_size % world:  # counts sequences across processes: each takes an equal share
+        raise TrainingError(f"mini_batch_size {cfg.mini_batch_size} is not divisible by the {world} processes: "
+                            f"mini_batch_size is global (split evenly across processes); use a multiple of {world}")
+    zero3 = acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
+    if acc.distributed_type == DistributedType.FSDP or zero3:
+        raise TrainingError("online trainers (ppo, rloo, grpo) sample with the full policy on every process, which "
+                            "FSDP and DeepSpeed ZeRO-3 shard: use DDP or DeepSpeed ZeRO-2")
+    if acc.distributed_type == DistributedType.DEEPSPEED and (cfg.save_steps or cfg.resume):
+        raise TrainingError("save_steps / resume: checkpoints are not supported under DeepSpeed yet (it shards the "
+                            "optimiser state; the final model is saved); use DDP for runs that need checkpoints")
+    mini = (cfg.mini_batch_size or n) // world
+    if acc.distributed_type == DistributedType.DEEPSPEED and (cfg.micro_batch_size or mini) < mini:
+        raise TrainingError(f"micro_batch_size {cfg.micro_batch_size}: under DeepSpeed set it to mini_batch_size / "
+                            f"processes = {mini} (gradient accumulation is not supported with DeepSpeed here)")
 
 
 def run_online(cfg, stage: str, algo: Algorithm) -> dict:
@@ -282,6 +354,7 @@ def run_online(cfg, stage: str, algo: Algorithm) -> dict:
     if cfg.temperature <= 0:
         raise ValueError("online RL samples from the policy: temperature must be > 0")
     run = start_run(cfg, stage)
+    _check_engine(run, cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     load = dict(trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     policy = load_causal_lm(cfg.model, **load).to(run.device)
@@ -294,11 +367,13 @@ def run_online(cfg, stage: str, algo: Algorithm) -> dict:
     mini = cfg.mini_batch_size or cfg.batch_size * cfg.num_generations
     updates_per_step = cfg.ppo_epochs * -(-cfg.batch_size * cfg.num_generations // mini)
     optimizer, scheduler = make_optimizer(model, cfg, total * updates_per_step)
-    model, optimizer = run.accelerator.prepare(model, optimizer)
+    module = model
+    model, optimizer = prepare(run, module, optimizer)
+    run.prepared = model
     state = {"bad_steps": 0, "skipped_steps": 0}
     kl_ctl = make_kl_controller(cfg.kl_coef, cfg.kl_target or None, cfg.kl_horizon)
     if cfg.resume:
-        run.start_step = load_checkpoint(run, run.accelerator.unwrap_model(model), optimizer, scheduler, state)
+        run.start_step = load_checkpoint(run, module, optimizer, scheduler, state)
         kl_ctl.load_state_dict(state.get("kl_controller", kl_ctl.state_dict()))
     eng = Engine(run, algo, tokenizer, model, ref, reward, prompts, rows, kl_ctl, RunningMoments(state),
                  pack=packing_works(policy) and packing_works(ref),
@@ -336,14 +411,15 @@ def _loop(eng: Engine, optimizer, scheduler, state: dict, steps_per_epoch: int, 
         for step in range(run.start_step, total):
             _fault_hook(step)
             indices = step_indices(step, len(eng.prompts), cfg.batch_size, steps_per_epoch, cfg.seed)
-            exp = collect(eng, step, indices)
+            exp = collect(eng, step, my_share(run, indices))
+            exp.all_sum = eng.all_sum
             metrics = _experience_metrics(eng, exp)
-            metrics.update(eng.algo.advantages(exp, eng.kl_ctl.value))
+            metrics.update(_mean_over_processes(eng, eng.algo.advantages(exp, eng.kl_ctl.value)))
             t0 = time.perf_counter()
             metrics.update(update(eng, exp, step, optimizer, scheduler, state))
             metrics.update(eng.timings, time_training=time.perf_counter() - t0, lr=scheduler.get_last_lr()[0],
                            skipped_steps=state["skipped_steps"])
-            eng.kl_ctl.update(metrics["kl"], len(exp))
+            eng.kl_ctl.update(metrics["kl"], len(exp) * run.accelerator.num_processes)
             if eng.monitor is not None:
                 _check_overoptimisation(eng, metrics, step + 1)
             last, done, samples = metrics, step + 1, exp.texts[:4]
@@ -353,7 +429,7 @@ def _loop(eng: Engine, optimizer, scheduler, state: dict, steps_per_epoch: int, 
                 state.update(kl_controller=eng.kl_ctl.state_dict(), **eng.moments.state())
                 if eng.monitor is not None:  # the divergence test's history, so a resumed run tests the same windows
                     state["overopt"] = eng.monitor.state()
-                save_checkpoint(run, run.accelerator.unwrap_model(eng.model), optimizer, scheduler, done, state)
+                save_checkpoint(run, eng.module, optimizer, scheduler, done, state)
             bar.update(1)
             bar.set_postfix({k: f"{metrics[k]:.4g}" for k in eng.algo.progress_keys if k in metrics})
         bar.close()
@@ -364,5 +440,5 @@ def _loop(eng: Engine, optimizer, scheduler, state: dict, steps_per_epoch: int, 
                "final_kl_coef": eng.kl_ctl.value, "samples": samples}
     if eng.monitor is not None:  # steps (1-based, this process's run) where the divergence test fired
         summary["overopt_warning_steps"] = list(eng.monitor.warned_at)
-    eng.algo.save_extra(run, run.accelerator.unwrap_model(eng.model))
+    on_main(run, lambda: eng.algo.save_extra(run, eng.module))
     return finish(run, policy, eng.tokenizer, summary)

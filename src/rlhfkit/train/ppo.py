@@ -64,7 +64,8 @@ def run_ppo(cfg: PPOConfig) -> dict:
         rewards = kl_reward + exp.scores[:, None] * last
         adv, returns = gae(rewards, exp.values, exp.mask, cfg.gamma, cfg.lam)
         exp.returns = returns
-        exp.advantages = whiten(adv, exp.mask) if cfg.whiten_advantages else adv
+        # whitened with the statistics of every process's samples (exp.all_sum), as on one process
+        exp.advantages = whiten(adv, exp.mask, all_sum=exp.all_sum) if cfg.whiten_advantages else adv
         non_score = (kl_reward * exp.mask).sum(1)
         return {"non_score_reward": float(non_score.mean()), "total_reward": float((exp.scores + non_score).mean())}
 

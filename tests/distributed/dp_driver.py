@@ -1,0 +1,23 @@
+"""Run several rlhfkit stages in one ``torchrun`` launch: ``dp_driver.py RESULTS_DIR STAGE=CONFIG[=KILL_AT] ...``.
+
+Each process starts its interpreter, torch and transformers once for all the stages (about ten
+seconds a launch on two cores), instead of once per stage. Each stage runs as
+``rlhfkit STAGE --config CONFIG`` does (``rlhfkit.cli.main``); its exit code is written to
+RESULTS_DIR/NAME.rank-R.rc, and the next stage runs whatever it returned, so a stage expected to
+fail can come before others. ``=KILL_AT`` sets RLHFKIT_TEST_KILL_AT_STEP for that stage (it must come
+last: the kill ends the launch).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from rlhfkit.cli import main
+
+results, rank = Path(sys.argv[1]), os.environ.get("RANK", "0")
+for spec in sys.argv[2:]:
+    stage, config, *kill = spec.split("=")
+    if kill:
+        os.environ["RLHFKIT_TEST_KILL_AT_STEP"] = kill[0]
+    rc = main([stage, "--config", config])
+    (results / f"{Path(config).stem}.rank-{rank}.rc").write_text(str(rc))
