@@ -38,7 +38,8 @@ from transformers import PreTrainedModel
 from tqdm.auto import tqdm
 
 from ..config import dump_config
-from ..models import add_lora, load_causal_lm, load_reward_model, resolve_device, resolve_dtype, save_model
+from ..models import (ADAPTER_WEIGHTS, add_lora, is_peft, load_causal_lm, load_reward_model, resolve_device,
+                      resolve_dtype, save_model)
 from ..tracking import MetricsLogger
 
 CHECKPOINTS = "checkpoints"
@@ -362,7 +363,9 @@ def _write_checkpoint(run: Run, model, optimizer, scheduler, step: int, state: d
                       final: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    if frozen:  # LoRA: the base weights never change, so only what trains (adapter, heads) is saved
+    if is_peft(model):  # a LoRA model: an adapter folder, which loads as a model (base + adapter)
+        save_model(model, None, tmp)
+    elif frozen:  # e.g. PPO's LoRA policy + critic: only what trains (adapters, heads); the base never changes
         tmp.mkdir(parents=True)
         trained = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trained, str(tmp / "model.safetensors"), metadata={"rlhfkit": TRAINABLE_ONLY})
@@ -401,7 +404,10 @@ def load_checkpoint(run: Run, model, optimizer, scheduler, state: dict) -> int:
     if ckpt is None:
         run.print(f"resume: no checkpoint in {run.output_dir / CHECKPOINTS}; starting from step 0")
         return 0
-    _load_weights(model, ckpt / "model.safetensors")
+    if (ckpt / ADAPTER_WEIGHTS).exists():
+        _load_adapter(model, ckpt / ADAPTER_WEIGHTS)
+    else:
+        _load_weights(model, ckpt / "model.safetensors")
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     rng = torch.load(ckpt / "rng.pt", weights_only=True)
@@ -416,6 +422,18 @@ def load_checkpoint(run: Run, model, optimizer, scheduler, state: dict) -> int:
     state.update({k: v for k, v in meta.items() if k not in ("step", "python_rng", "numpy_rng")})
     run.print(f"resumed from {ckpt} (step {meta['step']})")
     return int(meta["step"])
+
+
+def _load_adapter(model, path: Path) -> None:
+    """A LoRA checkpoint's adapter into ``model`` (a peft model); every trainable tensor must be in it."""
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, load_file(str(path), device=str(next(model.parameters()).device)))
+    params = dict(model.named_parameters())
+    untrained = [k for k in result.missing_keys if k in params and params[k].requires_grad]
+    if result.unexpected_keys or untrained:
+        raise TrainingError(f"{path}: checkpoint does not match the model "
+                            f"(missing {untrained[:3]}, unexpected {result.unexpected_keys[:3]})")
 
 
 def _load_weights(model, path: Path) -> None:
