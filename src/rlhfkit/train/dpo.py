@@ -72,25 +72,29 @@ def score_pairs(model, ref, batch, cfg: DPOConfig):
     return losses, chosen_r, rejected_r, pc, pr, kl_sum, batch["loss_mask"][:, 1:].sum()
 
 
+def load_reference(cfg: DPOConfig, run: Run, policy):
+    """(the reference model, how it is had: logged in summary.json as ``reference``).
+
+    Before the first step the policy *is* the reference: with precompute_ref and no separate
+    ref_model, its log-probs are taken from the policy and no second copy is ever loaded. A LoRA
+    policy stays its own reference throughout: its adapter is switched off for reference passes."""
+    if cfg.ref_model in ("", cfg.model) and cfg.lora_r > 0:
+        return policy, "policy, adapter disabled"
+    if cfg.ref_model in ("", cfg.model) and cfg.precompute_ref:
+        return policy, "policy before its first step, precomputed"
+    # frozen: held in the compute dtype (bf16 on GPU) to halve its memory
+    ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, trust_remote_code=cfg.trust_remote_code,
+                         allow_pickle=cfg.allow_pickle)
+    return ref.to(run.device).requires_grad_(False), "separate model" + (", precomputed" if cfg.precompute_ref else "")
+
+
 def run_dpo(cfg: DPOConfig) -> dict:
     pairs = load_preference(cfg.data)
     eval_pairs = load_preference(cfg.eval_data) if cfg.eval_data else []
     run = start_run(cfg, "dpo")
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    load = dict(trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     policy = load_trained_model(cfg, run)
-    # Before the first step the policy *is* the reference: with precompute_ref and no separate
-    # ref_model, its log-probs are taken from the policy and no second copy is ever loaded. A LoRA
-    # policy stays its own reference throughout: its adapter is switched off for reference passes.
-    if (cfg.precompute_ref or cfg.lora_r > 0) and cfg.ref_model in ("", cfg.model):
-        ref = policy
-    else:  # frozen: held in the compute dtype (bf16 on GPU) to halve its memory
-        ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, **load)
-        ref = ref.to(run.device).requires_grad_(False)
-    if ref is not policy:
-        reference = "separate model" + (", precomputed" if cfg.precompute_ref else "")
-    else:
-        reference = "policy, adapter disabled" if cfg.lora_r > 0 else "policy before its first step, precomputed"
+    ref, reference = load_reference(cfg, run, policy)
     run.start_clock()
 
     train_set, n_cut = tokenize_preference(pairs, tokenizer, cfg.max_length, cfg.max_prompt_length)
