@@ -175,6 +175,7 @@ class OnlineConfig(RewardSourceConfig, GenerationConfig, TrainConfig):
     ppo_epochs: int = _f(1, "Passes of clipped-surrogate updates over each batch of samples.")
     mini_batch_size: int = _f(0, "Sequences per optimiser step within a batch of samples; 0 means all of them.")
     cliprange: float = _f(0.2, "PPO policy ratio clip range.")
+    share_prompts: bool = _f(True, "Compute each prompt once for its `num_generations` samples in the reference and policy forward passes, where the model gives the same log-probs that way (checked at start) and it saves work.")
     heldout_reward_model: str = _f("", "A second reward model scored alongside the training reward and never optimised: logged as `heldout_reward`, with a warning when the training reward rises while it falls (over-optimisation).")
     heldout_reward_fn: list[str] = _f([], "Held-out reward functions (`file.py:name` or `module:name`), summed with `heldout_reward_model`; logged, never optimised.")
     overopt_window: int = _f(10, "Steps per window of the over-optimisation test: the last window's mean reward vs the window before.")

@@ -320,7 +320,7 @@ def _split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
         return None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if head is None or backbone is None or not type(model).__name__.endswith("ForCausalLM"):
+    if head is None or backbone is None or not type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
         return None
     return backbone, head
 

@@ -322,3 +322,65 @@ def test_texts_and_edge_cases(llama):
             generate(model, tok, rows, max_new_tokens=4, **bad)
     with pytest.raises(ValueError):
         generate(model, tok, [[]], max_new_tokens=4)
+
+
+# --------------------------------------------------------------------------- 6. the fast paths
+
+
+def test_draw_matches_the_probabilities_and_never_draws_a_zero():
+    """Inverse-CDF sampling: 40,000 draws from p = (0.5, 0, 0.2, 0.3, 0) per row. Each count is
+    binomial; 5 standard deviations is ~0.5% of n, so a sampler off by 1% of the mass fails."""
+    from rlhfkit.generation import draw
+
+    p = torch.tensor([0.5, 0.0, 0.2, 0.3, 0.0])
+    n = 40_000
+    tokens = draw(p.expand(n, 5), torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens, minlength=5).float()
+    assert counts[1] == 0 and counts[4] == 0
+    sd = (n * p * (1 - p)).sqrt()
+    assert bool(((counts - n * p).abs() <= 5 * sd + 1e-9).all()), counts.tolist()
+    # unnormalised rows (top-k / top-p leave the kept mass < 1 before renormalising) draw the same way
+    same = draw(2.0 * p.expand(n, 5), torch.Generator().manual_seed(0))
+    assert torch.equal(same, tokens)
+
+
+def test_repeated_prompts_prefilled_once_equal_separate_rows(lm):
+    """RLOO/GRPO-style batches (each prompt k times) take the prefill-once path; greedy tokens and
+    log-probs equal those of the prompts generated one copy each."""
+    tok, model = lm
+    rows = _prompt_rows(tok)
+    repeated = [r for r in rows for _ in range(3)]
+    once = generate(model, tok, rows, max_new_tokens=12, temperature=0.0)
+    many = generate(model, tok, repeated, max_new_tokens=12, temperature=0.0)
+    for i in range(len(repeated)):
+        j = i // 3
+        assert torch.equal(many.response_ids[i][many.mask[i].bool()], once.response_ids[j][once.mask[j].bool()])
+        torch.testing.assert_close(many.logprobs[i][many.mask[i].bool()], once.logprobs[j][once.mask[j].bool()],
+                                   atol=1e-5, rtol=0)
+
+
+def test_preallocated_cache_equals_concatenating_cache(llama):
+    """Decode steps through the in-place cache give the logits the stock concatenating cache gives,
+    including after rows are dropped (batch_select_indices)."""
+    from rlhfkit.generation import _new_cache
+
+    tok, model = llama
+    ids, mask = _left_pad(_prompt_rows(tok), tok.pad_token_id)
+    out = []
+    for capacity in (0, ids.shape[1] + 4):
+        cache, m, step = _new_cache(model, capacity), mask, ids
+        logits = []
+        with torch.no_grad():
+            for t in range(4):
+                pos = (m.cumsum(-1) - 1).clamp(min=0)[:, -step.shape[1]:]
+                logits.append(model(input_ids=step, attention_mask=m, position_ids=pos, past_key_values=cache,
+                                    use_cache=True).logits[:, -1])
+                step = logits[-1].argmax(-1, keepdim=True)
+                if t == 1:  # drop row 1, as the sampler does with finished rows
+                    keep = torch.tensor([0, 2, 3])
+                    cache.batch_select_indices(keep)
+                    m, step, logits = m[keep], step[keep], [x[keep] for x in logits]
+                m = torch.cat([m, m.new_ones(len(m), 1)], 1)
+        out.append(torch.stack(logits))
+    assert type(_new_cache(model, 8).layers[0]).__name__ == "_PreallocatedLayer"
+    torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=0)

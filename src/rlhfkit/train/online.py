@@ -34,6 +34,7 @@ from ..kl import make_kl_controller
 from ..losses import kl_estimate, masked_mean, masked_sum, ppo_policy_loss
 from ..models import adapter_disabled, load_causal_lm, load_tokenizer, packing_works
 from ..rewards import make_reward
+from ..shared_prompt import prompt_sharing_works
 from ..tracking import MetricsLogger
 from .loop import (Run, _fault_hook, _grad_norm, _skip_bad_step, batch_plan, finish, load_checkpoint,
                    load_trained_model, make_optimizer, save_checkpoint, start_run, step_indices)
@@ -136,6 +137,7 @@ class Engine:
     monitor: object = None          # evaluate.overopt.DivergenceMonitor when `heldout` is set
     heldout_reward: float = 0.0     # this step's mean held-out reward
     pack: bool = False  # policy and reference compute packed rows like padded ones (models.packing_works)
+    share: bool = False  # ... and prompt-shared rows like plain ones (shared_prompt.prompt_sharing_works)
 
     @property
     def policy(self):
@@ -185,7 +187,7 @@ def collect(eng: Engine, step: int, indices: list[int]) -> Experience:
     dev = run.device
     ids, attn, mask, old = ids.to(dev), attn.to(dev), mask.to(dev), old.to(dev)
     with run.accelerator.autocast(), adapter_disabled(eng.ref):  # a LoRA policy as its own reference
-        ref_logp = response_logprobs(eng.ref, ids, attn, mask, cfg.temperature, eng.pack)[0].float()
+        ref_logp = response_logprobs(eng.ref, ids, attn, mask, cfg.temperature, eng.pack, eng.share)[0].float()
     kl = kl_estimate(old, ref_logp, cfg.kl_estimator) * mask
     exp = Experience(ids, attn, mask, old, ref_logp, kl, scores.to(dev), raw.to(dev), rollout.ended.to(dev),
                      rollout.texts)
@@ -241,7 +243,8 @@ def _micro_loss(eng: Engine, exp: Experience, part: list[int], tokens: float) ->
     cfg = eng.run.cfg
     ids, attn, mask = exp.input_ids[part], exp.attention_mask[part], exp.mask[part]
     share = float(mask.sum()) / tokens
-    logp, logits = response_logprobs(eng.algo.policy_of(eng.model), ids, attn, mask, cfg.temperature, eng.pack)
+    logp, logits = response_logprobs(eng.algo.policy_of(eng.model), ids, attn, mask, cfg.temperature, eng.pack,
+                                     eng.share)
     pg_loss, clip_frac, approx_kl = ppo_policy_loss(logp, exp.old_logp[part], exp.advantages[part], mask, cfg.cliprange)
     loss = pg_loss
     stats = {"policy_loss": pg_loss.item() * share, "clip_frac": float(clip_frac) * share,
@@ -302,7 +305,9 @@ def run_online(cfg, stage: str, algo: Algorithm) -> dict:
         run.start_step = load_checkpoint(run, run.accelerator.unwrap_model(model), optimizer, scheduler, state)
         kl_ctl.load_state_dict(state.get("kl_controller", kl_ctl.state_dict()))
     eng = Engine(run, algo, tokenizer, model, ref, reward, prompts, rows, kl_ctl, RunningMoments(state),
-                 pack=packing_works(policy) and packing_works(ref))
+                 pack=packing_works(policy) and packing_works(ref),
+                 share=cfg.share_prompts and cfg.num_generations > 1 and prompt_sharing_works(policy)
+                 and prompt_sharing_works(ref))
     if cfg.heldout_reward_model or cfg.heldout_reward_fn:
         from ..evaluate.overopt import DivergenceMonitor
 
