@@ -149,3 +149,15 @@ def test_lora_fields_default_to_off_and_all_linear():
     cfg = parse_config(SFTConfig, ["--model", "m", "--data", "d", "--output_dir", "o", "--lora_r", "8",
                                    "--lora_target_modules", "q_proj", "v_proj"])
     assert cfg.lora_r == 8 and cfg.lora_target_modules == ["q_proj", "v_proj"]
+
+
+def test_lora_policy_and_its_reference_take_the_fast_paths(tiny_dir):
+    """The online engine's packed and shared-prompt log-prob paths see through the peft wrapper,
+    adapter on (the policy) and off (its reference), instead of falling back to the slow paths."""
+    from rlhfkit.models import packing_works
+    from rlhfkit.shared_prompt import prompt_sharing_works
+
+    lora = _lora_lm(tiny_dir)
+    assert packing_works(lora) and prompt_sharing_works(lora)
+    with adapter_disabled(lora):
+        assert packing_works(lora) and prompt_sharing_works(lora)
