@@ -5,12 +5,17 @@ Each run is a fresh subprocess (peak RSS from getrusage), a few optimiser steps,
 - DPO: rlhfkit (``precompute_ref``: the reference log-probs come from the policy before its first
   step, so no second copy is ever loaded) vs TRL 1.16 (``precompute_ref_log_probs`` on and off).
 - PPO: rlhfkit only (TRL 1.x has no PPO trainer): policy, reference, reward model and critic.
+- LoRA (``--only lora``): rlhfkit full fine-tuning vs LoRA r=16 (every linear layer) for DPO (with
+  and without ``precompute_ref``) and PPO. With LoRA the reference is the policy with its adapter
+  switched off, and the critic is a LoRA critic on its own frozen backbone.
 
 Next to each measured peak, the bytes accounted from N (parameters): weights 4N per resident model,
-gradients 4N and AdamW state 8N per trained model; the rest of the peak (over the process's
-baseline after imports) is activations, logits and allocator slack.
+gradients 4N and AdamW state 8N per trained parameter (all of a model, or a LoRA adapter's); the
+rest of the peak (over the process's baseline after imports) is activations, logits and allocator
+slack.
 
-    .venv/bin/python benchmarks/memory.py --reps 1
+    .venv/bin/python benchmarks/memory.py --reps 1              # rlhfkit vs TRL (needs .[bench])
+    .venv/bin/python benchmarks/memory.py --reps 1 --only lora  # full vs LoRA, rlhfkit only
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import vs_trl  # noqa: E402
 
 BIG = dict(hidden_size=640, num_layers=10, num_heads=10, max_positions=256)
 STEPS, BATCH, PAIRS = 3, 8, 24
+LORA_R = 16
 
 
 def prepare(workdir: Path) -> dict:
@@ -60,7 +66,14 @@ def worker(side: str, stage: str, workdir: Path, opts: dict) -> dict:
     base = rss_mib()
     vs_trl.BATCH = BATCH
     out = workdir / f"mem-{side}-{stage}-{os.getpid()}"
-    if stage == "ppo":
+    if side == "rlhfkit" and stage == "dpo":  # as vs_trl.run_rlhfkit, but opts may turn precompute_ref off
+        from rlhfkit import config as C
+        from rlhfkit.train.dpo import run_dpo
+
+        run_dpo(C.DPOConfig(**{"model": paths["model"], "data": paths["pairs"], "output_dir": str(out), "dtype": "float32",
+                               "device": "cpu", "lr_scheduler": "linear", "precompute_ref": True, "beta": 0.1,
+                               **vs_trl.common("dpo", STEPS), **opts}))
+    elif stage == "ppo":
         from rlhfkit import config as C
         from rlhfkit.train.ppo import run_ppo
 
@@ -72,15 +85,32 @@ def worker(side: str, stage: str, workdir: Path, opts: dict) -> dict:
     return {"side": side, "stage": stage, "opts": opts, "baseline_mib": base, "peak_mib": rss_mib()}
 
 
-def accounted(n: int, resident: int, trained: int) -> dict:
+def accounted(n: int, resident: float, trained: float) -> dict:
+    """MiB from N: ``resident`` and ``trained`` count models' worth of parameters (fractions for adapters)."""
     mib = 1 / 2 ** 20
     return {"weights": 4 * n * resident * mib, "gradients": 4 * n * trained * mib, "adam": 8 * n * trained * mib}
+
+
+def run_list(only: str, n: int) -> list:
+    """(side, stage, opts, resident models, trained models) per run."""
+    if only != "lora":
+        return [("rlhfkit", "dpo", {}, 1, 1), ("trl", "dpo", {"precompute_ref_log_probs": True}, 1, 1),
+                ("trl", "dpo", {}, 2, 1), ("rlhfkit", "ppo", {}, 4, 2)]
+    from rlhfkit.memory_plan import Shape, lora_params
+
+    h, layers = BIG["hidden_size"], BIG["num_layers"]
+    a = lora_params(Shape(n, h, layers, 4 * h, h), LORA_R) / n  # adapter size as a fraction of a model
+    lora = {"lora_r": LORA_R, "lora_alpha": 2 * LORA_R}
+    # LoRA PPO holds policy (+ adapter), reward model, critic backbone (+ adapter); no reference copy
+    return [("rlhfkit", "dpo", {}, 1, 1), ("rlhfkit", "dpo", {"precompute_ref": False}, 2, 1),
+            ("rlhfkit", "dpo", lora, 1 + a, a), ("rlhfkit", "ppo", {}, 4, 2), ("rlhfkit", "ppo", lora, 3 + 2 * a, 2 * a)]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/rlhfkit-bench"))
+    p.add_argument("--only", choices=["lora"], help="lora: rlhfkit full fine-tuning vs LoRA, DPO and PPO (no TRL)")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -92,8 +122,7 @@ def main() -> None:
 
     with __import__("torch").device("meta"):
         n = sum(q.numel() for q in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(paths["model"])).parameters())
-    runs = [("rlhfkit", "dpo", {}, 1, 1), ("trl", "dpo", {"precompute_ref_log_probs": True}, 1, 1),
-            ("trl", "dpo", {}, 2, 1), ("rlhfkit", "ppo", {}, 4, 2)]
+    runs = run_list(args.only, n)
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                TQDM_DISABLE="1", PYTHONWARNINGS="ignore")
     print(f"N = {n:,} parameters ({4 * n / 2 ** 20:.0f} MiB fp32); {STEPS} steps, batch {BATCH}\n")
@@ -112,7 +141,7 @@ def main() -> None:
         over = peak - statistics.median(g["baseline_mib"] for g in got)
         acc = accounted(n, resident, trained)
         name = f"{side} {stage}" + (f" {opts}" if opts else "")
-        print(f"| {name} | {peak:.0f} | {over:.0f} | {acc['weights']:.0f} ({resident} models) | {acc['gradients']:.0f} | "
+        print(f"| {name} | {peak:.0f} | {over:.0f} | {acc['weights']:.0f} ({resident:.3g} models) | {acc['gradients']:.0f} | "
               f"{acc['adam']:.0f} | {over - sum(acc.values()):.0f} |", flush=True)
 
 

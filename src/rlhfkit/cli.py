@@ -24,6 +24,8 @@ stages:
   sample-pairs  sample k responses per prompt from a policy into {prompt, response_a, response_b} pairs
   judge   label {prompt, response_a, response_b} pairs with an AI judge (an OpenAI-compatible URL, a local
           model or a reward model), both orders, bias statistics -> TRL preference JSONL (RLAIF)
+  merge-lora  merge a LoRA run's adapter folder (any trainer with lora_r > 0) into its base model:
+          a full folder that AutoModelForCausalLM / AutoModelForSequenceClassification loads
   serve   serve a model through an OpenAI-compatible API (/v1/chat/completions, /v1/completions, streaming)
           behind optional input/output filters (--guard FILE)
   pipeline  run stages listed in a YAML file, each feeding the next; finished stages are skipped

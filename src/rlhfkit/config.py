@@ -62,6 +62,16 @@ class TrainConfig:
     max_bad_steps: int = _f(5, "Stop after this many consecutive steps with a non-finite loss or gradient.")
     trust_remote_code: bool = _f(False, "Allow model code from the checkpoint's folder or hub repo to run.")
     allow_pickle: bool = _f(False, "Allow loading pickle (.bin) weights; off because unpickling can run code.")
+    lora_r: int = _f(0, "LoRA rank (peft): > 0 trains a low-rank adapter on frozen base weights and writes an adapter "
+                        "folder (`rlhfkit merge-lora` makes it a full one); the reference model is the policy with the "
+                        "adapter switched off. 0 trains every weight.")
+    lora_alpha: int = _f(16, "LoRA scale numerator: the adapter's update is multiplied by lora_alpha / lora_r.")
+    lora_dropout: float = _f(0.0, "Dropout on the adapter's input while training (0: a PPO/GRPO policy's training "
+                                  "log-probs then match the sampler's exactly).")
+    lora_target_modules: list[str] = _f(["all-linear"], "Module names (or suffixes) that get an adapter; `all-linear` "
+                                                        "is every linear layer except the LM head.")
+    load_in_4bit: bool = _f(False, "QLoRA: hold the frozen base in 4-bit NF4 (needs lora_r > 0, a CUDA GPU and "
+                                   "the bitsandbytes package).")
 
 
 @dataclass
@@ -247,6 +257,17 @@ class JudgeConfig:
 
 
 @dataclass
+class MergeLoraConfig:
+    """Merge a LoRA adapter folder into its base model and write a full Hugging Face folder."""
+
+    model: str = _f("", "Adapter folder a LoRA run wrote (adapter_config.json, adapter_model.safetensors) (required).")
+    output_dir: str = _f("", "Where the merged model folder (config.json, model.safetensors, tokenizer) goes (required).")
+    dtype: str = _f("float32", "Dtype of the merged weights.", choices=["float32", "bfloat16", "float16"])
+    trust_remote_code: bool = _f(False, "Allow model code from the base model's folder or hub repo to run.")
+    allow_pickle: bool = _f(False, "Allow pickle adapter/base weights; off because unpickling can run code.")
+
+
+@dataclass
 class ServeConfig:
     """Serve a policy through an OpenAI-compatible API, behind optional input/output filters."""
 
@@ -264,7 +285,8 @@ class ServeConfig:
 MAPPING_FIELDS = ("source_weights",)
 STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "ppo": PPOConfig,
                                   "rloo": RLOOConfig, "grpo": GRPOConfig, "best-of-n": BestOfNConfig,
-                                  "sample-pairs": SamplePairsConfig, "judge": JudgeConfig, "serve": ServeConfig}
+                                  "sample-pairs": SamplePairsConfig, "judge": JudgeConfig, "serve": ServeConfig,
+                                  "merge-lora": MergeLoraConfig}
 REQUIRED = ("model", "data", "output_dir")
 
 
@@ -406,8 +428,13 @@ def validate(cfg) -> None:
             raise ConfigError(f"{src}: field 'model' is required (set it in the YAML file or with --model)")
         if not 0 <= cfg.port <= 65535:
             raise ConfigError(f"{src}: field 'port' must be 0-65535, got {cfg.port}")
+    if isinstance(cfg, MergeLoraConfig):
+        for name in ("model", "output_dir"):
+            if not getattr(cfg, name):
+                raise ConfigError(f"{src}: field {name!r} is required (set it in the YAML file or with --{name})")
     if not isinstance(cfg, TrainConfig):
         return
+    validate_lora(cfg)
     for name in REQUIRED:
         if not getattr(cfg, name):
             raise ConfigError(f"{src}: field {name!r} is required (set it in the YAML file or with --{name})")
@@ -455,3 +482,32 @@ def validate_online(cfg: OnlineConfig) -> None:
         raise ConfigError(f"{src}: field 'overopt_window' must be >= 2, got {cfg.overopt_window}")
     if cfg.max_new_tokens < 1 or cfg.ppo_epochs < 1:
         raise ConfigError(f"{src}: fields 'max_new_tokens' and 'ppo_epochs' must be >= 1")
+
+
+def validate_lora(cfg: TrainConfig) -> None:
+    src = "config"
+    if cfg.lora_r < 0:
+        raise ConfigError(f"{src}: field 'lora_r' must be >= 0 (0: no LoRA), got {cfg.lora_r}")
+    if cfg.lora_r and cfg.lora_alpha <= 0:
+        raise ConfigError(f"{src}: field 'lora_alpha' must be > 0, got {cfg.lora_alpha}")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise ConfigError(f"{src}: field 'lora_dropout' must be in [0, 1), got {cfg.lora_dropout}")
+    if cfg.lora_r and not cfg.lora_target_modules:
+        raise ConfigError(f"{src}: field 'lora_target_modules' is empty: name the modules to adapt, or all-linear")
+    if cfg.load_in_4bit:
+        _check_4bit(cfg, src)
+
+
+def _check_4bit(cfg: TrainConfig, src: str) -> None:
+    """QLoRA needs an adapter to train, a CUDA device and bitsandbytes: refuse early, naming the field."""
+    import importlib.util
+
+    import torch
+
+    if not cfg.lora_r:
+        raise ConfigError(f"{src}: field 'load_in_4bit' needs 'lora_r' > 0 (a 4-bit base cannot be trained itself)")
+    if not torch.cuda.is_available() or cfg.device == "cpu":
+        raise ConfigError(f"{src}: field 'load_in_4bit' needs a CUDA GPU (device {cfg.device!r}, CUDA "
+                          f"{'available' if torch.cuda.is_available() else 'not available'}); use lora_r alone on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{src}: field 'load_in_4bit' needs the bitsandbytes package (pip install bitsandbytes)")

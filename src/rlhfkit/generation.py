@@ -38,7 +38,7 @@ import torch
 from .data.tokenize import layout
 from .data.tokenize import prompt_ids as _prompt_ids
 from .losses import token_logprobs
-from .models import causal_lm_logits, position_ids_from_mask, target_logprobs
+from .models import causal_lm_logits, position_ids_from_mask, target_logprobs, unwrap_peft
 
 
 @dataclass
@@ -365,6 +365,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     _check(max_new_tokens, temperature, top_k, top_p, batch_size)
     if any(len(r) == 0 for r in prompt_ids):
         raise ValueError("every prompt needs at least one token (add BOS or use the chat template)")
+    model = unwrap_peft(model)  # a LoRA policy: the model with its adapter layers, for the cache-aware forward
     device = next(model.parameters()).device
     ends = list(eos_ids(tokenizer, model) if eos_token_ids is None else eos_token_ids)
     special = _special_ids(tokenizer)

@@ -3,12 +3,21 @@
 Everything goes through the `transformers` Auto classes so that any Hugging Face folder or hub id
 works, and every stage writes a folder that ``from_pretrained`` loads back. Weights load from
 safetensors only unless the caller opts in to pickle; ``trust_remote_code`` is off unless set.
+
+LoRA (``peft``): a trainer with ``lora_r > 0`` wraps its model with :func:`add_lora` and writes an
+adapter folder (``adapter_config.json``, ``adapter_model.safetensors``, tokenizer files). The
+loaders here recognise such a folder and return its base with the adapter merged in, so every
+stage that reads a model (eval, serve, the next trainer) takes an adapter folder as it takes a full
+one. The frozen reference of a LoRA run is the policy itself with its adapter switched off
+(:func:`adapter_disabled`): no second copy of the weights.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -76,35 +85,178 @@ def _weights_kwargs(path: str, allow_pickle: bool, trust_remote_code: bool) -> d
 
 
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
-                   allow_pickle: bool = False) -> PreTrainedModel:
+                   allow_pickle: bool = False, load_in_4bit: bool = False) -> PreTrainedModel:
+    """A causal LM from a model folder or hub id; an adapter folder loads as base + adapter, merged."""
+    if is_adapter_dir(path):
+        return _merged_adapter(path, allow_pickle, lambda base: load_causal_lm(
+            base, dtype, trust_remote_code, allow_pickle, load_in_4bit))
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, **_weights_kwargs(path, allow_pickle, trust_remote_code))
+        path, dtype=dtype, **_quantization_kwargs(load_in_4bit, dtype),
+        **_weights_kwargs(path, allow_pickle, trust_remote_code))
     return model
 
 
 def load_reward_model(path: str, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32,
-                      trust_remote_code: bool = False, allow_pickle: bool = False) -> PreTrainedModel:
+                      trust_remote_code: bool = False, allow_pickle: bool = False,
+                      load_in_4bit: bool = False) -> PreTrainedModel:
     """A scalar-output sequence classifier from any checkpoint.
 
     A causal-LM or bare encoder checkpoint (e.g. the MiniLM ``BertModel``) gets a new, randomly
     initialised 1-output head; a sequence-classification checkpoint with one label loads as is.
+    An adapter folder (a LoRA reward model or critic) loads as its base with the adapter and the
+    trained head it carries merged in.
     """
+    if is_adapter_dir(path) and _adapter_task(path) != "SEQ_CLS":  # e.g. a LoRA SFT run as the starting point
+        if load_in_4bit:
+            raise OSError(f"{path}: a LoRA causal-LM folder cannot start a 4-bit reward model; "
+                          "run `rlhfkit merge-lora` on it first")
+        lm = load_causal_lm(path, dtype, trust_remote_code, allow_pickle)
+        return _reward_from_causal_lm(lm, tokenizer, trust_remote_code)
+    if is_adapter_dir(path):
+        return _merged_adapter(path, allow_pickle, lambda base: load_reward_model(
+            base, tokenizer, dtype, trust_remote_code, allow_pickle, load_in_4bit))
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     extra = {}
     if getattr(config, "num_labels", 2) != 1:
         extra = {"num_labels": 1, "ignore_mismatched_sizes": True}
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, dtype=dtype, **extra, **_weights_kwargs(path, allow_pickle, trust_remote_code))
+        path, dtype=dtype, **extra, **_quantization_kwargs(load_in_4bit, dtype),
+        **_weights_kwargs(path, allow_pickle, trust_remote_code))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, path: str | os.PathLike) -> None:
-    """A Hugging Face folder: config.json, model.safetensors, tokenizer files."""
+    """A Hugging Face folder: config.json, model.safetensors, tokenizer files; for a LoRA model
+    (a ``peft`` wrapper) the adapter only: adapter_config.json, adapter_model.safetensors."""
     Path(path).mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    if is_peft(model):  # the adapter only; embeddings are never resized here, so none are saved with it
+        model.save_pretrained(path, safe_serialization=True, save_embedding_layers=False)
+    else:
+        model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+
+
+# --------------------------------------------------------------------------- LoRA (peft)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    """A local folder holding a ``peft`` adapter (hub adapters are not looked up: no network calls)."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def is_peft(model) -> bool:
+    # peft is imported only by code that made or loaded an adapter: if it is not imported yet,
+    # no model can be a PeftModel, and plain runs never pay for the import.
+    if "peft" not in sys.modules:
+        return False
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def unwrap_peft(model):
+    """The ``transformers`` model inside a ``peft`` wrapper, else ``model``. peft injects the LoRA
+    layers into that model in place, so calling it runs the adapter (unless switched off)."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+def _quantization_kwargs(load_in_4bit: bool, dtype: torch.dtype) -> dict:
+    """QLoRA (Dettmers et al. 2023): the frozen base in 4-bit NF4 with double quantisation, computing in
+    ``dtype``. Needs CUDA and bitsandbytes (config validation refuses it otherwise)."""
+    if not load_in_4bit:
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=dtype)
+    return {"quantization_config": bnb, "device_map": {"": torch.cuda.current_device()}}
+
+
+def _adapter_task(path: str | os.PathLike) -> str | None:
+    import json
+
+    return json.loads((Path(path) / ADAPTER_CONFIG).read_text()).get("task_type")
+
+
+def _reward_from_causal_lm(lm: PreTrainedModel, tokenizer, trust_remote_code: bool) -> PreTrainedModel:
+    """A 1-output sequence classifier with ``lm``'s backbone weights and a new head: what
+    ``load_reward_model`` makes of a causal-LM folder, for a causal LM that exists only in memory
+    (a merged LoRA adapter)."""
+    import copy
+
+    config = copy.deepcopy(lm.config)
+    config.num_labels = 1
+    model = AutoModelForSequenceClassification.from_config(config, dtype=lm.dtype, trust_remote_code=trust_remote_code)
+    model.base_model.load_state_dict(lm.base_model.state_dict())
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _merged_adapter(path: str, allow_pickle: bool, load_base) -> PreTrainedModel:
+    """Base (``load_base(base_model_name_or_path)``, itself possibly an adapter folder: chained LoRA
+    stages) + the adapter of ``path``, merged into plain weights (``merge_and_unload``)."""
+    from peft import PeftConfig, PeftModel
+
+    if not allow_pickle and not (Path(path) / ADAPTER_WEIGHTS).is_file():
+        raise OSError(f"{path}: adapter folder without {ADAPTER_WEIGHTS} (pickle adapter weights can run code "
+                      "when loaded); set allow_pickle: true if you trust this folder")
+    base_path = PeftConfig.from_pretrained(path).base_model_name_or_path
+    if not base_path:
+        raise OSError(f"{path}/{ADAPTER_CONFIG}: no base_model_name_or_path; cannot tell which model it adapts")
+    model = PeftModel.from_pretrained(load_base(base_path), path, is_trainable=False)
+    return model.merge_and_unload()
+
+
+def add_lora(model: PreTrainedModel, base: str, r: int, alpha: int, dropout: float, target_modules: list[str],
+             reward: bool = False, quantized: bool = False):
+    """Wrap ``model`` with a fresh LoRA adapter (Hu et al. 2021): only the adapter (and, for a reward
+    model or critic, the score head) trains; the base weights are frozen.
+
+    ``base`` is written to the adapter's config as the model it adapts (an absolute path for a local
+    folder, so the adapter loads from any working directory). ``target_modules`` ["all-linear"] is
+    peft's every-linear-layer shorthand (the LM head excluded). Trainable tensors are held in fp32
+    whatever the base's dtype: they are the optimiser's master weights.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        task_type=TaskType.SEQ_CLS if reward else TaskType.CAUSAL_LM)
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    wrapped = get_peft_model(model, config)
+    local = Path(base).is_dir()
+    wrapped.peft_config["default"].base_model_name_or_path = str(Path(base).resolve()) if local else base
+    for p in wrapped.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return wrapped
+
+
+@contextmanager
+def adapter_disabled(model):
+    """Run ``model`` as its base weights: a LoRA model with its adapter switched off (peft's
+    ``disable_adapter``: every LoRA layer returns its base layer's output, the same computation as
+    the model before the adapter was added), in eval mode. Any other model runs as it is.
+
+    This is the reference model of a LoRA run: frozen, and no second copy of the weights."""
+    if not is_peft(model):
+        yield model
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with model.disable_adapter():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 # --------------------------------------------------------------------------- forward passes
@@ -146,6 +298,7 @@ def reward_forward(model: PreTrainedModel, input_ids_BT: torch.Tensor,
     real token here rather than by ``transformers``' "last non-pad id" rule, which breaks when
     pad == EOS. Encoder classifiers (BERT-style, pooled from the first token) run as they are.
     """
+    model = unwrap_peft(model)  # a LoRA reward model: its backbone and score head, adapter applied
     ids, mask = to_right_padding(input_ids_BT, attention_mask_BT, pad_id=model.config.pad_token_id or 0)
     if hasattr(model, "score"):
         backbone = getattr(model, model.base_model_prefix)
@@ -158,7 +311,9 @@ def reward_forward(model: PreTrainedModel, input_ids_BT: torch.Tensor,
 
 def _split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(backbone, LM head) when logits are exactly head(backbone's last hidden state), else None
-    (logit soft-capping or scaling after the head, PEFT wrappers, ...)."""
+    (logit soft-capping or scaling after the head, DDP wrappers, ...). A peft wrapper is looked
+    through: its LoRA layers sit inside the backbone, so backbone + head still run the adapter."""
+    model = unwrap_peft(model)
     cfg = getattr(model, "config", None)
     if any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in ("final_logit_softcapping", "logit_scale",
                                                                   "logits_scaling", "output_multiplier_scale")):
@@ -206,6 +361,7 @@ def packed_rewards(model: PreTrainedModel, input_ids_BT: torch.Tensor, position_
                    last_index: torch.Tensor) -> torch.Tensor:
     """Scalar reward of each packed sequence (decoder classifiers with a ``score`` head), read at its
     last token by flat index (``data.tokenize.layout``'s ``last_index``). Returns (S,)."""
+    model = unwrap_peft(model)
     backbone = getattr(model, model.base_model_prefix)
     hidden_BTH = backbone(input_ids=input_ids_BT, position_ids=position_ids_BT, use_cache=False).last_hidden_state
     return model.score(hidden_BTH.flatten(0, 1)[last_index]).squeeze(-1).float()
@@ -218,6 +374,7 @@ def packing_works(model: PreTrainedModel, reward: bool = False) -> bool:
     sequences attend to each other. Callers fall back to padding when this is False."""
     from .data.tokenize import layout
 
+    model = unwrap_peft(model)
     vocab = model.config.vocab_size
     rows = [[(7 * i + 3) % vocab for i in range(6)], [(5 * i + 11) % vocab for i in range(4)],
             [(3 * i + 5) % vocab for i in range(2)]]  # packs as [6], [4, 2]

@@ -11,9 +11,10 @@ from typing import Callable
 
 def registry() -> dict[str, tuple[type, Callable]]:
     from .best_of_n import run_best_of_n
-    from .config import (BestOfNConfig, DPOConfig, GRPOConfig, JudgeConfig, PPOConfig, RLOOConfig, RMConfig,
-                         SamplePairsConfig, SFTConfig)
+    from .config import (BestOfNConfig, DPOConfig, GRPOConfig, JudgeConfig, MergeLoraConfig, PPOConfig, RLOOConfig,
+                         RMConfig, SamplePairsConfig, SFTConfig)
     from .judge.run import run_judge
+    from .merge_lora import run_merge_lora
     from .sample_pairs import run_sample_pairs
     from .train.dpo import run_dpo
     from .train.grpo import run_grpo
@@ -27,5 +28,5 @@ def registry() -> dict[str, tuple[type, Callable]]:
     return {"sft": (SFTConfig, run_sft), "rm": (RMConfig, run_rm), "dpo": (DPOConfig, run_dpo),
             "ppo": (PPOConfig, run_ppo), "rloo": (RLOOConfig, run_rloo), "grpo": (GRPOConfig, run_grpo),
             "best-of-n": (BestOfNConfig, run_best_of_n), "sample-pairs": (SamplePairsConfig, run_sample_pairs),
-            "judge": (JudgeConfig, run_judge),
+            "judge": (JudgeConfig, run_judge), "merge-lora": (MergeLoraConfig, run_merge_lora),
             **WORLD_STAGES, **EVAL_STAGES}

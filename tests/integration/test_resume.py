@@ -91,3 +91,63 @@ def test_sigkill_then_resume_matches_uninterrupted(world_dir, tmp_path, stage):
         for a_row, b_row in zip(rows[0][4:], rows[1][4:]):
             assert b_row["overopt_z_train"] == pytest.approx(a_row["overopt_z_train"], abs=1e-5)
             assert b_row["overopt_z_heldout"] == pytest.approx(a_row["overopt_z_heldout"], abs=1e-5)
+
+
+class _Stop(Exception):
+    """Stands in for a kill, in-process (a subprocess per run would triple this test's time)."""
+
+
+@pytest.mark.parametrize("stage", ["dpo", "grpo", "ppo"])
+def test_lora_stop_then_resume_matches_uninterrupted(world_dir, tmp_path, monkeypatch, stage):
+    """LoRA checkpoints hold only what trains, not the frozen base: an adapter folder (which loads
+    as a model, e.g. for `rlhfkit frontier`), or for PPO's policy + critic the trainable tensors.
+    A run stopped at the start of step 6 and resumed from its step-4 checkpoint ends with the
+    uninterrupted run's adapter."""
+    from rlhfkit.config import DPOConfig, GRPOConfig, PPOConfig
+    from rlhfkit.models import is_adapter_dir
+    from rlhfkit.train import loop, online
+    from rlhfkit.train.dpo import run_dpo
+    from rlhfkit.train.grpo import run_grpo
+    from rlhfkit.train.ppo import run_ppo
+
+    def run(out, resume=False):
+        common = dict(model=world_dir["base"], output_dir=str(out), max_steps=8, micro_batch_size=4, save_steps=2,
+                      max_length=32, max_prompt_length=16, learning_rate=1e-3, seed=5, lora_r=8, resume=resume)
+        if stage == "dpo":
+            run_dpo(DPOConfig(data=world_dir["prefs"], batch_size=8, beta=0.5, **common))
+        else:
+            cls, fn = (GRPOConfig, run_grpo) if stage == "grpo" else (PPOConfig, run_ppo)
+            fn(cls(data=world_dir["prompts"], batch_size=4, num_generations=2, max_new_tokens=8,
+                   reward_fn=["rlhfkit.world.toy:kind_reward"], **common))
+
+    def stop_at_step_5(step, variable="RLHFKIT_TEST_KILL_AT_STEP"):
+        if variable == "RLHFKIT_TEST_KILL_AT_STEP" and step == 5:
+            raise _Stop
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    run(straight)
+    monkeypatch.setattr(loop, "_fault_hook", stop_at_step_5)
+    monkeypatch.setattr(online, "_fault_hook", stop_at_step_5)
+    with pytest.raises(_Stop):
+        run(stopped)
+    folder = stopped / "checkpoints" / "step-0000004"
+    if stage == "ppo":  # policy adapter, critic adapter and score head
+        ckpt = load_file(str(folder / "model.safetensors"))
+        assert {k.split(".")[0] for k in ckpt} == {"policy", "critic"}
+        assert all(".lora_" in k or ".score.modules_to_save." in k for k in ckpt)
+    else:
+        assert is_adapter_dir(folder) and not (folder / "model.safetensors").exists()
+        ckpt = load_file(str(folder / "adapter_model.safetensors"))
+        assert ckpt and all(".lora_A." in k or ".lora_B." in k for k in ckpt)  # no frozen base weights
+    monkeypatch.undo()
+    run(stopped, resume=True)
+
+    a = load_file(str(straight / "adapter_model.safetensors"))
+    b = load_file(str(stopped / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    assert max(a[k].abs().max().item() for k in a if "lora_B" in k) > 1e-3  # trained: B left zero
+    steps = [json.loads(x)["step"] for x in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    assert json.loads((stopped / "summary.json").read_text())["resumed_from_step"] == 4

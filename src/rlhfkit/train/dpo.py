@@ -8,7 +8,8 @@ With ``precompute_ref`` the reference log-probs of every pair are computed once 
 (from the policy itself when the reference is the starting model, so no second copy is loaded;
 else from ``ref_model``, which is then freed): only the policy is in memory while training, with
 the same result since the reference is frozen. Without it the reference runs alongside, under
-``torch.no_grad``. With ``padding_free`` (the default) the 2B sequences of a micro-batch are packed
+``torch.no_grad``. With LoRA (``lora_r > 0``) the reference is the policy with its adapter switched
+off (``models.adapter_disabled``): exactly the starting weights, and never a second copy. With ``padding_free`` (the default) the 2B sequences of a micro-batch are packed
 without padding and the LM head runs only at response positions (``models.target_logprobs``).
 
 Logged per step: the implicit rewards of chosen and rejected responses, their margin, reward
@@ -27,8 +28,8 @@ from ..data import load_preference
 from ..data.sources import apply_source_weights
 from ..data.tokenize import collate_pairs, tokenize_preference
 from ..losses import dpo_loss
-from ..models import load_causal_lm, load_tokenizer, packing_works, target_logprobs
-from .loop import Run, Task, eval_batches, finish, start_run, train
+from ..models import adapter_disabled, load_causal_lm, load_tokenizer, packing_works, target_logprobs
+from .loop import Run, Task, eval_batches, finish, load_trained_model, start_run, train
 
 
 def response_logps(model, batch) -> torch.Tensor:
@@ -47,7 +48,7 @@ def precompute_reference(run: Run, ref_model, pairs: list, collate) -> None:
     for start in range(0, len(pairs), run.cfg.eval_batch_size):
         chunk = pairs[start:start + run.cfg.eval_batch_size]
         batch = {k: v.to(run.device) for k, v in collate(chunk).items()}
-        with run.accelerator.autocast():
+        with run.accelerator.autocast(), adapter_disabled(ref_model):
             chosen, rejected = response_logps(ref_model, batch).float().chunk(2)
         for pair, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
             pair.ref_chosen, pair.ref_rejected = c, r
@@ -64,11 +65,27 @@ def score_pairs(model, ref, batch, cfg: DPOConfig):
     if "ref_logps" in batch:
         rc, rr = batch["ref_logps"].chunk(2)
     else:
-        with torch.no_grad():
+        with torch.no_grad(), adapter_disabled(ref):  # a LoRA policy as its own reference
             rc, rr = response_logps(ref, batch).float().chunk(2)
     losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
     kl_sum = float((pc - rc).detach().sum() + (pr - rr).detach().sum())
     return losses, chosen_r, rejected_r, pc, pr, kl_sum, batch["loss_mask"][:, 1:].sum()
+
+
+def load_reference(cfg: DPOConfig, run: Run, policy):
+    """(the reference model, how it is had: logged in summary.json as ``reference``).
+
+    Before the first step the policy *is* the reference: with precompute_ref and no separate
+    ref_model, its log-probs are taken from the policy and no second copy is ever loaded. A LoRA
+    policy stays its own reference throughout: its adapter is switched off for reference passes."""
+    if cfg.ref_model in ("", cfg.model) and cfg.lora_r > 0:
+        return policy, "policy, adapter disabled"
+    if cfg.ref_model in ("", cfg.model) and cfg.precompute_ref:
+        return policy, "policy before its first step, precomputed"
+    # frozen: held in the compute dtype (bf16 on GPU) to halve its memory
+    ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, trust_remote_code=cfg.trust_remote_code,
+                         allow_pickle=cfg.allow_pickle)
+    return ref.to(run.device).requires_grad_(False), "separate model" + (", precomputed" if cfg.precompute_ref else "")
 
 
 def run_dpo(cfg: DPOConfig) -> dict:
@@ -76,15 +93,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
     eval_pairs = load_preference(cfg.eval_data) if cfg.eval_data else []
     run = start_run(cfg, "dpo")
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    load = dict(trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    policy = load_causal_lm(cfg.model, **load).to(run.device)
-    # Before the first step the policy *is* the reference: with precompute_ref and no separate
-    # ref_model, its log-probs are taken from the policy and no second copy is ever loaded.
-    if cfg.precompute_ref and cfg.ref_model in ("", cfg.model):
-        ref = policy
-    else:  # frozen: held in the compute dtype (bf16 on GPU) to halve its memory
-        ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, **load)
-        ref = ref.to(run.device).requires_grad_(False)
+    policy = load_trained_model(cfg, run)
+    ref, reference = load_reference(cfg, run, policy)
     run.start_clock()
 
     train_set, n_cut = tokenize_preference(pairs, tokenizer, cfg.max_length, cfg.max_prompt_length)
@@ -133,6 +143,6 @@ def run_dpo(cfg: DPOConfig) -> dict:
                 ratios={"kl": ("kl_sum", "response_tokens")}, tokenizer=tokenizer)
     summary = train(run, task)
     summary.update(stage="dpo", num_pairs=len(train_set), truncated_examples=n_cut,
-                   precompute_ref=cfg.precompute_ref)
+                   precompute_ref=cfg.precompute_ref, reference=reference)
     return finish(run, policy, tokenizer, summary)
 

@@ -41,16 +41,19 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from safetensors.torch import save_model as save_module
 from transformers import PreTrainedModel
 from tqdm.auto import tqdm
 
 from ..config import dump_config
-from ..models import resolve_device, resolve_dtype, save_model
+from ..models import (ADAPTER_WEIGHTS, add_lora, is_peft, load_causal_lm, load_reward_model, resolve_device,
+                      resolve_dtype, save_model)
 from ..tracking import MetricsLogger
 
 CHECKPOINTS = "checkpoints"
+TRAINABLE_ONLY = "trainable-only"  # checkpoint metadata: frozen (LoRA base) weights are not in the file
 
 
 class TrainingError(RuntimeError):
@@ -100,6 +103,32 @@ def start_run(cfg, stage: str) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out / "config.yaml")
     return Run(cfg=cfg, stage=stage, accelerator=accelerator, dtype=dtype, output_dir=out)
+
+
+def load_trained_model(cfg, run: Run, path: str = "", reward_tokenizer=None):
+    """The model a recipe trains, from ``path`` (default ``cfg.model``), on the run's device: a causal
+    LM, or a scalar reward model when ``reward_tokenizer`` is given.
+
+    Full fine-tuning: fp32 weights (the optimiser's master weights; autocast computes in the run's
+    dtype). With ``lora_r > 0`` the base is frozen, so it is held in the compute dtype (bf16 on GPUs
+    that have it; 4-bit with ``load_in_4bit``) under an fp32 LoRA adapter (``models.add_lora``).
+    """
+    path = path or cfg.model
+    lora, q4 = cfg.lora_r > 0, cfg.lora_r > 0 and cfg.load_in_4bit
+    kw = dict(dtype=run.dtype if lora else torch.float32, trust_remote_code=cfg.trust_remote_code,
+              allow_pickle=cfg.allow_pickle, load_in_4bit=q4)
+    if reward_tokenizer is not None:
+        model = load_reward_model(path, reward_tokenizer, **kw)
+    else:
+        model = load_causal_lm(path, **kw)
+    if lora:
+        model = add_lora(model, path, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
+                         reward=reward_tokenizer is not None, quantized=q4)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        run.print(f"LoRA r={cfg.lora_r} on {path}: {n_train:,} of {n_all:,} parameters train "
+                  f"({100 * n_train / n_all:.2f}%)")
+    return model if q4 else model.to(run.device)
 
 
 def seed_everything(seed: int) -> None:
@@ -433,7 +462,14 @@ def on_main(run: Run, write: Callable[[], Any]) -> None:
 def _write_checkpoint(run: Run, model, optimizer, scheduler, step: int, state: dict, root: Path, tmp: Path,
                       final: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(model, PreTrainedModel):
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    if is_peft(model):  # a LoRA model: an adapter folder, which loads as a model (base + adapter)
+        save_model(model, None, tmp)
+    elif frozen:  # e.g. PPO's LoRA policy + critic: only what trains (adapters, heads); the base never changes
+        tmp.mkdir(parents=True)
+        trained = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(trained, str(tmp / "model.safetensors"), metadata={"rlhfkit": TRAINABLE_ONLY})
+    elif isinstance(model, PreTrainedModel):
         save_model(model, None, tmp)
     else:  # e.g. PPO's policy + critic: one state dict (shared tensors stored once)
         tmp.mkdir(parents=True)
@@ -468,7 +504,10 @@ def load_checkpoint(run: Run, model, optimizer, scheduler, state: dict) -> int:
     if ckpt is None:
         run.print(f"resume: no checkpoint in {run.output_dir / CHECKPOINTS}; starting from step 0")
         return 0
-    _load_weights(model, ckpt / "model.safetensors")
+    if (ckpt / ADAPTER_WEIGHTS).exists():
+        _load_adapter(model, ckpt / ADAPTER_WEIGHTS)
+    else:
+        _load_weights(model, ckpt / "model.safetensors")
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     rng = torch.load(ckpt / "rng.pt", weights_only=True)
@@ -485,13 +524,30 @@ def load_checkpoint(run: Run, model, optimizer, scheduler, state: dict) -> int:
     return int(meta["step"])
 
 
+def _load_adapter(model, path: Path) -> None:
+    """A LoRA checkpoint's adapter into ``model`` (a peft model); every trainable tensor must be in it."""
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, load_file(str(path), device=str(next(model.parameters()).device)))
+    params = dict(model.named_parameters())
+    untrained = [k for k in result.missing_keys if k in params and params[k].requires_grad]
+    if result.unexpected_keys or untrained:
+        raise TrainingError(f"{path}: checkpoint does not match the model "
+                            f"(missing {untrained[:3]}, unexpected {result.unexpected_keys[:3]})")
+
+
 def _load_weights(model, path: Path) -> None:
-    """Load a safetensors state dict; keys the file lacks must be tied to keys it has."""
+    """Load a safetensors state dict; keys the file lacks must be tied to keys it has (or, in a
+    trainable-only LoRA checkpoint, be frozen base weights, which the run loaded from the base)."""
     tensors = load_file(str(path), device=str(next(model.parameters()).device))
+    with safe_open(str(path), "pt") as f:
+        trainable_only = (f.metadata() or {}).get("rlhfkit") == TRAINABLE_ONLY
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded = {params[k].data_ptr() for k in tensors if k in params}
     untied = [k for k in missing if k not in params or params[k].data_ptr() not in loaded]
+    if trainable_only:
+        untied = [k for k in untied if k in params and params[k].requires_grad]
     if unexpected or untied:
         raise TrainingError(f"{path}: checkpoint does not match the model "
                             f"(missing {untied[:3]}, unexpected {unexpected[:3]})")

@@ -27,6 +27,8 @@ gradient DDP averages is the 1-process gradient of the same samples. PPO whitens
 ``normalize_reward`` tracks moments over all processes' samples; logged metrics are global
 (per-sample ones gathered, loss statistics summed, algorithm figures averaged over processes);
 timings are the main process's.
+With LoRA (``lora_r > 0``) and no separate ``ref_model``, the reference
+is the policy with its adapter switched off (``models.adapter_disabled``): no second copy loaded.
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ from ..data.tokenize import prompt_ids
 from ..generation import generate, response_logprobs, rollout_rows
 from ..kl import make_kl_controller
 from ..losses import kl_estimate, masked_mean, masked_sum, ppo_policy_loss
-from ..models import load_causal_lm, load_tokenizer, packing_works
+from ..models import adapter_disabled, load_causal_lm, load_tokenizer, packing_works
 from ..rewards import make_reward
 from ..shared_prompt import prompt_sharing_works
 from ..tracking import MetricsLogger
 from .loop import (Run, TrainingError, _fault_hook, _grad_norm, _reduce, _skip_bad_step, batch_plan, finish, inner,
-                   load_checkpoint, make_optimizer, my_share, on_main, prepare, save_checkpoint, start_run,
-                   step_indices)
+                   load_checkpoint, load_trained_model, make_optimizer, my_share, on_main, prepare, save_checkpoint,
+                   start_run, step_indices)
 
 
 @dataclass
@@ -218,7 +220,7 @@ def collect(eng: Engine, step: int, indices: list[int]) -> Experience:
     ids, attn, mask, old = rollout_rows(rows, rollout, eng.tokenizer.pad_token_id)
     dev = run.device
     ids, attn, mask, old = ids.to(dev), attn.to(dev), mask.to(dev), old.to(dev)
-    with run.accelerator.autocast():
+    with run.accelerator.autocast(), adapter_disabled(eng.ref):  # a LoRA policy as its own reference
         ref_logp = response_logprobs(eng.ref, ids, attn, mask, cfg.temperature, eng.pack, eng.share)[0].float()
     kl = kl_estimate(old, ref_logp, cfg.kl_estimator) * mask
     exp = Experience(ids, attn, mask, old, ref_logp, kl, scores.to(dev), raw.to(dev), rollout.ended.to(dev),
@@ -356,9 +358,12 @@ def run_online(cfg, stage: str, algo: Algorithm) -> dict:
     run = start_run(cfg, stage)
     _check_engine(run, cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    load = dict(trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    policy = load_causal_lm(cfg.model, **load).to(run.device)
-    ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, **load).to(run.device).eval().requires_grad_(False)
+    policy = load_trained_model(cfg, run)
+    if cfg.lora_r > 0 and cfg.ref_model in ("", cfg.model):
+        ref = policy  # the starting weights = the policy with its adapter switched off
+    else:
+        ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, trust_remote_code=cfg.trust_remote_code,
+                             allow_pickle=cfg.allow_pickle).to(run.device).eval().requires_grad_(False)
     reward = make_reward(cfg.reward_model, cfg.reward_fn, cfg.reward_weights, run.device, cfg.trust_remote_code)
     model = algo.build_model(policy, run).to(run.device)
     run.start_clock()

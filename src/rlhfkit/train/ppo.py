@@ -8,6 +8,12 @@ its own, initialised from ``value_model``, else the reward model, else the polic
 (``value_head: separate``), or a linear head on the policy's last hidden state
 (``value_head: shared``). Policy and critic share one optimiser; the loss is the clipped
 surrogate + ``vf_coef`` x the clipped value loss.
+
+With LoRA (``lora_r > 0``) the separate critic is LoRA too: its own frozen backbone (it starts from
+different weights than the policy: the reward model, usually) with an adapter and a fully trained
+score head, written as an adapter folder to ``value_model/``. Its gradients and optimiser state
+shrink like the policy's; its frozen weights remain. ``value_head: shared`` has no critic backbone
+at all: the cheapest option in memory.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import torch
 
 from ..config import PPOConfig
 from ..losses import gae, ppo_value_loss, whiten
-from ..models import load_reward_model, position_ids_from_mask, save_model
+from ..models import position_ids_from_mask, save_model, unwrap_peft
+from .loop import load_trained_model
 from .online import Algorithm, Experience, last_token_onehot, run_online
 
 
@@ -38,10 +45,11 @@ class ActorCritic(torch.nn.Module):
             out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
                               output_hidden_states=True, use_cache=False)
             return self.value_head(out.hidden_states[-1]).squeeze(-1)[:, :-1]
-        backbone = getattr(self.critic, self.critic.base_model_prefix)
+        critic = unwrap_peft(self.critic)  # a LoRA critic: backbone with adapter, trained score head
+        backbone = getattr(critic, critic.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
                           use_cache=False).last_hidden_state
-        return self.critic.score(hidden).squeeze(-1)[:, :-1]
+        return critic.score(hidden).squeeze(-1)[:, :-1]
 
 
 def build_critic(cfg: PPOConfig, policy, run):
@@ -50,8 +58,8 @@ def build_critic(cfg: PPOConfig, policy, run):
     from ..models import load_tokenizer
 
     path = cfg.value_model or cfg.reward_model or cfg.model
-    critic = load_reward_model(path, load_tokenizer(path, cfg.trust_remote_code), trust_remote_code=cfg.trust_remote_code)
-    if not hasattr(critic, "score"):
+    critic = load_trained_model(cfg, run, path, reward_tokenizer=load_tokenizer(path, cfg.trust_remote_code))
+    if not hasattr(unwrap_peft(critic), "score"):
         raise ValueError(f"value_model {path}: the critic needs a decoder with a per-token `score` head; "
                          "use value_model: <a causal LM folder> or value_head: shared")
     return ActorCritic(policy, critic)

@@ -5,6 +5,8 @@ Stage 2 of the RLHF pipeline. Bradley-Terry loss -log sigmoid(r(x, y_c) - r(x, y
 attention mask (``models.reward_forward``), whatever the padding side. Chosen and rejected rows go
 through the model in one concatenated batch, packed without padding when ``padding_free``. Held-out accuracy is reported with a 95% Wilson
 interval from the first evaluation, and a warning is printed when it cannot be told from chance.
+With ``lora_r > 0`` the backbone trains through a LoRA adapter while the score head trains in full
+(peft's ``modules_to_save`` for sequence classification); the adapter folder carries both.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from ..data.sources import apply_source_weights
 from ..data.tokenize import collate_pairs, tokenize_preference
 from ..evaluate.stats import wilson_interval
 from ..losses import bradley_terry
-from ..models import load_reward_model, load_tokenizer, packed_rewards, packing_works, reward_forward
-from .loop import Task, eval_batches, finish, start_run, train
+from ..models import load_tokenizer, packed_rewards, packing_works, reward_forward
+from .loop import Task, eval_batches, finish, load_trained_model, start_run, train
 
 
 def pair_rewards(model, batch):
@@ -33,9 +35,7 @@ def run_rm(cfg: RMConfig) -> dict:
     eval_pairs = load_preference(cfg.eval_data) if cfg.eval_data else []
     run = start_run(cfg, "rm")
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    model = load_reward_model(cfg.model, tokenizer, trust_remote_code=cfg.trust_remote_code,
-                              allow_pickle=cfg.allow_pickle)
-    model.to(run.device)
+    model = load_trained_model(cfg, run, reward_tokenizer=tokenizer)
     run.start_clock()
 
     train_set, n_cut = tokenize_preference(pairs, tokenizer, cfg.max_length, cfg.max_prompt_length)

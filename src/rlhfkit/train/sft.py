@@ -6,6 +6,7 @@ negative log-likelihood per response token over the whole optimiser step
 change the gradient. With ``completion_only_loss`` (the default) prompt tokens are masked out.
 With ``padding_free`` (the default) each micro-batch is packed without padding
 (``data.tokenize.layout``) and the LM head runs only where a trained token is predicted.
+With ``lora_r > 0`` only a LoRA adapter trains and the output folder holds the adapter.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 from ..config import SFTConfig
 from ..data import load_sft
 from ..data.tokenize import collate_sft, tokenize_sft
-from ..models import load_causal_lm, load_tokenizer, packing_works, target_logprobs
-from .loop import Task, eval_batches, finish, start_run, train
+from ..models import load_tokenizer, packing_works, target_logprobs
+from .loop import Task, eval_batches, finish, load_trained_model, start_run, train
 
 
 def nll_sum(model, batch) -> tuple:
@@ -29,8 +30,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     eval_examples = load_sft(cfg.eval_data) if cfg.eval_data else []
     run = start_run(cfg, "sft")
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    model = load_causal_lm(cfg.model, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    model.to(run.device)
+    model = load_trained_model(cfg, run)
     run.start_clock()
 
     train_set, n_cut = tokenize_sft(examples, tokenizer, cfg.max_length, cfg.completion_only_loss)

@@ -1,0 +1,37 @@
+"""``rlhfkit merge-lora``: a LoRA run's adapter folder -> a full Hugging Face folder.
+
+The merged weights are W + (lora_alpha / r) * B A for every adapted layer (Hu et al. 2021, eq. 3),
+so the folder computes what base + adapter computed, with no ``peft`` needed to load it:
+``AutoModelForCausalLM`` (or ``AutoModelForSequenceClassification`` for a LoRA reward model or
+critic, whose trained score head is written in place of the base's) reads it as any other model.
+Chained adapters (a LoRA DPO run started from a LoRA SFT folder) merge in order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import MergeLoraConfig, dump_config
+from .models import (ADAPTER_CONFIG, DTYPES, is_adapter_dir, load_causal_lm, load_reward_model, load_tokenizer,
+                     save_model)
+
+
+def run_merge_lora(cfg: MergeLoraConfig) -> dict:
+    if not is_adapter_dir(cfg.model):
+        raise ValueError(f"model {cfg.model}: not a LoRA adapter folder (no {ADAPTER_CONFIG}); "
+                         "it is already a full model")
+    adapter = json.loads((Path(cfg.model) / ADAPTER_CONFIG).read_text())
+    reward = adapter.get("task_type") == "SEQ_CLS"
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    load = dict(dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    model = load_reward_model(cfg.model, tokenizer, **load) if reward else load_causal_lm(cfg.model, **load)
+    out = Path(cfg.output_dir)
+    save_model(model, tokenizer, out)
+    summary = {"stage": "merge-lora", "adapter": str(cfg.model), "base": adapter.get("base_model_name_or_path"),
+               "kind": "reward model" if reward else "causal LM", "lora_r": adapter.get("r"),
+               "parameters": sum(p.numel() for p in model.parameters()), "dtype": cfg.dtype}
+    dump_config(cfg, out / "config.yaml")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"rlhfkit merge-lora: {cfg.model} + base {summary['base']} -> {out} ({summary['parameters']:,} parameters)")
+    return summary
