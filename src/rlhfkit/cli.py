@@ -87,15 +87,27 @@ def main(argv: list[str] | None = None) -> int:
         return annotate_main(rest)
     debug = "--debug" in rest
     _quiet_libraries()
+    stages = _stages()
+    if stage not in stages and stage != "pipeline":
+        print(f"rlhfkit: error: unknown stage {stage!r}\n\n{USAGE}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return _run_stage(stage, rest, stages, debug)
+
+
+def _end_distributed() -> None:
+    """Tear the process group down before the interpreter exits: left to shutdown, gloo's threads
+    can abort a run that succeeded ("terminate called without an active exception", exit -6)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _run_stage(stage: str, rest: list[str], stages: dict, debug: bool) -> int:
     from .config import ConfigError, parse_config
     from .data import DataError
     from .judge import JudgeError
     from .train.loop import TrainingError
 
-    stages = _stages()
-    if stage not in stages and stage != "pipeline":
-        print(f"rlhfkit: error: unknown stage {stage!r}\n\n{USAGE}", file=sys.stderr)
-        return EXIT_USER_ERROR
     try:
         if stage == "pipeline":  # its file lists stages, so it has no config dataclass of its own
             from .pipeline import main as pipeline_main
@@ -124,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+    finally:
+        _end_distributed()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

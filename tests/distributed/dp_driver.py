@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from rlhfkit.cli import main
+from rlhfkit.cli import _end_distributed, main
 
 results, rank = Path(sys.argv[1]), os.environ.get("RANK", "0")
 for spec in sys.argv[2:]:
@@ -21,3 +21,4 @@ for spec in sys.argv[2:]:
         os.environ["RLHFKIT_TEST_KILL_AT_STEP"] = kill[0]
     rc = main([stage, "--config", config])
     (results / f"{Path(config).stem}.rank-{rank}.rc").write_text(str(rc))
+_end_distributed()  # as `rlhfkit` does at exit: gloo's threads may abort an undismantled group
