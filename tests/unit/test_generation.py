@@ -364,8 +364,11 @@ def test_preallocated_cache_equals_concatenating_cache(llama):
     including after rows are dropped (batch_select_indices)."""
     from rlhfkit.generation import _new_cache
 
+    import inspect
+
     tok, model = llama
     ids, mask = _left_pad(_prompt_rows(tok), tok.pad_token_id)
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = []
     for capacity in (0, ids.shape[1] + 4):
         cache, m, step = _new_cache(model, capacity), mask, ids
@@ -373,8 +376,8 @@ def test_preallocated_cache_equals_concatenating_cache(llama):
         with torch.no_grad():
             for t in range(4):
                 pos = (m.cumsum(-1) - 1).clamp(min=0)[:, -step.shape[1]:]
-                logits.append(model(input_ids=step, attention_mask=m, position_ids=pos, past_key_values=cache,
-                                    use_cache=True).logits[:, -1])
+                logits.append(model(input_ids=step, attention_mask=m, position_ids=pos, use_cache=True,
+                                    **{cache_kw: cache}).logits[:, -1])
                 step = logits[-1].argmax(-1, keepdim=True)
                 if t == 1:  # drop row 1, as the sampler does with finished rows
                     keep = torch.tensor([0, 2, 3])

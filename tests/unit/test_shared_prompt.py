@@ -2,6 +2,8 @@
 the plain path (every row computed whole): values and gradients, on a rotary-position Llama and an
 absolute-position GPT-2 (where a wrong response position shows as wrong log-probs)."""
 
+import inspect
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -108,7 +110,8 @@ def test_prompt_sharing_works_on_real_models_and_not_on_a_broken_one(model):
             cache = cache if cache is not None else past_key_values
             if cache is not None and cache.get_seq_length() > 0:
                 position_ids = position_ids + 1
-            return self.inner(position_ids=position_ids, past_key_values=cache, **kw)
+            cache_kw = "cache" if "cache" in inspect.signature(self.inner.forward).parameters else "past_key_values"
+            return self.inner(position_ids=position_ids, **{cache_kw: cache}, **kw)
 
     prefix = model.base_model_prefix
     setattr(model, prefix, Shifted(getattr(model, prefix)))
