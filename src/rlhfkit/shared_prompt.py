@@ -14,11 +14,11 @@ becoming ``P``. ``prompt_sharing_works`` checks that equality on the actual mode
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 
+from .generation import _forward_params, _new_cache, response_logprobs
 from .losses import token_logprobs
 from .models import _split_head, position_ids_from_mask
 
@@ -74,8 +74,8 @@ def shared_prompt_logprobs(model, p: Plan, shape: tuple[int, int], temperature: 
     width = max(map(len, p.prompts))
     prompt_ids = torch.tensor([[0] * (width - len(q)) + q for q in p.prompts], device=device)       # (U, P)
     prompt_attn = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in p.prompts], device=device)
-    cache = _cache(model)
-    cache_kw = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+    cache = _new_cache(model)
+    cache_kw = "cache" if "cache" in _forward_params(backbone) else "past_key_values"
     hidden_UPH = backbone(input_ids=prompt_ids, attention_mask=prompt_attn,
                           position_ids=position_ids_from_mask(prompt_attn), use_cache=True,
                           **{cache_kw: cache}).last_hidden_state
@@ -101,21 +101,10 @@ def shared_prompt_logprobs(model, p: Plan, shape: tuple[int, int], temperature: 
     return out.index_put((rows_n, cols_n), logps_n), logits_nV
 
 
-def _cache(model):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # transformers 4.x
-        return DynamicCache()
-
-
 @torch.no_grad()
 def prompt_sharing_works(model) -> bool:
     """Whether the shared-prompt path gives this model's plain log-probs (to 1e-4), on three rows
     where two share a prompt; callers fall back to the plain path when it does not."""
-    from .generation import response_logprobs
-
     vocab = model.config.vocab_size
     prompt_a, prompt_b = [(7 * i + 3) % vocab for i in range(5)], [(5 * i + 11) % vocab for i in range(3)]
     rows = [prompt_a + [(3 * i + 5) % vocab for i in range(4)], prompt_a + [(11 * i + 2) % vocab for i in range(2)],
