@@ -49,9 +49,9 @@ from ..models import adapter_disabled, load_causal_lm, load_tokenizer, packing_w
 from ..rewards import make_reward
 from ..shared_prompt import prompt_sharing_works
 from ..tracking import MetricsLogger
-from .loop import (Run, TrainingError, _fault_hook, _grad_norm, _reduce, _skip_bad_step, batch_plan, finish, inner,
-                   load_checkpoint, load_trained_model, make_optimizer, my_share, on_main, prepare, save_checkpoint,
-                   start_run, step_indices)
+from .loop import (Run, TrainingError, _fault_hook, _grad_norm, _reduce, _skip_bad_step, batch_plan, check_engine,
+                   finish, inner, load_checkpoint, load_trained_model, make_optimizer, my_share, on_main, prepare,
+                   save_checkpoint, start_run, step_indices)
 
 
 @dataclass
@@ -341,13 +341,8 @@ def _check_engine(run: Run, cfg) -> None:
     if acc.distributed_type == DistributedType.FSDP or zero3:
         raise TrainingError("online trainers (ppo, rloo, grpo) sample with the full policy on every process, which "
                             "FSDP and DeepSpeed ZeRO-3 shard: use DDP or DeepSpeed ZeRO-2")
-    if acc.distributed_type == DistributedType.DEEPSPEED and (cfg.save_steps or cfg.resume):
-        raise TrainingError("save_steps / resume: checkpoints are not supported under DeepSpeed yet (it shards the "
-                            "optimiser state; the final model is saved); use DDP for runs that need checkpoints")
-    mini = (cfg.mini_batch_size or n) // world
-    if acc.distributed_type == DistributedType.DEEPSPEED and (cfg.micro_batch_size or mini) < mini:
-        raise TrainingError(f"micro_batch_size {cfg.micro_batch_size}: under DeepSpeed set it to mini_batch_size / "
-                            f"processes = {mini} (gradient accumulation is not supported with DeepSpeed here)")
+    mini = (cfg.mini_batch_size or n) // world  # the offline loop's DeepSpeed limits, per mini-batch
+    check_engine(run, mini, min(cfg.micro_batch_size or mini, mini))
 
 
 def run_online(cfg, stage: str, algo: Algorithm) -> dict:
