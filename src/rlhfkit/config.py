@@ -35,7 +35,18 @@ class TrainConfig:
 
     model: str = _f("", "Model folder or hub id to start from (required).")
     data: str = _f("", "Training data: .jsonl/.json/.parquet/.csv file, a `datasets` folder, or a hub name (required).")
-    eval_data: str = _f("", "Held-out data in the same format; evaluated every `eval_steps` and at the end.")
+    eval_data: str = _f("", "Held-out data in the same format; evaluated every `eval_steps` and at the end. "
+                            "May be the same source as `data`: it reads `eval_split`.")
+    data_split: str = _f("train", "Split of `data` to read from a `datasets` folder, a folder of <split>.jsonl files "
+                                  "or <split>-00000-of-00001.parquet shards, or a hub dataset (`data: SOURCE:SPLIT` "
+                                  "also names it); `train` falls back to train_prefs/train_sft/train_gen "
+                                  "(UltraFeedback's names). Single files have no splits.")
+    eval_split: str = _f("", "Split of `eval_data`; empty tries test, then validation, then test_prefs/test_sft/"
+                             "test_gen, and says which splits exist when none is there.")
+    on_bad_record: str = _f("skip", "A record that fails validation (chosen == rejected, a missing field, a JSONL line "
+                                    "that is not JSON): skip drops it, counts it and names the first ones in the log "
+                                    "and summary.json; error stops the run at it. File-level problems always stop it.",
+                            choices=["skip", "error"])
     output_dir: str = _f("", "Where the model folder, metrics.jsonl, summary.json, config.yaml and checkpoints/ go (required).")
     max_steps: int = _f(-1, "Optimiser steps to run; -1 means `epochs` passes over the data.")
     epochs: float = _f(1.0, "Passes over the training data when `max_steps` is -1.")
@@ -90,6 +101,9 @@ class RMConfig(TrainConfig):
 
     learning_rate: float = _f(1e-4, "Peak AdamW learning rate.")
     use_margin: bool = _f(True, "Subtract a pair's `margin` field in the loss (Llama 2 eq. 2) when present.")
+    margin_from_scores: bool = _f(False, "A pair without `margin` takes score_chosen - score_rejected as its margin "
+                                         "(UltraFeedback's columns; a record lacking them is a bad record); used as is, "
+                                         "so mind the scale (UltraFeedback's scores run 1-10).")
     center_rewards_coef: float = _f(0.0, "Weight of mean((r_c + r_r)^2), which keeps rewards centred on 0.")
     padding_free: bool = _f(True, "Pack each micro-batch's sequences end to end with no padding (attention stays within "
                                   "a sequence through position-id resets): no compute on padding. Checked on the model at "
@@ -444,6 +458,8 @@ def validate(cfg) -> None:
         raise ConfigError(f"{src}: field 'micro_batch_size' must be >= 0, got {cfg.micro_batch_size}")
     if cfg.max_steps == 0 or (cfg.max_steps < 0 and cfg.epochs <= 0):
         raise ConfigError(f"{src}: nothing to train: set 'max_steps' > 0 or 'epochs' > 0")
+    if not cfg.data_split:
+        raise ConfigError(f"{src}: field 'data_split' must not be empty (default: train)")
     if cfg.max_length < 2:
         raise ConfigError(f"{src}: field 'max_length' must be >= 2, got {cfg.max_length}")
     for sink in cfg.report_to:

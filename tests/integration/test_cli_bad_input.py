@@ -1,4 +1,5 @@
-"""Bad training data through the real CLI: one line on stderr, exit 2, nothing written.
+"""Bad training data through the real CLI: one line on stderr, exit 2, nothing written
+(``--on_bad_record error``); with the default ``skip`` bad records are dropped and counted.
 
 Each case runs ``python -m rlhfkit STAGE --data BAD_FILE ...`` in a subprocess and checks what a
 user sees: exit code 2, exactly one non-blank stderr line that names the file, the line
@@ -127,7 +128,8 @@ def run_case(case: Case, root: Path, model: str) -> Result:
     (out / "notes.txt").write_text("written before the run\n")
     before = snapshot(out)
     cmd = [sys.executable, "-m", "rlhfkit", case.stage, "--model", model, "--data", str(data),
-           "--output_dir", str(out), "--max_steps", "2", "--batch_size", "2"] + (["--debug"] if case.debug else [])
+           "--output_dir", str(out), "--max_steps", "2", "--batch_size", "2", "--on_bad_record", "error"]
+    cmd += ["--debug"] if case.debug else []
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -185,10 +187,36 @@ def test_online_stage_refuses_bad_prompts_in_one_line(world_dir, tmp_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "how is the soup ?"}\n{"prompt": ""}\n', encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "rlhfkit", "grpo", "--model", world_dir["base"], "--data", str(bad),
-                           "--output_dir", str(tmp_path / "out"), "--reward_fn", "rlhfkit.world.toy:kind_reward"],
+                           "--output_dir", str(tmp_path / "out"), "--reward_fn", "rlhfkit.world.toy:kind_reward",
+                           "--on_bad_record", "error"],
                           capture_output=True, text=True, timeout=120)
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "prompts.jsonl:2" in lines[0] and "field 'prompt'" in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 
+
+
+def test_default_skips_bad_records_and_reads_the_test_split(tiny_model_dir, tmp_path):
+    """Default on_bad_record (skip): an identical pair (as hh-rlhf has) is dropped, counted and named
+    in summary.json; `eval_data` given the same DatasetDict folder evaluates on its 'test' split."""
+    import datasets
+
+    rows = [json.loads(r) for r in GOOD_PAIRS] + [{**PAIR, "rejected": PAIR["chosen"]}] + [PAIR]
+    folder = tmp_path / "prefs"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows),
+                          "test": datasets.Dataset.from_list([PAIR, json.loads(GOOD_PAIRS[0])])}).save_to_disk(str(folder))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "rlhfkit", "rm", "--model", tiny_model_dir, "--data", str(folder), "--eval_data",
+           str(folder), "--output_dir", str(out), "--max_steps", "1", "--batch_size", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_pairs"] == 2 and summary["num_pairs"] == 4
+    assert summary["bad_records"] == 1
+    assert summary["bad_record_examples"] == [f"{folder} (split 'train'): record 4: field 'rejected': identical to 'chosen'"]
+    assert (summary["data_split"], summary["eval_split"]) == ("train", "test")
+    log = proc.stdout + proc.stderr
+    assert f"data: {folder} split 'train': 5 rows, 1 bad record skipped (on_bad_record: skip)" in log
+    assert f"eval_data: {folder} split 'test': 2 rows" in log

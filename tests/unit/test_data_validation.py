@@ -393,3 +393,40 @@ def test_fuzz_jsonl_only_raises_data_error(content):
             assert examples and all(isinstance(ex, kind) for ex in examples)
             assert len({ex.conversational for ex in examples}) == 1
             assert all(ex.where.startswith(f"{path}:") for ex in examples)
+
+
+# ------------------------------------------------------------- ultrafeedback_binarized rows
+
+
+UF = {"prompt": "Q?", "prompt_id": "x", "chosen": [user("Q?"), bot("a")], "rejected": [user("Q?"), bot("b")],
+      "messages": [user("Q?"), bot("a")], "score_chosen": 9.0, "score_rejected": 3.5}
+
+
+def test_string_prompt_with_whole_conversations_takes_the_shared_prefix():
+    ex = parse_preference(UF, HERE)
+    assert (ex.prompt, ex.chosen, ex.rejected, ex.margin) == ([user("Q?")], [bot("a")], [bot("b")], None)
+    assert ex.conversational and ex.extra == {k: UF[k] for k in ("prompt_id", "messages", "score_chosen", "score_rejected")}
+    system = {"role": "system", "content": "Be brief."}
+    ex = parse_preference({**UF, "chosen": [system, *UF["chosen"]], "rejected": [system, *UF["rejected"]]}, HERE)
+    assert (ex.prompt, ex.chosen) == ([system, user("Q?")], [bot("a")])
+
+
+def test_string_prompt_that_differs_from_the_shared_prefix():
+    with pytest.raises(DataError) as info:
+        parse_preference({**UF, "prompt": "Another question?"}, HERE)
+    assert str(info.value) == ("data.jsonl:7: field 'prompt': differs from the first user message that 'chosen' "
+                               "and 'rejected' start with")
+
+
+def test_margin_from_scores():
+    assert parse_preference(UF, HERE, margin_from_scores=True).margin == 5.5
+    assert parse_preference({**UF, "margin": 1.0}, HERE, margin_from_scores=True).margin == 1.0  # explicit wins
+    plain = {"prompt": "Q", "chosen": "a", "rejected": "b", "score_chosen": 2, "score_rejected": 3}
+    assert parse_preference(plain, HERE, margin_from_scores=True).margin == -1.0
+    with pytest.raises(DataError) as info:
+        parse_preference({k: v for k, v in UF.items() if k != "score_rejected"}, HERE, margin_from_scores=True)
+    assert str(info.value) == ("data.jsonl:7: field 'score_rejected': missing (margin_from_scores needs "
+                               "'score_chosen' and 'score_rejected')")
+    with pytest.raises(DataError) as info:
+        parse_preference({**UF, "score_chosen": "9"}, HERE, margin_from_scores=True)
+    assert str(info.value) == "data.jsonl:7: field 'score_chosen': expected a number, got string"

@@ -16,6 +16,7 @@ from .formats import (
     parse_sft,
 )
 from .load import Location, read_records
+from .report import LoadReport
 
 # --- rlhfkit.data.tokenize exports go here -----------------------------------
 
@@ -23,6 +24,7 @@ __all__ = [
     "DataError",
     "Location",
     "read_records",
+    "LoadReport",
     "PreferenceExample",
     "SFTExample",
     "PromptExample",

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import DataError
-from .load import Location, json_type, read_records
+from .load import Location, json_type, open_records, split_source
+from .report import BAD_RECORD_POLICIES, LoadReport
 
 Message = dict  # {"role": str, "content": str}, extra keys (e.g. "name") kept
 ROLES = ("system", "user", "assistant", "tool")
@@ -147,19 +148,46 @@ def _same_form(a, b, where, a_name: str, b_name: str, hint: str = "") -> None:
         raise _err(where, f"is {form} but '{a_name}' is {other}; use one form for both{hint}", b_name)
 
 
-def _margin(rec: dict, where) -> float | None:
-    value = rec.get("margin")
-    if value is None:  # columnar formats (Parquet, datasets) fill absent cells with null
-        return None
+def _number(value, where, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _err(where, f"expected a number, got {json_type(value)}", "margin")
+        raise _err(where, f"expected a number, got {json_type(value)}", name)
     try:
-        margin = float(value)  # OverflowError for ints beyond float range
+        number = float(value)  # OverflowError for ints beyond float range
     except OverflowError:
-        margin = math.inf
-    if not math.isfinite(margin):
-        raise _err(where, f"expected a finite number, got {str(value)[:20]}", "margin")
-    return margin
+        number = math.inf
+    if not math.isfinite(number):
+        raise _err(where, f"expected a finite number, got {str(value)[:20]}", name)
+    return number
+
+
+def _margin(rec: dict, where, from_scores: bool = False) -> float | None:
+    """`margin`, else (with `from_scores`) score_chosen - score_rejected (UltraFeedback's columns)."""
+    value = rec.get("margin")
+    if value is not None:  # columnar formats (Parquet, datasets) fill absent cells with null
+        return _number(value, where, "margin")
+    if not from_scores:
+        return None
+    for name in ("score_chosen", "score_rejected"):
+        if rec.get(name) is None:
+            raise _err(where, "missing (margin_from_scores needs 'score_chosen' and 'score_rejected')", name)
+    return _number(rec["score_chosen"], where, "score_chosen") - _number(rec["score_rejected"], where, "score_rejected")
+
+
+def _prompt_from_prefix(prompt: str, chosen: list[Message], rejected: list[Message], where):
+    """A string prompt with chosen/rejected holding the whole conversation (as in
+    HuggingFaceH4/ultrafeedback_binarized): the prompt becomes the message prefix both share,
+    whose first user message must be that string. No shared prefix: returned unchanged."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    if n == 0:
+        return prompt, chosen, rejected
+    if chosen == rejected:
+        raise _err(where, "identical to 'chosen'", "rejected")
+    first_user = next((m["content"] for m in chosen[:n] if m["role"] == "user"), None)
+    if first_user is None or first_user.strip() != prompt.strip():
+        raise _err(where, "differs from the first user message that 'chosen' and 'rejected' start with", "prompt")
+    return chosen[:n], chosen[n:], rejected[n:]
 
 
 def _strip_prompt(prompt: list[Message], completion: list[Message]) -> list[Message]:
@@ -213,20 +241,23 @@ def _extra(rec: dict, used) -> dict:
     return {k: v for k, v in rec.items() if k not in used}
 
 
-def parse_preference(rec: dict, where: Location | None = None) -> PreferenceExample:
-    """One preference record in any TRL preference format, validated."""
+def parse_preference(rec: dict, where: Location | None = None, margin_from_scores: bool = False) -> PreferenceExample:
+    """One preference record in any TRL preference format, validated; with `margin_from_scores`
+    a record without `margin` takes score_chosen - score_rejected."""
     rec = _require_dict(rec, where)
     for name in ("chosen", "rejected"):
         if name not in rec:
             if not any(k in rec for k in ("prompt", "chosen", "rejected")):
                 raise _err(where, f"matches no preference format; accepted: {PREFERENCE_FORMATS}")
             raise _err(where, "missing", name)
-    margin = _margin(rec, where)
+    margin = _margin(rec, where, margin_from_scores)
     chosen = _turns(rec["chosen"], where, "chosen")
     rejected = _turns(rec["rejected"], where, "rejected")
     _same_form(chosen, rejected, where, "chosen", "rejected")
     if "prompt" in rec:
         prompt = _turns(rec["prompt"], where, "prompt")
+        if isinstance(prompt, str) and isinstance(chosen, list):
+            prompt, chosen, rejected = _prompt_from_prefix(prompt, chosen, rejected, where)
         hint = " (or drop 'prompt' if chosen/rejected hold the whole conversation)"
         _same_form(prompt, chosen, where, "prompt", "chosen", hint)  # rejected matches chosen already
         if isinstance(prompt, list):
@@ -291,12 +322,28 @@ def _where(where: Location | None) -> str:
 # ---------------------------------------------------------------- loaders
 
 
-def _load(source: str, split: str, parse: Callable, form_field: Callable) -> list:
-    """Parse every record, stopping at the first bad one, and refuse files that
-    mix plain-text and conversational records (one file gets one rendering)."""
+def _load(source: str, split, parse: Callable, form_field: Callable, on_bad_record: str = "error",
+          report: LoadReport | None = None) -> list:
+    """Parse every record and refuse files that mix plain-text and conversational records
+    (one file gets one rendering). A record that fails validation stops the load
+    (`on_bad_record="error"`) or is dropped and counted in `report` ("skip")."""
+    if on_bad_record not in BAD_RECORD_POLICIES:
+        raise ValueError(f"on_bad_record must be one of {', '.join(BAD_RECORD_POLICIES)}, got {on_bad_record!r}")
+    skip = on_bad_record == "skip"
+    report = LoadReport() if report is None else report
+    records, report.split = open_records(source, split, keep_bad=skip)
+    report.source, report.rows = split_source(source)[0], len(records)
     examples, first = [], None
-    for loc, rec in read_records(source, split):
-        ex = parse(rec, loc)
+    for loc, rec in records:
+        try:
+            if isinstance(rec, DataError):  # a line the reader could not parse (skip mode only)
+                raise rec
+            ex = parse(rec, loc)
+        except DataError as e:
+            if not skip:
+                raise
+            report.add(e)
+            continue
         if first is None:
             first = (ex.conversational, loc)
         elif ex.conversational != first[0]:
@@ -304,20 +351,27 @@ def _load(source: str, split: str, parse: Callable, form_field: Callable) -> lis
             raise DataError.at(loc, f"{forms[0]} record, but the first record ({first[1]}) is {forms[1]}; "
                                     "a file must use one form", form_field(ex))
         examples.append(ex)
+    if not examples:
+        raise DataError(f"no valid records: all {report.rows} failed validation (on_bad_record: skip); "
+                        f"first: {report.examples[0]}", report.source)
     return examples
 
 
-def load_preference(source: str, split: str = "train") -> list[PreferenceExample]:
-    """Validated preference pairs from `source` (see `read_records` for sources)."""
-    return _load(source, split, parse_preference, lambda ex: "chosen")
+def load_preference(source: str, split="train", on_bad_record: str = "error", report: LoadReport | None = None,
+                    margin_from_scores: bool = False) -> list[PreferenceExample]:
+    """Validated preference pairs from `source` (see `read_records` for sources and `split`)."""
+    return _load(source, split, lambda rec, loc: parse_preference(rec, loc, margin_from_scores),
+                 lambda ex: "chosen", on_bad_record, report)
 
 
-def load_sft(source: str, split: str = "train") -> list[SFTExample]:
+def load_sft(source: str, split="train", on_bad_record: str = "error",
+             report: LoadReport | None = None) -> list[SFTExample]:
     """Validated SFT examples from `source`."""
-    return _load(source, split, parse_sft,
-                 lambda ex: {"prompt_completion": "prompt"}.get(ex.kind, ex.kind))
+    return _load(source, split, parse_sft, lambda ex: {"prompt_completion": "prompt"}.get(ex.kind, ex.kind),
+                 on_bad_record, report)
 
 
-def load_prompts(source: str, split: str = "train") -> list[PromptExample]:
+def load_prompts(source: str, split="train", on_bad_record: str = "error",
+                 report: LoadReport | None = None) -> list[PromptExample]:
     """Validated prompts from `source`."""
-    return _load(source, split, parse_prompt, lambda ex: "prompt")
+    return _load(source, split, parse_prompt, lambda ex: "prompt", on_bad_record, report)

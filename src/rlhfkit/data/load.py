@@ -11,9 +11,11 @@ import csv
 import gzip
 import io
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from .errors import DataError
 
@@ -23,6 +25,10 @@ FILE_TYPES = (".jsonl", ".ndjson", ".jsonl.gz", ".json", ".json.gz", ".parquet",
 _PATH_SUFFIXES = {".jsonl", ".ndjson", ".json", ".gz", ".parquet", ".pq", ".csv", ".tsv",
                   ".txt", ".arrow", ".zip", ".xz", ".bz2", ".zst", ".yaml", ".yml"}
 _BOM = b"\xef\xbb\xbf"
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+# The hub's Parquet layout: data/<split>-00000-of-00002.parquet
+_SHARD = re.compile(r"(?P<split>.+)-\d{5}-of-\d{5}\.parquet")
 
 
 @dataclass(frozen=True)
@@ -39,25 +45,63 @@ class Location:
         return f"{self.file}:{self.index}"
 
 
-def read_records(source: str, split: str = "train") -> list[tuple[Location, dict]]:
+def read_records(source: str, split: str | Sequence[str] = "train",
+                 keep_bad: bool = False) -> list[tuple[Location, dict]]:
     """All records of `source` as (location, dict) pairs; never empty.
 
     `source` is a .jsonl/.jsonl.gz/.json/.parquet/.csv file, a folder written by
     `datasets` `save_to_disk` (a DatasetDict gives its `split`), a folder holding
-    `<split>.<ext>`, or else a hub dataset name for `datasets.load_dataset`.
+    `<split>.<ext>` files or hub-style `data/<split>-00000-of-00001.parquet` shards,
+    or else a hub dataset name for `datasets.load_dataset`; `SOURCE:SPLIT` names
+    the split (see `split_source`). `split` may be a list of names to try in order.
+    With `keep_bad`, a line that is not a JSON object (or a JSON-list element that
+    is not one) comes back as (location, DataError) in its place instead of raising.
     """
+    return open_records(source, split, keep_bad)[0]
+
+
+def open_records(source: str, split: str | Sequence[str] = "train",
+                 keep_bad: bool = False) -> tuple[list[tuple[Location, dict]], str | None]:
+    """(records, the split read, or None for a source without splits); see `read_records`."""
+    source, named = split_source(source)
+    splits = (named,) if named else ((split,) if isinstance(split, str) else tuple(split))
     path = Path(source).expanduser()
     if path.is_dir():
-        records = _read_folder(path, source, split)
+        records, chosen = _read_folder(path, source, splits, keep_bad)
     elif path.is_file():
-        records = _read_file(path, source, split)
+        records, chosen = _read_file(path, source, splits, keep_bad)
     elif _looks_like_path(source):
         raise DataError("no such file", source)
     else:
-        records = _read_hub(source, split)
+        records, chosen = _read_hub(source, splits)
     if not records:
         raise DataError("empty: no records", source)
-    return records
+    return records, chosen
+
+
+def split_source(source: str) -> tuple[str, str | None]:
+    """('path', 'split') from 'path:split', else (source, None).
+
+    The suffix is a split only when `source` itself is no existing path, the part
+    before the last ':' is an existing path or a hub name (`name`, `org/name`), and
+    the suffix looks like a split name (so 'C:\\x', URLs and 'a:b/c' stay whole).
+    """
+    base, colon, split = source.rpartition(":")
+    if not colon or not base or not _SPLIT_NAME.fullmatch(split) or Path(source).expanduser().exists():
+        return source, None
+    if Path(base).expanduser().exists() or (_HUB_NAME.fullmatch(base) and not _looks_like_path(base)):
+        return base, split
+    return source, None
+
+
+def choose_split(available: Sequence[str], wanted: Sequence[str], name: str, what: str = "folder") -> str:
+    """The first of `wanted` that `available` has, else a DataError naming what there is."""
+    for split in wanted:
+        if split in available:
+            return split
+    quoted = [f"'{s}'" for s in wanted]
+    names = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    raise DataError(f"no split {names}; this {what} has {', '.join(available) or 'none'}", name)
 
 
 def _looks_like_path(source: str) -> bool:
@@ -71,19 +115,20 @@ def _file_type(path: Path) -> str | None:
     return next((t for t in sorted(FILE_TYPES, key=len, reverse=True) if name.endswith(t)), None)
 
 
-def _read_file(path: Path, name: str, split: str) -> list[tuple[Location, dict]]:
+def _read_file(path: Path, name: str, splits: Sequence[str], keep_bad: bool = False):
+    """(records, split): only a JSON object of lists has splits."""
     kind = _file_type(path)
     if kind is None:
         raise DataError(f"unsupported file type '{path.suffix}'; expected one of "
                         f"{', '.join(FILE_TYPES)} or a `datasets` folder", name)
     if kind == ".parquet":
-        return _read_parquet(path, name)
+        return _read_parquet(path, name), None
     data = _read_bytes(path, name, gz=kind.endswith(".gz"))
     if kind == ".csv":
-        return _read_csv(data, name)
+        return _read_csv(data, name), None
     if kind in (".json", ".json.gz"):
-        return _read_json(data, name, split)
-    return _read_jsonl(data, name)
+        return _read_json(data, name, splits, keep_bad)
+    return _read_jsonl(data, name, keep_bad), None
 
 
 def _read_bytes(path: Path, name: str, gz: bool) -> bytes:
@@ -119,22 +164,27 @@ def _parse_json(text: str, name: str, lineno: int | None):
         raise DataError(f"invalid JSON: {str(e).splitlines()[0][:120]}", name, lineno) from e
 
 
-def _read_jsonl(data: bytes, name: str) -> list[tuple[Location, dict]]:
+def _read_jsonl(data: bytes, name: str, keep_bad: bool = False) -> list[tuple[Location, dict]]:
     records = []
     # Split bytes on b"\n" (not str.splitlines): JSON strings may legally hold
     # U+2028 etc., and decoding per line lets a UTF-8 error name its line.
     for lineno, raw in enumerate(data.removeprefix(_BOM).split(b"\n"), start=1):
-        text = _decode_line(raw, name, lineno)
-        if not text.strip():
-            continue
-        value = _parse_json(text, name, lineno)
-        if not isinstance(value, dict):
-            raise DataError(f"expected a JSON object, got {json_type(value)}", name, lineno)
+        try:
+            text = _decode_line(raw, name, lineno)
+            if not text.strip():
+                continue
+            value = _parse_json(text, name, lineno)
+            if not isinstance(value, dict):
+                raise DataError(f"expected a JSON object, got {json_type(value)}", name, lineno)
+        except DataError as e:  # one unreadable line of a dump: the caller decides
+            if not keep_bad:
+                raise
+            value = e
         records.append((Location(name, lineno), value))
     return records
 
 
-def _read_json(data: bytes, name: str, split: str) -> list[tuple[Location, dict]]:
+def _read_json(data: bytes, name: str, splits: Sequence[str], keep_bad: bool = False):
     data = data.removeprefix(_BOM)
     try:
         text = data.decode("utf-8")
@@ -144,24 +194,27 @@ def _read_json(data: bytes, name: str, split: str) -> list[tuple[Location, dict]
     if not text.strip():
         raise DataError("empty: no records", name)
     value = _parse_json(text, name, None)
-    rows = _json_rows(value, name, split)
+    rows, split = _json_rows(value, name, splits)
     records = []
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
-            raise DataError(f"expected a JSON object, got {json_type(row)}", name, i, unit="record")
+            row = DataError(f"expected a JSON object, got {json_type(row)}", name, i, unit="record")
+            if not keep_bad:
+                raise row
         records.append((Location(name, i, "record"), row))
-    return records
+    return records, split
 
 
-def _json_rows(value, name: str, split: str) -> list:
+def _json_rows(value, name: str, splits: Sequence[str]) -> tuple[list, str | None]:
     if isinstance(value, list):
-        return value
+        return value, None
     if isinstance(value, dict):
-        for key in (split, "data"):
+        for key in (*splits, "data"):
             if isinstance(value.get(key), list):
-                return value[key]
+                return value[key], (key if key in splits else None)
+    keys = " or ".join(f"'{k}'" for k in ("data", *splits))
     raise DataError(f"expected a JSON list of objects, or an object with a list under "
-                    f"'data' or '{split}'; got {json_type(value)}", name)
+                    f"{keys}; got {json_type(value)}", name)
 
 
 def _read_csv(data: bytes, name: str) -> list[tuple[Location, dict]]:
@@ -212,43 +265,62 @@ def _read_parquet(path: Path, name: str) -> list[tuple[Location, dict]]:
     return [(Location(name, i, "record"), row) for i, row in enumerate(rows, start=1)]
 
 
-def _read_folder(path: Path, name: str, split: str) -> list[tuple[Location, dict]]:
+def _read_folder(path: Path, name: str, splits: Sequence[str], keep_bad: bool = False):
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        return _read_saved_dataset(path, name, split)
-    # A folder of plain files, as `datasets.load_dataset(folder)` would accept.
-    for ext in FILE_TYPES:
-        candidate = path / f"{split}{ext}"
-        if candidate.is_file():
-            return _read_file(candidate, str(candidate), split)
-    found = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
-    raise DataError(f"not a dataset folder: expected one written by `datasets` save_to_disk "
-                    f"or a file '{split}' + one of {', '.join(FILE_TYPES)}; found {found}", name)
+        return _read_saved_dataset(path, name, splits)
+    # A folder of plain files, as `datasets.load_dataset(folder)` would accept:
+    # <split>.<ext> files, or the hub's Parquet shards (in data/ or the folder itself).
+    files: dict[str, list[Path]] = {}
+    for ext in FILE_TYPES:  # FILE_TYPES order decides between train.jsonl and train.json
+        for f in sorted(path.glob(f"*{ext}")):
+            if f.is_file() and _file_type(f) == ext and not _SHARD.fullmatch(f.name):
+                files.setdefault(f.name[:-len(ext)], [f])
+    shards: dict[str, list[Path]] = {}
+    for f in sorted([*path.glob("data/*.parquet"), *path.glob("*.parquet")]):
+        match = _SHARD.fullmatch(f.name)
+        if match and f.is_file():
+            shards.setdefault(match["split"], []).append(f)
+    files = {**shards, **files}  # a plain <split>.<ext> file wins over shards of that split
+    if not files:
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
+        raise DataError(f"not a dataset folder: expected one written by `datasets` save_to_disk "
+                        f"or a file '{splits[0]}' + one of {', '.join(FILE_TYPES)}; found {found}", name)
+    split = choose_split(sorted(files), splits, name)
+    records = []
+    for f in files[split]:
+        records += _read_file(f, str(f), (split,), keep_bad)[0]
+    return records, split
 
 
-def _read_saved_dataset(path: Path, name: str, split: str) -> list[tuple[Location, dict]]:
+def _read_saved_dataset(path: Path, name: str, splits: Sequence[str]):
     import datasets
 
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # noqa: BLE001 - any failure here means a broken folder
         raise DataError(f"cannot load `datasets` folder: {_first_line(e)}", name) from e
+    split = None
     if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise DataError(f"no split '{split}'; this folder has {', '.join(ds)}", name)
+        split = choose_split(list(ds), splits, name)
         ds, name = ds[split], f"{name} (split '{split}')"
-    return [(Location(name, i, "record"), row) for i, row in enumerate(ds.to_list(), start=1)]
+    return [(Location(name, i, "record"), row) for i, row in enumerate(ds.to_list(), start=1)], split
 
 
-def _read_hub(source: str, split: str) -> list[tuple[Location, dict]]:
+def _read_hub(source: str, splits: Sequence[str]):
     import datasets
 
     try:
+        # One name: load it (the hub says which exist if it is wrong); several: ask which exist.
+        split = splits[0] if len(splits) == 1 else choose_split(
+            datasets.get_dataset_split_names(source), splits, source, "dataset")
         ds = datasets.load_dataset(source, split=split)
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001 - network, auth and not-found all mean "cannot load"
         raise DataError(f"not a local file or folder, and the hub load failed: "
                         f"{type(e).__name__}: {_first_line(e)}", source) from e
     name = f"{source} (split '{split}')"
-    return [(Location(name, i, "record"), dict(row)) for i, row in enumerate(ds, start=1)]
+    return [(Location(name, i, "record"), dict(row)) for i, row in enumerate(ds, start=1)], split
 
 
 def _first_line(e: BaseException) -> str:

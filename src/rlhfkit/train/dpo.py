@@ -29,7 +29,7 @@ from ..data.sources import apply_source_weights
 from ..data.tokenize import collate_pairs, tokenize_preference
 from ..losses import dpo_loss
 from ..models import adapter_disabled, load_causal_lm, load_tokenizer, packing_works, target_logprobs
-from .loop import Run, Task, eval_batches, finish, load_trained_model, start_run, train
+from .loop import Run, Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
 
 
 def response_logps(model, batch) -> torch.Tensor:
@@ -89,9 +89,9 @@ def load_reference(cfg: DPOConfig, run: Run, policy):
 
 
 def run_dpo(cfg: DPOConfig) -> dict:
-    pairs = load_preference(cfg.data)
-    eval_pairs = load_preference(cfg.eval_data) if cfg.eval_data else []
+    pairs, eval_pairs, reports = load_data(cfg, load_preference, "prefs")
     run = start_run(cfg, "dpo")
+    note_data(run, reports)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     policy = load_trained_model(cfg, run)
     ref, reference = load_reference(cfg, run, policy)

@@ -48,6 +48,8 @@ from transformers import PreTrainedModel
 from tqdm.auto import tqdm
 
 from ..config import dump_config
+from ..data import LoadReport
+from ..data.report import bad_record_summary
 from ..models import (ADAPTER_WEIGHTS, add_lora, is_peft, load_causal_lm, load_reward_model, resolve_device,
                       resolve_dtype, save_model)
 from ..tracking import MetricsLogger
@@ -71,7 +73,7 @@ class Run:
     output_dir: Path
     start_step: int = 0
     clock_start: float = field(default_factory=time.perf_counter)
-    notes: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)  # summary.json figures gathered before training (note_data)
     prepared: Any = None  # the accelerate-prepared ForwardFn, once training has started
 
     @property
@@ -564,13 +566,14 @@ def finish(run: Run, model, tokenizer, summary: dict) -> dict:
             else:  # FSDP: the module holds shards; write the gathered full weights under its config
                 model.save_pretrained(run.output_dir, safe_serialization=True, state_dict=state_dict)
                 tokenizer.save_pretrained(run.output_dir)
-            (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            (run.output_dir / "summary.json").write_text(json.dumps({**summary, **run.notes}, indent=2))
         except OSError as e:  # a full disk at the very end: say what is still safe
             good = latest_checkpoint(run.output_dir)
             kept = f"the last good checkpoint is {good}" if good else "no checkpoint was written"
             raise TrainingError(f"could not write the final model to {run.output_dir}: {e}; {kept}") from e
 
     on_main(run, write)
+    summary.update(run.notes)
     return summary
 
 
@@ -584,3 +587,32 @@ def full_state_dict(run: Run, prefix: str = "module.") -> dict | None:
         return None
     full = acc.get_state_dict(run.prepared)
     return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)} if run.is_main else None
+
+
+def load_data(cfg, load: Callable, kind: str, with_eval: bool = True, **kw) -> tuple[list, list, list]:
+    """(training examples, eval examples, [(field, LoadReport)]) as ``cfg`` says: ``data_split`` /
+    ``eval_split`` (or ``SOURCE:SPLIT``) and ``on_bad_record``. ``kind`` (prefs, sft, gen) names the
+    UltraFeedback-style fallbacks train_<kind> / test_<kind>; ``kw`` goes to ``load``."""
+    train_splits = (cfg.data_split,) + ((f"train_{kind}",) if cfg.data_split == "train" else ())
+    eval_splits = (cfg.eval_split,) if cfg.eval_split else ("test", "validation", f"test_{kind}")
+    reports = [("data", LoadReport())]
+    examples = load(cfg.data, train_splits, cfg.on_bad_record, reports[0][1], **kw)
+    eval_examples = []
+    if with_eval and cfg.eval_data:
+        reports.append(("eval_data", LoadReport()))
+        eval_examples = load(cfg.eval_data, eval_splits, cfg.on_bad_record, reports[1][1], **kw)
+    return examples, eval_examples, reports
+
+
+def note_data(run: Run, reports: list) -> None:
+    """Print what each source read (split, rows, skipped records) and keep the figures for summary.json."""
+    for name, report in reports:
+        for line in report.describe(name):
+            run.print(line)
+    by_name = dict(reports)
+    if "eval_data" in by_name and (by_name["data"].source, by_name["data"].split) == \
+            (by_name["eval_data"].source, by_name["eval_data"].split):
+        run.print("warning: eval_data reads the same rows as data: held-out figures will be training figures")
+    run.notes.update({"data_split": by_name["data"].split}, **bad_record_summary(by_name.values()))
+    if "eval_data" in by_name:
+        run.notes["eval_split"] = by_name["eval_data"].split

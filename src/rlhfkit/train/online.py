@@ -50,8 +50,8 @@ from ..rewards import make_reward
 from ..shared_prompt import prompt_sharing_works
 from ..tracking import MetricsLogger
 from .loop import (Run, TrainingError, _fault_hook, _grad_norm, _reduce, _skip_bad_step, batch_plan, check_engine,
-                   finish, inner, load_checkpoint, load_trained_model, make_optimizer, my_share, on_main, prepare,
-                   save_checkpoint, start_run, step_indices)
+                   finish, inner, load_checkpoint, load_data, load_trained_model, make_optimizer, my_share, note_data,
+                   on_main, prepare, save_checkpoint, start_run, step_indices)
 
 
 @dataclass
@@ -347,10 +347,11 @@ def _check_engine(run: Run, cfg) -> None:
 
 def run_online(cfg, stage: str, algo: Algorithm) -> dict:
     """Load, then loop: collect -> advantages -> update -> log -> checkpoint."""
-    prompts = load_prompts(cfg.data)
+    prompts, _, reports = load_data(cfg, load_prompts, "gen", with_eval=False)
     if cfg.temperature <= 0:
         raise ValueError("online RL samples from the policy: temperature must be > 0")
     run = start_run(cfg, stage)
+    note_data(run, reports)
     _check_engine(run, cfg)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     policy = load_trained_model(cfg, run)

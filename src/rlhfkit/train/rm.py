@@ -18,7 +18,7 @@ from ..data.tokenize import collate_pairs, tokenize_preference
 from ..evaluate.stats import wilson_interval
 from ..losses import bradley_terry
 from ..models import load_tokenizer, packed_rewards, packing_works, reward_forward
-from .loop import Task, eval_batches, finish, load_trained_model, start_run, train
+from .loop import Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
 
 
 def pair_rewards(model, batch):
@@ -31,9 +31,9 @@ def pair_rewards(model, batch):
 
 
 def run_rm(cfg: RMConfig) -> dict:
-    pairs = load_preference(cfg.data)
-    eval_pairs = load_preference(cfg.eval_data) if cfg.eval_data else []
+    pairs, eval_pairs, reports = load_data(cfg, load_preference, "prefs", margin_from_scores=cfg.margin_from_scores)
     run = start_run(cfg, "rm")
+    note_data(run, reports)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load_trained_model(cfg, run, reward_tokenizer=tokenizer)
     run.start_clock()

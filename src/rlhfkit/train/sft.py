@@ -15,7 +15,7 @@ from ..config import SFTConfig
 from ..data import load_sft
 from ..data.tokenize import collate_sft, tokenize_sft
 from ..models import load_tokenizer, packing_works, target_logprobs
-from .loop import Task, eval_batches, finish, load_trained_model, start_run, train
+from .loop import Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
 
 
 def nll_sum(model, batch) -> tuple:
@@ -26,9 +26,9 @@ def nll_sum(model, batch) -> tuple:
 
 
 def run_sft(cfg: SFTConfig) -> dict:
-    examples = load_sft(cfg.data)
-    eval_examples = load_sft(cfg.eval_data) if cfg.eval_data else []
+    examples, eval_examples, reports = load_data(cfg, load_sft, "sft")
     run = start_run(cfg, "sft")
+    note_data(run, reports)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load_trained_model(cfg, run)
     run.start_clock()
