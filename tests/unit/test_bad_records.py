@@ -3,8 +3,12 @@ references; error (the library default) stops at the first one. File-level probl
 run either way. Each file puts bad lines between good ones so a wrong line number fails."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rlhfkit.data import DataError, LoadReport, load_preference, load_prompts, load_sft
 
@@ -116,3 +120,32 @@ def test_unknown_policy_is_refused(tmp_path):
     path = write(tmp_path / "p.jsonl", [json.dumps(GOOD[0])])
     with pytest.raises(ValueError, match="on_bad_record"):
         load_preference(path, on_bad_record="ignore")
+
+
+_line = st.sampled_from([
+    json.dumps(GOOD[0]), json.dumps({"prompt": "q", "chosen": "s", "rejected": "s"}), json.dumps({"chosen": "a"}),
+    '{"prompt": ', "[1]", "", "  ", json.dumps({"prompt": [{"role": "user", "content": "q"}],
+                                                   "chosen": [{"role": "assistant", "content": "a"}],
+                                                   "rejected": [{"role": "assistant", "content": "b"}]}),
+]) | st.text(max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(_line, max_size=6))
+def test_fuzz_skip_counts_every_record_once(lines):
+    """Skip mode: either a one-line DataError naming the file, or the kept and skipped records add
+    up to the records read, with one reference per skipped record (up to five)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "fuzz.jsonl"
+        content = "\n".join(lines)
+        path.write_text(content, encoding="utf-8", errors="surrogatepass")
+        report = LoadReport()
+        try:
+            pairs = load_preference(str(path), on_bad_record="skip", report=report)
+        except DataError as e:
+            assert "\n" not in str(e) and str(e).startswith(str(path))
+            return
+        assert report.rows == sum(1 for seg in content.removeprefix("\ufeff").split("\n") if seg.strip())
+        assert len(pairs) + report.bad == report.rows
+        assert len(report.examples) == min(report.bad, 5)
+        assert all(x.startswith(f"{path}:") for x in report.examples + [p.where for p in pairs])

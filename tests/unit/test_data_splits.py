@@ -122,6 +122,16 @@ def test_no_eval_split_names_what_exists(tmp_path):
     assert str(info.value) == f"{tmp_path}: no split 'test' or 'validation'; this folder has dev, train"
 
 
+def test_a_split_named_on_a_single_file_is_refused(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "a"}) + "\n")
+    assert [e.prompt for e in load_prompts(str(path), ("test", "validation"))] == ["a"]  # defaults: no splits
+    with pytest.raises(DataError) as info:
+        load_prompts(f"{path}:test")
+    assert str(info.value) == (f"{path}: no split 'test': a single file has no splits (only a JSON object of "
+                               "lists has); drop the ':SPLIT' suffix")
+
+
 def test_json_object_of_splits(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"train": [{"prompt": "a"}], "validation": [{"prompt": "v"}]}))

@@ -70,6 +70,9 @@ def open_records(source: str, split: str | Sequence[str] = "train",
         records, chosen = _read_folder(path, source, splits, keep_bad)
     elif path.is_file():
         records, chosen = _read_file(path, source, splits, keep_bad)
+        if named and chosen is None:
+            raise DataError(f"no split '{named}': a single file has no splits (only a JSON object of "
+                            "lists has); drop the ':SPLIT' suffix", source)
     elif _looks_like_path(source):
         raise DataError("no such file", source)
     else:
