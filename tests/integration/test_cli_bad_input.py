@@ -220,3 +220,19 @@ def test_default_skips_bad_records_and_reads_the_test_split(tiny_model_dir, tmp_
     log = proc.stdout + proc.stderr
     assert f"data: {folder} split 'train': 5 rows, 1 bad record skipped (on_bad_record: skip)" in log
     assert f"eval_data: {folder} split 'test': 2 rows" in log
+
+
+def test_online_stage_skips_bad_prompts_by_default(world_dir, tmp_path):
+    """grpo with the default on_bad_record: the empty prompt is dropped and counted in summary.json."""
+    from rlhfkit.config import GRPOConfig
+    from rlhfkit.train.grpo import run_grpo
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "how is the soup ?"}\n{"prompt": ""}\n{"prompt": "how is the tea ?"}\n',
+                       encoding="utf-8")
+    out = tmp_path / "out"
+    run_grpo(GRPOConfig(model=world_dir["base"], data=str(prompts), output_dir=str(out), max_steps=1, batch_size=2,
+                        num_generations=2, max_new_tokens=4, reward_fn=["rlhfkit.world.toy:kind_reward"]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bad_records"] == 1 and summary["data_split"] is None
+    assert summary["bad_record_examples"] == [f"{prompts}:2: field 'prompt': empty string"]

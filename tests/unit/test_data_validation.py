@@ -418,6 +418,12 @@ def test_string_prompt_that_differs_from_the_shared_prefix():
                                "and 'rejected' start with")
 
 
+def test_string_prompt_with_identical_conversations():
+    with pytest.raises(DataError) as info:
+        parse_preference({**UF, "rejected": UF["chosen"]}, HERE)
+    assert str(info.value) == "data.jsonl:7: field 'rejected': identical to 'chosen'"
+
+
 def test_margin_from_scores():
     assert parse_preference(UF, HERE, margin_from_scores=True).margin == 5.5
     assert parse_preference({**UF, "margin": 1.0}, HERE, margin_from_scores=True).margin == 1.0  # explicit wins

@@ -1,12 +1,15 @@
 """Normalise raw records into typed examples, accepting TRL's dataset formats unchanged.
 
 Preference: {prompt, chosen, rejected} as strings or chat message lists, or the
-implicit-prompt form {chosen, rejected} where both hold the whole conversation;
-optional `margin`. SFT: {prompt, completion}, {messages} or {text}. Prompt-only:
+implicit-prompt form {chosen, rejected} where both hold the whole conversation, or a
+string prompt with chosen/rejected holding the whole conversation (UltraFeedback);
+optional `margin` (or score_chosen - score_rejected with `margin_from_scores`). SFT: {prompt, completion}, {messages} or {text}. Prompt-only:
 {prompt}. Unknown keys (ids, sources, scores) are kept in `extra`.
 
 Validation happens here, at load time, because bad pairs (empty or identical
 responses) otherwise surface as flat or NaN losses hours later (PITFALLS 7, 8).
+The load_* functions stop at the first bad record (`on_bad_record="error"`, the
+library default) or skip and count it in a `LoadReport` ("skip", the trainers' default).
 """
 
 from __future__ import annotations
