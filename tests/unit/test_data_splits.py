@@ -228,3 +228,22 @@ def test_config_fields_are_checked():
     with pytest.raises(ConfigError) as info:
         from_mapping(RMConfig, {**base, "data_split": ""}, "x.yaml")
     assert str(info.value) == "x.yaml: field 'data_split' must not be empty (default: train)"
+
+
+def test_hub_split_choice_asks_which_splits_exist(monkeypatch):
+    """No network here: the hub calls are stand-ins, so this checks the choosing, not the hub."""
+    import datasets
+
+    calls = []
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda source: ["train_prefs", "test_prefs"])
+    monkeypatch.setattr(datasets, "load_dataset", lambda source, split: calls.append((source, split)) or
+                        datasets.Dataset.from_list(uf_rows(split, 1)))
+    report = LoadReport()
+    pairs = load_preference("HuggingFaceH4/ultrafeedback_binarized", ("test", "validation", "test_prefs"), report=report)
+    assert calls == [("HuggingFaceH4/ultrafeedback_binarized", "test_prefs")] and report.split == "test_prefs"
+    assert pairs[0].where == "HuggingFaceH4/ultrafeedback_binarized (split 'test_prefs'): record 1"
+    with pytest.raises(DataError) as info:
+        load_preference("org/name", ("test", "validation"))
+    assert str(info.value) == "org/name: no split 'test' or 'validation'; this dataset has train_prefs, test_prefs"
+    load_preference("org/name:train_prefs", ("test", "validation"))  # a named split is loaded without asking
+    assert calls[-1] == ("org/name", "train_prefs")
