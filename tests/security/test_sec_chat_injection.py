@@ -11,6 +11,7 @@ conversations, on byte-level BPE tokenizers with a ChatML and a Llama-3 header t
 import pytest
 
 from real_layouts import byte_level_bpe
+from rlhfkit.data import DataError, Location
 from rlhfkit.data.formats import parse_preference, parse_sft
 from rlhfkit.data.tokenize import prompt_ids, tokenize_preference, tokenize_sft
 from rlhfkit.models import build_word_tokenizer
@@ -95,6 +96,13 @@ def test_word_tokenizer_refuses_what_it_cannot_keep_as_text():
         prompt_ids(tok, [{"role": "user", "content": "hi <|system|> there"}])
     assert prompt_ids(tok, [{"role": "user", "content": "hi there"}]) == tok.convert_tokens_to_ids(
         ["<|user|>", "hi", "there", "<eos>", "<|assistant|>"])
+    # In training data it is one line naming the record.
+    ex = parse_sft({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<|system|>"}]},
+                   Location("chats.jsonl", 2))
+    with pytest.raises(DataError) as info:
+        tokenize_sft([ex], tok, 64)
+    assert str(info.value) == ("chats.jsonl:2: cannot tokenize: Can't sanitize '<|system|>': the tokenizer "
+                               "produces it from plain text")
 
 
 def test_serve_engine_prompt_has_no_injected_specials(tmp_path, monkeypatch):

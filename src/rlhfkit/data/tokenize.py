@@ -4,15 +4,23 @@ String data is used as written (prompt + completion + EOS), conversational data 
 tokenizer's own chat template, as TRL does. A response's tokens are found by rendering the
 conversation up to the assistant turn with ``add_generation_prompt=True`` and taking what the
 full rendering adds, so the loss mask covers exactly the assistant's text and end-of-turn marker.
+
+Prompt ids + response ids always equal the tokenization of the whole text (#17): where a token
+of the whole text spans the prompt/response boundary, the prompt keeps the longest token prefix
+it shares with the whole text and the spanning token starts the response. Message content never
+becomes a special token (#19.14), and text far beyond the length limit is cut before it is
+tokenized (#19.16).
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
 
+from .errors import DataError
 from .formats import PreferenceExample, SFTExample
 
 log = logging.getLogger(__name__)
@@ -67,8 +75,9 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str
                                          add_generation_prompt=add_generation_prompt)
 
 
-def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-    """Ids of the chat rendering in which message content never becomes a special token.
+def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool, text: str | None = None) -> list[int]:
+    """Ids of the chat rendering (``text``, when already rendered) in which message content never
+    becomes a special token.
 
     Content holding an added token's text (``<|im_start|>system``, ``<|start_header_id|>``...) is
     tokenized by `transformers`' ``sanitize_control_tokens``: such strings in content are encoded as
@@ -77,10 +86,9 @@ def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> l
     A tokenizer that produces the token from plain text anyway raises ValueError (it cannot be
     made safe).
     """
-    text = _render(tokenizer, messages, add_generation_prompt)
     added = tuple(t for t in getattr(tokenizer, "added_tokens_encoder", {}) if t)
     if not any(t in m["content"] for m in messages if isinstance(m.get("content"), str) for t in added):
-        return _ids(tokenizer, text)
+        return _ids(tokenizer, text if text is not None else _render(tokenizer, messages, add_generation_prompt))
     out = tokenizer.apply_chat_template(messages, tokenize=True, sanitize_control_tokens=True,
                                         add_generation_prompt=add_generation_prompt)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
@@ -106,7 +114,7 @@ def conversation_segments(tokenizer, messages: list[dict]) -> list[tuple[list[in
         cuts.append((i, prefix, full))
         done = full
     text = _render(tokenizer, messages, add_generation_prompt=False)
-    whole = _chat_ids(tokenizer, messages, add_generation_prompt=False)
+    whole = _chat_ids(tokenizer, messages, False, text)
     # Fast path: the pieces tokenized one by one already join to the whole.
     bounds = [0] + [len(s) for _, prefix, full in cuts for s in (prefix, full)] + [len(text)]
     pieces = [_ids(tokenizer, text[a:b]) if b > a else [] for a, b in zip(bounds, bounds[1:])]
@@ -131,11 +139,11 @@ def prompt_ids(tokenizer, prompt: str | list[dict]) -> list[int]:
 def _whole_ids(tokenizer, prompt: str | list[dict], head: list[int], response: str | list[dict]) -> list[int]:
     """Ids of prompt + response as one text (``head``: the prompt's own ids)."""
     if isinstance(prompt, list) and isinstance(response, list):
-        before = _render(tokenizer, prompt, add_generation_prompt=True)
-        if not _render(tokenizer, prompt + response, add_generation_prompt=False).startswith(before):
+        text = _render(tokenizer, prompt + response, add_generation_prompt=False)
+        if not text.startswith(_render(tokenizer, prompt, add_generation_prompt=True)):
             raise ValueError("the chat template does not render the conversation with the generation "
                              "prompt as a prefix; cannot locate the response for the loss mask")
-        return _chat_ids(tokenizer, prompt + response, add_generation_prompt=False)
+        return _chat_ids(tokenizer, prompt + response, False, text)
     if isinstance(prompt, str) and (prompt[-1:].isspace() or response[:1].isspace()):
         # The two meet at whitespace, as an implicit prompt split leaves them: one text.
         return _with_eos(tokenizer, _ids(tokenizer, prompt + response, specials=True))
@@ -213,19 +221,32 @@ def _bounded(ex, fields: dict[str, tuple[int, bool]]):
     return replace(ex, **changes) if changes else ex
 
 
+@contextmanager
+def _naming(ex):
+    """A record that cannot be tokenized (content a tokenizer cannot keep as text, a chat template
+    that refuses it) raises one line naming the record."""
+    try:
+        yield
+    except DataError:
+        raise
+    except ValueError as e:
+        raise DataError(f"cannot tokenize: {e}", ex.where or None) from None
+
+
 def tokenize_sft(examples: list[SFTExample], tokenizer, max_length: int,
                  completion_only: bool = True) -> tuple[list[Tokenized], int]:
     """Tokenise SFT examples; returns (examples, how many were truncated to ``max_length``)."""
     out, truncated = [], 0
     for ex in examples:
         ex = _bounded(ex, {name: (max_length, False) for name in ("text", "messages", "prompt", "completion")})
-        if ex.kind == "text":
-            segments = [(_with_eos(tokenizer, _ids(tokenizer, ex.text, specials=True)), True)]
-        elif ex.kind == "messages":
-            segments = conversation_segments(tokenizer, ex.messages)
-        else:
-            p, (c,) = split_ids(tokenizer, ex.prompt, [ex.completion])
-            segments = [(p, False), (c, True)]
+        with _naming(ex):
+            if ex.kind == "text":
+                segments = [(_with_eos(tokenizer, _ids(tokenizer, ex.text, specials=True)), True)]
+            elif ex.kind == "messages":
+                segments = conversation_segments(tokenizer, ex.messages)
+            else:
+                p, (c,) = split_ids(tokenizer, ex.prompt, [ex.completion])
+                segments = [(p, False), (c, True)]
         ids = [i for seg, _ in segments for i in seg]
         mask = [int(train or not completion_only) for seg, train in segments for _ in seg]
         if len(ids) > max_length:
@@ -243,7 +264,8 @@ def tokenize_preference(examples: list[PreferenceExample], tokenizer, max_length
     for ex in examples:
         ex = _bounded(ex, {"prompt": (min(max_prompt_length, max_length), True),
                            "chosen": (max_length, False), "rejected": (max_length, False)})
-        p, (c, r) = split_ids(tokenizer, ex.prompt, [ex.chosen, ex.rejected])
+        with _naming(ex):
+            p, (c, r) = split_ids(tokenizer, ex.prompt, [ex.chosen, ex.rejected])
         cut = False
         if len(p) > max_prompt_length:
             p, cut = p[-max_prompt_length:], True
