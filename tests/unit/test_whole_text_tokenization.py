@@ -10,11 +10,13 @@ header template. The whole text is:
 - conversations: the chat template's rendering of the whole conversation, tokenized as one text;
 - prompt-only (math): prompt + the answer as a model would continue it, with BOS, plus EOS.
 
-Exact equality holds everywhere. The one documented boundary effect is between the *training*
-prompt ids and the *generation* prompt ids (``prompt_ids``, what sampling and serving feed the
-model): where a token of the whole text spans the prompt/response boundary (the prompt ends in a
-space that the whole text joins to the response's first word, "Answer: " + "144" -> "Ġ144"), the
-training prompt is the generation prompt less that one token, which starts the response instead.
+Exact equality holds everywhere, chat templates included. The one documented boundary effect is
+between the *training* prompt ids and the *generation* prompt ids (``prompt_ids``, what sampling
+and serving feed the model): where a token of the whole text spans the prompt/response boundary,
+the training prompt is the generation prompt less that one token, which starts the response
+instead (``check_boundary``; counts per layout and tokenizer in ``MOVED_TOKENS``). It happens when
+a string prompt ends in a space the whole text joins to the next word ("Answer: " + "144" ->
+"Ġ144"), or when ChatML's "assistant\n" meets a reply that starts with spaces ("\n " -> "ĊĠ").
 """
 
 import pytest
