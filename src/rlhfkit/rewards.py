@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from .data.tokenize import prompt_ids, response_ids
+from .data.tokenize import split_ids
 from .models import load_reward_model, load_tokenizer, reward_forward
 
 
@@ -41,7 +41,8 @@ class RewardModelSource:
     def score(self, prompts: list, responses: list) -> torch.Tensor:
         """(N,) rewards of responses as preference data holds them: strings, or message lists after
         chat prompts (the pair's ``chosen``/``rejected``), tokenised as in training."""
-        rows = [prompt_ids(self.tokenizer, p) + response_ids(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
+        rows = [head + tail for p, r in zip(prompts, responses)
+                for head, (tail,) in [split_ids(self.tokenizer, p, [r])]]
         scores = []
         pad = self.tokenizer.pad_token_id
         for i in range(0, len(rows), self.batch_size):

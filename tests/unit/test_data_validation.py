@@ -70,13 +70,14 @@ def test_message_extra_keys_are_kept():
 
 
 def test_implicit_string_prompt_cut_at_word_boundary():
+    """The separating space goes to the responses (" blue." is how the whole text tokenizes)."""
     ex = parse_preference({"chosen": "Q: colour? A: The sky is blue.", "rejected": "Q: colour? A: The sky is green."})
-    assert (ex.prompt, ex.chosen, ex.rejected) == ("Q: colour? A: The sky is ", "blue.", "green.")
+    assert (ex.prompt, ex.chosen, ex.rejected) == ("Q: colour? A: The sky is", " blue.", " green.")
 
 
 def test_implicit_string_shared_partial_word_goes_to_responses():
     ex = parse_preference({"chosen": "Answer:\nyes", "rejected": "Answer:\nyeah, sure"}, HERE)
-    assert (ex.prompt, ex.chosen, ex.rejected) == ("Answer:\n", "yes", "yeah, sure")
+    assert (ex.prompt, ex.chosen, ex.rejected) == ("Answer:", "\nyes", "\nyeah, sure")
 
 
 def test_implicit_messages_longest_common_prefix():
@@ -346,7 +347,7 @@ def test_implicit_nothing_left_after_prompt(tmp_path, chosen, rejected, field):
 
 def test_implicit_one_response_extends_the_other():
     ex = parse_preference({"chosen": "Q: it is", "rejected": "Q: it is not"}, HERE)
-    assert (ex.prompt, ex.chosen, ex.rejected) == ("Q: it ", "is", "is not")
+    assert (ex.prompt, ex.chosen, ex.rejected) == ("Q: it", " is", " is not")
 
 
 # ------------------------------------------------------------- fuzzing

@@ -201,16 +201,46 @@ def _strip_prompt(prompt: list[Message], completion: list[Message]) -> list[Mess
 
 
 def _word_prefix(a: str, b: str) -> int:
-    """Length of the longest common prefix of a and b, cut back to a word boundary
-    (just after whitespace), so a shared partial word ("Th" of "The"/"This") stays
-    in the responses instead of splitting a word between prompt and response."""
-    n = 0
-    limit = min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
+    """Where the shared prompt of texts a and b ends: their longest common prefix, cut back to
+    before the whitespace that precedes the word in which they part.
+
+    A shared partial word ("Th" of "The"/"This") stays in the responses, and so does the
+    separating whitespace (as TRL's ``extract_prompt`` does): "...Assistant: Sure" splits into
+    "...Assistant:" and " Sure", which tokenize like the whole text (" Sure" is one token in
+    byte-level BPE vocabularies; a prompt ending in a space would end in a lone space token).
+    """
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:  # binary search on slice equality: C-speed on multi-megabyte records
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    n = lo
     while n > 0 and not a[n - 1].isspace():
         n -= 1
+    while n > 0 and a[n - 1].isspace():
+        n -= 1
     return n
+
+
+TURN_MARKERS = ("Human:", "Assistant:")  # Anthropic hh-rlhf transcripts
+
+
+def _turn_problem(rest: str, start: bool) -> str | None:
+    """Why a string response cut from a transcript is not one assistant reply, or None: empty,
+    ending in an empty turn marker, or (``start``) starting a new turn."""
+    text = rest.strip()
+    if not text:
+        return "nothing left after removing the prompt shared with the other response"
+    last_line = text.rsplit("\n", 1)[-1].strip()
+    if last_line in TURN_MARKERS:
+        return f"ends with an empty final '{last_line}' turn"
+    marker = next((m for m in TURN_MARKERS if text.startswith(m)), None)
+    if start and marker is not None:
+        return (f"starts a new '{marker}' turn after the shared prompt (the two transcripts part "
+                "before that turn's text)")
+    return None
 
 
 def _split_implicit(chosen, rejected, where):
@@ -225,9 +255,13 @@ def _split_implicit(chosen, rejected, where):
     if not prompt:
         raise _err(where, "no prompt: without a 'prompt' key, 'chosen' and 'rejected' must start "
                           "with the same prompt", "prompt")
-    for name, rest in (("chosen", chosen), ("rejected", rejected)):
-        if not rest or (isinstance(rest, str) and not rest.strip()):
-            raise _err(where, "nothing left after removing the prompt shared with the other response", name)
+    for start in (False, True):  # name the empty turn before the turn it shifted the split into
+        for name, rest in (("chosen", chosen), ("rejected", rejected)):
+            if not rest:
+                raise _err(where, "nothing left after removing the prompt shared with the other response", name)
+            problem = _turn_problem(rest, start) if isinstance(rest, str) else None
+            if problem:
+                raise _err(where, problem, name)
     return prompt, chosen, rejected
 
 

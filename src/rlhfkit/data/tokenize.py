@@ -4,15 +4,26 @@ String data is used as written (prompt + completion + EOS), conversational data 
 tokenizer's own chat template, as TRL does. A response's tokens are found by rendering the
 conversation up to the assistant turn with ``add_generation_prompt=True`` and taking what the
 full rendering adds, so the loss mask covers exactly the assistant's text and end-of-turn marker.
+
+Prompt ids + response ids always equal the tokenization of the whole text (#17): where a token
+of the whole text spans the prompt/response boundary, the prompt keeps the longest token prefix
+it shares with the whole text and the spanning token starts the response. Message content never
+becomes a special token (#19.14), and text far beyond the length limit is cut before it is
+tokenized (#19.16).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from .errors import DataError
 from .formats import PreferenceExample, SFTExample
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +57,16 @@ def _with_eos(tokenizer, ids: list[int]) -> list[int]:
     return ids if eos is None or (ids and ids[-1] == eos) else ids + [eos]
 
 
+def _common(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two id lists."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
     if tokenizer.chat_template is None:
         raise ValueError("conversational data needs a tokenizer with a chat template "
@@ -54,9 +75,34 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str
                                          add_generation_prompt=add_generation_prompt)
 
 
+def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool, text: str | None = None) -> list[int]:
+    """Ids of the chat rendering (``text``, when already rendered) in which message content never
+    becomes a special token.
+
+    Content holding an added token's text (``<|im_start|>system``, ``<|start_header_id|>``...) is
+    tokenized by `transformers`' ``sanitize_control_tokens``: such strings in content are encoded as
+    plain text, while the template's own role and end-of-turn tokens stay tokens, so a user cannot
+    open a system turn (#19.14). Other content renders and tokenizes as one text, exactly as before.
+    A tokenizer that produces the token from plain text anyway raises ValueError (it cannot be
+    made safe).
+    """
+    added = tuple(t for t in getattr(tokenizer, "added_tokens_encoder", {}) if t)
+    if not any(t in m["content"] for m in messages if isinstance(m.get("content"), str) for t in added):
+        return _ids(tokenizer, text if text is not None else _render(tokenizer, messages, add_generation_prompt))
+    out = tokenizer.apply_chat_template(messages, tokenize=True, sanitize_control_tokens=True,
+                                        add_generation_prompt=add_generation_prompt)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
 def conversation_segments(tokenizer, messages: list[dict]) -> list[tuple[list[int], bool]]:
-    """Split a rendered conversation into (ids, is_assistant) pieces, in order."""
-    pieces, done = [], ""
+    """Split a rendered conversation into (ids, is_assistant) pieces, in order.
+
+    The pieces join to the tokenization of the whole rendering. Each assistant turn's text is
+    what rendering it adds after the generation prompt; where tokenizing the rendering in pieces
+    would differ from the whole (a token spanning a boundary), the boundary moves back to the
+    longest token prefix the shorter rendering shares with the whole.
+    """
+    cuts, done = [], ""
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
@@ -65,28 +111,126 @@ def conversation_segments(tokenizer, messages: list[dict]) -> list[tuple[list[in
         if not prefix.startswith(done) or not full.startswith(prefix):
             raise ValueError("the chat template does not render conversations as growing prefixes; "
                              "cannot locate the assistant turns for the loss mask")
-        pieces += [(_ids(tokenizer, prefix[len(done):]), False), (_ids(tokenizer, full[len(prefix):]), True)]
+        cuts.append((i, prefix, full))
         done = full
-    rest = _render(tokenizer, messages, add_generation_prompt=False)[len(done):]
-    if rest:
-        pieces.append((_ids(tokenizer, rest), False))
-    return [(ids, train) for ids, train in pieces if ids]
+    text = _render(tokenizer, messages, add_generation_prompt=False)
+    whole = _chat_ids(tokenizer, messages, False, text)
+    # Fast path: the pieces tokenized one by one already join to the whole.
+    bounds = [0] + [len(s) for _, prefix, full in cuts for s in (prefix, full)] + [len(text)]
+    pieces = [_ids(tokenizer, text[a:b]) if b > a else [] for a, b in zip(bounds, bounds[1:])]
+    if [i for p in pieces for i in p] != whole:
+        at = [0]
+        for i, _, _ in cuts:
+            for ids in (_chat_ids(tokenizer, messages[:i], True), _chat_ids(tokenizer, messages[: i + 1], False)):
+                at.append(max(at[-1], _common(ids, whole)))
+        at.append(len(whole))
+        pieces = [whole[a:b] for a, b in zip(at, at[1:])]
+    return [(ids, j % 2 == 1) for j, ids in enumerate(pieces) if ids]
 
 
 def prompt_ids(tokenizer, prompt: str | list[dict]) -> list[int]:
-    """Ids a response is appended to: chat-rendered with the generation prompt, or the string with BOS."""
+    """Ids a response is appended to: chat-rendered with the generation prompt (message content
+    never becomes a special token), or the string with BOS."""
     if isinstance(prompt, list):
-        return _ids(tokenizer, _render(tokenizer, prompt, add_generation_prompt=True))
+        return _chat_ids(tokenizer, prompt, add_generation_prompt=True)
     return _ids(tokenizer, prompt, specials=True)
 
 
+def _whole_ids(tokenizer, prompt: str | list[dict], head: list[int], response: str | list[dict]) -> list[int]:
+    """Ids of prompt + response as one text (``head``: the prompt's own ids)."""
+    if isinstance(prompt, list) and isinstance(response, list):
+        text = _render(tokenizer, prompt + response, add_generation_prompt=False)
+        if not text.startswith(_render(tokenizer, prompt, add_generation_prompt=True)):
+            raise ValueError("the chat template does not render the conversation with the generation "
+                             "prompt as a prefix; cannot locate the response for the loss mask")
+        return _chat_ids(tokenizer, prompt + response, False, text)
+    if isinstance(prompt, str) and (prompt[-1:].isspace() or response[:1].isspace()):
+        # The two meet at whitespace, as an implicit prompt split leaves them: one text.
+        return _with_eos(tokenizer, _ids(tokenizer, prompt + response, specials=True))
+    # Nothing between them: they are two texts ("soup ?" + "it is good" would glue "?it").
+    return _with_eos(tokenizer, head + _ids(tokenizer, response))
+
+
+def split_ids(tokenizer, prompt: str | list[dict], responses: list) -> tuple[list[int], list[list[int]]]:
+    """(prompt ids, each response's ids) such that prompt + response is the tokenization of the
+    whole text, for every response.
+
+    The whole text is the chat rendering of prompt + response (ending in the template's
+    end-of-turn), or for strings prompt + response with BOS and EOS (two texts when no whitespace
+    separates them). The prompt ids are the longest token prefix that the prompt's own ids
+    (:func:`prompt_ids`) share with every whole text: normally all of them; one token less where
+    a token of the whole text spans the boundary (a Llama-3-style ``":\\n\\n"``), that token then
+    starting the responses.
+    """
+    head = prompt_ids(tokenizer, prompt)
+    wholes = [_whole_ids(tokenizer, prompt, head, r) for r in responses]
+    k = min(_common(head, w) for w in wholes)
+    return head[:k], [w[k:] for w in wholes]
+
+
 def response_ids(tokenizer, prompt: str | list[dict], response: str | list[dict]) -> list[int]:
-    """Ids of the response alone, ending in EOS (string) or the template's end-of-turn (chat)."""
-    if isinstance(response, list):
-        prefix = _render(tokenizer, prompt, add_generation_prompt=True)
-        full = _render(tokenizer, prompt + response, add_generation_prompt=False)
-        return _ids(tokenizer, full[len(prefix):])
-    return _with_eos(tokenizer, _ids(tokenizer, response))
+    """Ids of the response alone, ending in EOS (string) or the template's end-of-turn (chat); they
+    follow ``split_ids(tokenizer, prompt, [response])[0]``, which is ``prompt_ids`` unless a token
+    spans the boundary."""
+    return split_ids(tokenizer, prompt, [response])[1][0]
+
+
+# ---------------------------------------------------------------- oversized records (#19.16)
+
+# Text is cut to this many characters per token of the length limit before it is tokenized, so
+# a 100 MB record costs what a long normal one does. Far above the 3-5 characters an average
+# token covers, so the tokens that survive truncation are the same as without the cut.
+CHARS_PER_TOKEN = 64
+_SLACK = 16  # tokens: the token at the cut may differ; it must lie beyond what truncation keeps
+
+
+def _char_bound(max_tokens: int) -> int:
+    return CHARS_PER_TOKEN * (max_tokens + _SLACK)
+
+
+def _cut(value: str | list[dict], bound: int, keep_end: bool) -> tuple[str | list[dict], int]:
+    """``value`` (a string or messages) with at most ``bound`` characters of text, keeping its
+    start or (``keep_end``) its end; and how many characters it had."""
+    if isinstance(value, str):
+        n = len(value)
+        return (value if n <= bound else value[n - bound:] if keep_end else value[:bound]), n
+    total = sum(len(m["content"]) for m in value)
+    if total <= bound:
+        return value, total
+    out, room = [], bound
+    for m in (reversed(value) if keep_end else value):
+        text, _ = _cut(m["content"], room, keep_end)
+        room -= len(text)
+        out.append(dict(m, content=text))
+    return (out[::-1] if keep_end else out), total
+
+
+def _bounded(ex, fields: dict[str, tuple[int, bool]]):
+    """``ex`` with each named field cut to its (token limit, keep_end) character bound; logs a
+    warning naming the record for each cut."""
+    changes = {}
+    for name, (limit, keep_end) in fields.items():
+        value = getattr(ex, name)
+        if value is None:
+            continue
+        cut, n = _cut(value, _char_bound(limit), keep_end)
+        if cut is not value:
+            changes[name] = cut
+            log.warning("%s: field '%s': %d characters cut to their %s %d before tokenizing (a %d-token limit)",
+                        ex.where or "record", name, n, "last" if keep_end else "first", _char_bound(limit), limit)
+    return replace(ex, **changes) if changes else ex
+
+
+@contextmanager
+def _naming(ex):
+    """A record that cannot be tokenized (content a tokenizer cannot keep as text, a chat template
+    that refuses it) raises one line naming the record."""
+    try:
+        yield
+    except DataError:
+        raise
+    except ValueError as e:
+        raise DataError(f"cannot tokenize: {e}", ex.where or None) from None
 
 
 def tokenize_sft(examples: list[SFTExample], tokenizer, max_length: int,
@@ -94,13 +238,15 @@ def tokenize_sft(examples: list[SFTExample], tokenizer, max_length: int,
     """Tokenise SFT examples; returns (examples, how many were truncated to ``max_length``)."""
     out, truncated = [], 0
     for ex in examples:
-        if ex.kind == "text":
-            segments = [(_with_eos(tokenizer, _ids(tokenizer, ex.text, specials=True)), True)]
-        elif ex.kind == "messages":
-            segments = conversation_segments(tokenizer, ex.messages)
-        else:
-            segments = [(prompt_ids(tokenizer, ex.prompt), False),
-                        (response_ids(tokenizer, ex.prompt, ex.completion), True)]
+        ex = _bounded(ex, {name: (max_length, False) for name in ("text", "messages", "prompt", "completion")})
+        with _naming(ex):
+            if ex.kind == "text":
+                segments = [(_with_eos(tokenizer, _ids(tokenizer, ex.text, specials=True)), True)]
+            elif ex.kind == "messages":
+                segments = conversation_segments(tokenizer, ex.messages)
+            else:
+                p, (c,) = split_ids(tokenizer, ex.prompt, [ex.completion])
+                segments = [(p, False), (c, True)]
         ids = [i for seg, _ in segments for i in seg]
         mask = [int(train or not completion_only) for seg, train in segments for _ in seg]
         if len(ids) > max_length:
@@ -116,9 +262,10 @@ def tokenize_preference(examples: list[PreferenceExample], tokenizer, max_length
     keeps its start. Returns (pairs, how many were truncated)."""
     out, truncated = [], 0
     for ex in examples:
-        p = prompt_ids(tokenizer, ex.prompt)
-        c = response_ids(tokenizer, ex.prompt, ex.chosen)
-        r = response_ids(tokenizer, ex.prompt, ex.rejected)
+        ex = _bounded(ex, {"prompt": (min(max_prompt_length, max_length), True),
+                           "chosen": (max_length, False), "rejected": (max_length, False)})
+        with _naming(ex):
+            p, (c, r) = split_ids(tokenizer, ex.prompt, [ex.chosen, ex.rejected])
         cut = False
         if len(p) > max_prompt_length:
             p, cut = p[-max_prompt_length:], True
