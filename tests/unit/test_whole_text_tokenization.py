@@ -124,10 +124,7 @@ def _check_prompts(tok, path, rows) -> int:
 MOVED_TOKENS = {("math_prompts", "chatml"): 1, ("trl_ultrafeedback_binarized", "chatml"): 1,
                 ("h4_ultrafeedback_binarized", "chatml"): 1}
 
-H4 = "h4_ultrafeedback_binarized"
-CASES = [pytest.param(layout, name, marks=[pytest.mark.xfail(strict=True, reason="accepted once branch data is merged")]
-                      if layout == H4 else [], id=f"{layout}-{name}")
-         for layout in LAYOUTS for name in TOKENIZERS]
+CASES = [pytest.param(layout, name, id=f"{layout}-{name}") for layout in LAYOUTS for name in TOKENIZERS]
 
 
 @pytest.mark.parametrize("layout, tok_name", CASES)
