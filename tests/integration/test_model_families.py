@@ -23,7 +23,8 @@ from transformers import AutoModelForSequenceClassification
 from rlhfkit.config import DPOConfig, GRPOConfig, RMConfig, SFTConfig
 from rlhfkit.data.formats import parse_preference, parse_sft
 from rlhfkit.data.tokenize import collate_pairs, collate_sft, tokenize_preference, tokenize_sft
-from rlhfkit.models import load_causal_lm, load_reward_model, load_tokenizer, reward_forward, target_logprobs
+from rlhfkit.models import (load_causal_lm, load_reward_model, load_tokenizer, packing_works, reward_forward,
+                            target_logprobs)
 from rlhfkit.train.dpo import run_dpo
 from rlhfkit.train.grpo import run_grpo
 from rlhfkit.train.rm import run_rm
@@ -85,6 +86,8 @@ def test_packing_equals_padding_on_the_family_data(family):
     with padded log-probs on the family's own data, rows of 10-120 tokens."""
     tok = load_tokenizer(family["model"])
     model = load_causal_lm(family["model"]).eval()
+    # the probe the recipes run: it passes for every family here (no fallback to padding)
+    assert packing_works(model) and packing_works(load_reward_model(family["model"], tok), reward=True)
     examples = [parse_sft(json.loads(x)) for x in open(family["sft"])]
     long = parse_sft(json.loads(open(family["sft"]).readline().replace(GOOD[0], " and ".join(GOOD * 4))))
     rows, _ = tokenize_sft(examples + [long], tok, 256)  # the long row sets the bin width: the rest pack

@@ -46,3 +46,13 @@ def test_explicit_rows_split_where_trl_splits():
     for raw, explicit in zip(parity.hh_rows(), parity.explicit_rows()):
         assert extract_prompt(raw) == {k: explicit[k] for k in ("prompt", "chosen", "rejected")}
         assert explicit["prompt"].endswith("\n\nAssistant:") and explicit["chosen"].startswith(" ")
+
+
+def test_grad_rel_diff_is_max_abs_difference_over_max_abs_reference():
+    """max |g1 - g2| / max |g2| over all tensors: here max |diff| = 0.5 (b[1]), max |g2| = 4 (a[0])."""
+    import torch
+
+    ours = {"a": torch.tensor([4.0, 1.0]), "b": torch.tensor([0.0, 2.5])}
+    theirs = {"a": torch.tensor([4.0, 1.0]), "b": torch.tensor([0.0, 2.0])}
+    assert parity.grad_rel_diff(ours, theirs) == 0.5 / 4.0
+    assert parity.grad_rel_diff({"a": ours["a"]}, theirs) == float("inf")  # a parameter missing on one side
