@@ -104,7 +104,8 @@ def make_models(workdir: Path) -> tuple:
     Llama, rlhfkit's reward model from it (its new score head drawn once, then copied to both sides),
     and the LM with seeded noise added as the DPO policy, so that its log-ratios to the reference (the
     LM) are not 0 and the loss is not log 2 whatever the code computes."""
-    from rlhfkit.models import build_bpe_tokenizer, load_reward_model, load_tokenizer, save_model, tiny_causal_lm
+    from rlhfkit.models import (build_bpe_tokenizer, load_causal_lm, load_reward_model, load_tokenizer, save_model,
+                                tiny_causal_lm)
 
     texts = [r[k] for r in hh_rows() for k in ("chosen", "rejected")]
     tok = build_bpe_tokenizer(texts * 4, chat_template=CHATML, vocab_size=400, **SPECIALS)
@@ -112,9 +113,7 @@ def make_models(workdir: Path) -> tuple:
     save_model(tiny_causal_lm(tok, hidden_size=32, num_layers=2, num_heads=4, max_positions=MAX_LENGTH, seed=0),
                tok, path)
     tok = load_tokenizer(str(path))
-    torch.manual_seed(0)
-    from rlhfkit.models import load_causal_lm
-
+    torch.manual_seed(0)  # the reward model's new score head
     lm, rm = load_causal_lm(str(path)), load_reward_model(str(path), tok)
     policy = copy.deepcopy(lm)
     with torch.no_grad():
