@@ -133,9 +133,34 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None
     if is_peft(model):  # the adapter only; embeddings are never resized here, so none are saved with it
         model.save_pretrained(path, safe_serialization=True, save_embedding_layers=False)
     else:
-        model.save_pretrained(path, safe_serialization=True)
+        with _pad_hidden_if_eos(model, tokenizer):
+            model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+
+
+@contextmanager
+def _pad_hidden_if_eos(model, tokenizer):
+    """While saving a decoder reward model whose pad id is EOS: config.json gets ``pad_token_id: null``.
+
+    ``transformers``' sequence classifiers read the last token that is not ``pad_token_id``; with
+    pad == EOS that is the token *before* a closing EOS, not the EOS that rlhfkit trained the score
+    on (``reward_forward`` reads by attention mask). Without a pad id they read the last token, so
+    ``AutoModelForSequenceClassification`` gives rlhfkit's rewards on unpadded input, and refuses
+    padded batches ("Cannot handle batch sizes > 1 if no padding token is defined") rather than
+    scoring the wrong token. rlhfkit's loaders set the pad id back from the tokenizer.
+    """
+    config = getattr(model, "config", None)
+    eos = tokenizer.eos_token_id if tokenizer is not None else getattr(config, "eos_token_id", None)
+    pad = getattr(config, "pad_token_id", None)
+    hide = hasattr(model, "score") and pad is not None and (pad == eos or (isinstance(eos, list) and pad in eos))
+    if hide:
+        config.pad_token_id = None
+    try:
+        yield
+    finally:
+        if hide:
+            config.pad_token_id = pad
 
 
 # --------------------------------------------------------------------------- LoRA (peft)
@@ -469,3 +494,37 @@ def make_tiny_model_dir(path: str | os.PathLike, texts: list[str], seed: int = 0
     tok = build_word_tokenizer(texts)
     save_model(tiny_causal_lm(tok, seed=seed, **sizes), tok, path)
     return str(path)
+
+
+def build_bpe_tokenizer(texts: list[str], bos: str | None = None, eos: str | None = None, pad: str | None = None,
+                        unk: str | None = None, specials: list[str] = (), chat_template: str | None = None,
+                        vocab_size: int = 512, path: str | os.PathLike | None = None):
+    """A byte-level BPE fast tokenizer trained on ``texts`` on the spot, as GPT-2, Llama 3 and Qwen
+    tokenise: words carry their leading space ("Ġword"), and any text encodes (no unknown bytes).
+
+    ``bos`` (when given) is prepended by ``tokenizer(text)``, not by ``add_special_tokens=False``;
+    ``specials`` are the chat-template markers (never split, never merged with text). For tests and
+    benchmarks that need a model family's real template and special tokens on a tiny model.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    named = [t for t in (bos, eos, pad, unk) if t is not None]
+    reserved = list(dict.fromkeys(named + list(specials)))
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=reserved, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    if bos is not None:
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, core.token_to_id(bos))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk)
+    extra = [t for t in specials if t not in named]
+    if extra:
+        tok.add_special_tokens({"additional_special_tokens": extra})
+    tok.chat_template = chat_template
+    if path is not None:
+        tok.save_pretrained(path)
+    return tok

