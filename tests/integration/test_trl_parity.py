@@ -21,9 +21,7 @@ _spec = importlib.util.spec_from_file_location("trl_parity", HERE)
 parity = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(parity)
 
-IMPLICIT = pytest.mark.xfail(strict=True, reason="fixed by branch tok: the implicit-prompt split keeps the space "
-                                                 "after 'Assistant:' in the prompt")
-CASES = [pytest.param(c, marks=IMPLICIT) if c.endswith(" hh") else c for c in parity.CASES]
+CASES = list(parity.CASES)
 
 
 @pytest.fixture(scope="module")
