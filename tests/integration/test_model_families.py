@@ -141,8 +141,6 @@ def test_sft_mask_two_turns(name, tmp_path):
     assert runs == [GOOD[0] + fam.turn_end, GOOD[1] + fam.turn_end]
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="Phi-3's template writes EOS after the last turn only, so a "
-                   "conversation's renderings are not growing prefixes (data/tokenize.conversation_segments)")
 def test_sft_mask_two_turns_phi3(tmp_path):
     tok = load_tokenizer(make_family_dir("phi3", tmp_path / "phi3"))
     (got,), _ = tokenize_sft([parse_sft({"messages": MULTI})], tok, 256)

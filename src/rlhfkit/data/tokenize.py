@@ -57,8 +57,8 @@ def _with_eos(tokenizer, ids: list[int]) -> list[int]:
     return ids if eos is None or (ids and ids[-1] == eos) else ids + [eos]
 
 
-def _common(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two id lists."""
+def _common(a, b) -> int:
+    """Length of the longest common prefix of two id lists (or strings)."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -102,21 +102,24 @@ def conversation_segments(tokenizer, messages: list[dict]) -> list[tuple[list[in
     would differ from the whole (a token spanning a boundary), the boundary moves back to the
     longest token prefix the shorter rendering shares with the whole.
     """
-    cuts, done = [], ""
+    text = _render(tokenizer, messages, add_generation_prompt=False)
+    # An assistant turn starts where its generation prompt ends and ends where the rendering up to
+    # it stops agreeing with the whole rendering: templates such as Phi-3's write EOS after the
+    # last turn only, so a shorter rendering need not be a prefix of the whole one.
+    cuts, done = [], 0
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
         prefix = _render(tokenizer, messages[:i], add_generation_prompt=True)
-        full = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        if not prefix.startswith(done) or not full.startswith(prefix):
+        end = _common(_render(tokenizer, messages[: i + 1], add_generation_prompt=False), text)
+        if not text.startswith(prefix) or len(prefix) < done or end < len(prefix):
             raise ValueError("the chat template does not render conversations as growing prefixes; "
                              "cannot locate the assistant turns for the loss mask")
-        cuts.append((i, prefix, full))
-        done = full
-    text = _render(tokenizer, messages, add_generation_prompt=False)
+        cuts.append((i, len(prefix), end))
+        done = end
     whole = _chat_ids(tokenizer, messages, False, text)
     # Fast path: the pieces tokenized one by one already join to the whole.
-    bounds = [0] + [len(s) for _, prefix, full in cuts for s in (prefix, full)] + [len(text)]
+    bounds = [0] + [at for _, start, end in cuts for at in (start, end)] + [len(text)]
     pieces = [_ids(tokenizer, text[a:b]) if b > a else [] for a, b in zip(bounds, bounds[1:])]
     if [i for p in pieces for i in p] != whole:
         at = [0]
