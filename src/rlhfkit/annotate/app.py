@@ -12,8 +12,10 @@ rendered with Python-Markdown.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import markdown as md
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request, Response, Security
@@ -22,14 +24,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from .agreement import compute_stats
-from .auth import LoginLimiter, new_secret, same
+from .auth import HashGate, LoginLimiter, new_secret, same
 from .export import MODES, export_rows, to_jsonl
-from .store import MARGINS, Store, StoreError
+from .store import MARGINS, Late, Store, StoreError, storable
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "rlhfkit_session"
@@ -38,43 +40,86 @@ STRENGTHS = {"slightly_better": "slightly better", "better": "better", "much_bet
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
 
 
+# The largest id or version either database holds: PostgreSQL's `integer` is 32-bit. Larger values
+# were a 500 (an overflow inside the database driver); the request schema now refuses them (422).
+DB_INT_MAX = 2**31 - 1
+
+
+def _storable(text: str) -> str:
+    if not storable(text):
+        raise ValueError("must not contain NUL characters or unpaired surrogates")
+    return text
+
+
+TaskId = Annotated[int, Field(ge=1, le=DB_INT_MAX, description="`task_id` as GET /api/next returned it")]
+Text = Annotated[str, AfterValidator(_storable)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# One schema for the JSON API and the page forms: the form routes validate with these models too.
 class LabelIn(_Body):
-    task_id: int
+    task_id: TaskId
     choice: Literal["a", "b", "tie"] = Field(description='"a" = the response GET /api/next returned as `a`')
     strength: Literal["slightly_better", "better", "much_better"] | None = Field(
         None, description="how much better the chosen response is; sets the exported margin (1/3, 2/3, 1)")
-    comment: str | None = Field(None, max_length=5000)
+    comment: Text | None = Field(None, max_length=5000)
 
 
 class DemonstrationIn(_Body):
-    task_id: int
-    completion: str = Field(min_length=1, max_length=100_000)
+    task_id: TaskId
+    completion: Text = Field(min_length=1, max_length=100_000)
 
 
 class SkipIn(_Body):
-    task_id: int
+    task_id: TaskId
+
+
+class AckIn(_Body):
+    version: int = Field(ge=0, le=DB_INT_MAX, description="the guidelines version that was read")
 
 
 class GuidelinesIn(_Body):
-    markdown: str = Field(max_length=200_000)
+    markdown: Text = Field(max_length=200_000)
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="one line saying what was wrong")
+
+
+class ValidationErrorOut(ErrorOut):
+    errors: list[dict] = Field(description="each problem: `loc` (where, e.g. body.task_id) and `msg`")
+
+
+# Documented on every /api route (OpenAPI; schemathesis checks the app answers only these).
+API_ERRORS = {401: {"model": ErrorOut, "description": "missing or invalid bearer token"},
+              403: {"model": ErrorOut, "description": "not allowed for the caller (role, or not their task)"},
+              404: {"model": ErrorOut, "description": "no such task, or nothing to undo"},
+              409: {"model": ErrorOut, "description": "conflicts with the task's state (skipped, answered, expired)"},
+              422: {"model": ValidationErrorOut, "description": "bad request body or parameter"}}
+
+
+def one_line(e: ValidationError | RequestValidationError, drop: tuple = ()) -> str:
+    """``field: message; ...`` for every problem, the location without the parts in ``drop``."""
+    return "; ".join(f"{'.'.join(str(x) for x in err.get('loc', ()) if x not in drop)}: {err.get('msg', '')}"
+                     for err in e.errors()) or "bad request"
 
 
 def stats_payload(store: Store) -> dict:
     return {**compute_stats(store.label_rows()), "tasks": store.counts()}
 
 
-def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastAPI:
-    app = FastAPI(title="rlhfkit annotate", version=__version__, docs_url=None, redoc_url=None,
+def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gate: HashGate | None = None) -> FastAPI:
+    app = FastAPI(title="rlhfkit annotate", version=__version__, docs_url=None, redoc_url=None, responses=API_ERRORS,
                   description="Preference and demonstration collection. Every /api route needs "
                               "`Authorization: Bearer TOKEN` (`rlhfkit annotate add-user` prints one).")
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.state.store = store
     limiter = app.state.login_limiter = login_limiter or LoginLimiter()
+    gate = app.state.hash_gate = hash_gate or HashGate()
     bearer = HTTPBearer(auto_error=False, description="the token `rlhfkit annotate add-user` printed")
 
     # ------------------------------------------------------------ cross-cutting
@@ -206,24 +251,20 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastA
         return resp
 
     @app.post("/login", include_in_schema=False)
-    def login(request: Request, name: str = Form(...), password: str = Form(...), csrf_token: str = Form("")):
+    async def login(request: Request, name: str = Form(...), password: str = Form(...), csrf_token: str = Form("")):
+        # async: waiting (a slowed-down address, a busy hash gate) holds no worker thread
         check_csrf(csrf_token, request.cookies.get(LOGIN_COOKIE))
-        name, client = name.strip(), request.client.host if request.client else "?"
-        wait = limiter.retry_after(name, client)
-        if wait > 0:  # refused before the password is even checked
-            minutes = max(1, round(wait / 60))
+        client = request.client.host if request.client else "?"
+        user, refusal, wait = await check_login(store, limiter, gate, name.strip(), password, client)
+        if refusal:  # refused before the password is even checked
             token = new_secret()
-            resp = render(request, "login.html", status=429, csrf=token, user=None,
-                          error=f"too many failed logins; try again in {minutes} minute{'s' if minutes > 1 else ''}")
+            resp = render(request, "login.html", status=429, csrf=token, user=None, error=refusal)
             resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=_https(request))
             resp.headers["Retry-After"] = str(int(wait) + 1)
             return resp
-        user = store.login(name, password)
         if user is None:
-            limiter.failed(name, client)
             return RedirectResponse("/login?error=wrong+name+or+password", status_code=303)
-        limiter.succeeded(name)
-        sid, _ = store.create_session(user.id)
+        sid, _ = await run_in_threadpool(store.create_session, user.id)
         resp = RedirectResponse("/", status_code=303)
         resp.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="lax", secure=_https(request),
                         max_age=12 * 3600)
@@ -240,18 +281,25 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastA
         return resp
 
     @app.get("/guidelines", include_in_schema=False, response_class=HTMLResponse)
-    def guidelines_page(request: Request):
+    def guidelines_page(request: Request, error: str | None = None):
         user, csrf = need_login(request)
         text, version = store.guidelines()
         html = md.markdown(text, extensions=["extra", "sane_lists"]) if text else ""
         return render(request, "guidelines.html", user=user, csrf=csrf, html=html, version=version,
-                      first=user.guidelines_seen < version)
+                      first=user.guidelines_seen < version, error=error)
 
     @app.post("/guidelines/ack", include_in_schema=False)
-    def guidelines_ack(request: Request, version: int = Form(...), csrf_token: str = Form("")):
+    def guidelines_ack(request: Request, version: str = Form(""), csrf_token: str = Form("")):
         user, csrf = need_login(request)
         check_csrf(csrf_token, csrf)
-        store.acknowledge_guidelines(user.id, version)
+        try:
+            body = AckIn.model_validate({"version": version})
+        except ValidationError as e:
+            return render(request, "refused.html", status=422, user=user, csrf=csrf, error=one_line(e))
+        try:  # only the version on the page now; a stale or forged one goes back to the guidelines
+            store.acknowledge_guidelines(user.id, body.version)
+        except StoreError as e:
+            return RedirectResponse(f"/guidelines?error={_q(str(e))}", status_code=303)
         return RedirectResponse("/annotate", status_code=303)
 
     @app.get("/annotate", include_in_schema=False, response_class=HTMLResponse)
@@ -266,35 +314,44 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastA
         return render(request, template, user=user, csrf=csrf, task=task, progress=progress, error=error,
                       notice=notice, strengths=STRENGTHS, chat=isinstance(task and task["prompt"], list))
 
-    def _form_action(fn, ok: str | None = None):
+    def form_answer(request: Request, csrf_token: str, model, data: dict, submit, typed: str = "",
+                    ok: str | None = None, error: str | None = None):
+        """A task form, validated by the API's own model. Refused input (422) and a late answer (409)
+        get a page that keeps what was typed; other refusals go back to the task with a message."""
+        user, csrf = need_login(request)
+        check_csrf(csrf_token, csrf)
+        if error:
+            return RedirectResponse(f"/annotate?error={_q(error)}", status_code=303)
         try:
-            fn()
+            submit(user, model.model_validate(data))
+        except ValidationError as e:
+            return render(request, "refused.html", status=422, user=user, csrf=csrf, error=one_line(e), typed=typed)
+        except Late as e:
+            return render(request, "refused.html", status=409, user=user, csrf=csrf, error=str(e), typed=typed)
         except StoreError as e:
             return RedirectResponse(f"/annotate?error={_q(str(e))}", status_code=303)
         return RedirectResponse("/annotate" + (f"?notice={_q(ok)}" if ok else ""), status_code=303)
 
     @app.post("/annotate/label", include_in_schema=False)
-    def label_form(request: Request, task_id: int = Form(...), choice: str = Form(""), strength: str = Form(""),
+    def label_form(request: Request, task_id: str = Form(""), choice: str = Form(""), strength: str = Form(""),
                    comment: str = Form(""), csrf_token: str = Form("")):
-        user, csrf = need_login(request)
-        check_csrf(csrf_token, csrf)
-        if choice not in ("a", "b", "tie"):
-            return RedirectResponse(f"/annotate?error={_q('choose A, B or tie')}", status_code=303)
-        strength = strength if strength in MARGINS and choice != "tie" else None
-        return _form_action(lambda: store.submit_label(user.id, task_id, choice, strength, comment.strip() or None))
+        data = {"task_id": task_id, "choice": choice, "comment": comment.strip() or None,
+                "strength": strength if strength in MARGINS and choice != "tie" else None}
+        return form_answer(request, csrf_token, LabelIn, data, typed=comment,
+                           submit=lambda u, b: store.submit_label(u.id, b.task_id, b.choice, b.strength, b.comment),
+                           error=None if choice in ("a", "b", "tie") else "choose A, B or tie")
 
     @app.post("/annotate/demonstration", include_in_schema=False)
-    def demonstration_form(request: Request, task_id: int = Form(...), completion: str = Form(""),
+    def demonstration_form(request: Request, task_id: str = Form(""), completion: str = Form(""),
                            csrf_token: str = Form("")):
-        user, csrf = need_login(request)
-        check_csrf(csrf_token, csrf)
-        return _form_action(lambda: store.submit_demonstration(user.id, task_id, completion))
+        return form_answer(request, csrf_token, DemonstrationIn, {"task_id": task_id, "completion": completion},
+                           typed=completion, submit=lambda u, b: store.submit_demonstration(u.id, b.task_id,
+                                                                                             b.completion))
 
     @app.post("/annotate/skip", include_in_schema=False)
-    def skip_form(request: Request, task_id: int = Form(...), csrf_token: str = Form("")):
-        user, csrf = need_login(request)
-        check_csrf(csrf_token, csrf)
-        return _form_action(lambda: store.skip(user.id, task_id), "skipped")
+    def skip_form(request: Request, task_id: str = Form(""), csrf_token: str = Form("")):
+        return form_answer(request, csrf_token, SkipIn, {"task_id": task_id}, ok="skipped",
+                           submit=lambda u, b: store.skip(u.id, b.task_id))
 
     @app.post("/annotate/undo", include_in_schema=False)
     def undo_form(request: Request, csrf_token: str = Form("")):
@@ -332,6 +389,32 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastA
         return _download(mode, include_gold)
 
     return app
+
+
+async def check_login(store: Store, limiter: LoginLimiter, gate: HashGate, name: str, password: str,
+                      client: str) -> tuple:
+    """(user or None, refusal message or None, seconds to wait). The attempt is reserved before the
+    password check (so parallel attempts cannot overrun the limit), slowed down when its address has
+    many failures, and checked only through the gate (at most ``slots`` argon2 checks at once)."""
+    attempt = limiter.reserve(name, client)
+    if attempt.retry_after > 0:
+        minutes = max(1, round(attempt.retry_after / 60))
+        return None, f"too many failed logins; try again in {minutes} minute{'s' if minutes > 1 else ''}", \
+            attempt.retry_after
+    if attempt.delay:
+        await asyncio.sleep(attempt.delay)
+    deadline = time.monotonic() + gate.max_wait
+    while not gate.enter():
+        if time.monotonic() > deadline:
+            limiter.cancel(attempt)
+            return None, "the server is busy checking other logins; try again in a few seconds", 5.0
+        await asyncio.sleep(0.02)
+    try:
+        user = await run_in_threadpool(store.login, name, password)
+    finally:
+        gate.leave()
+    limiter.settle(attempt, ok=user is not None)
+    return user, None, 0.0
 
 
 SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY"),
