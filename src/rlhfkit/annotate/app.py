@@ -12,10 +12,8 @@ rendered with Python-Markdown.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import markdown as md
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request, Response, Security
@@ -24,87 +22,22 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from .agreement import compute_stats
-from .auth import HashGate, LoginLimiter, new_secret, same
+from .auth import HashGate, LoginLimiter, check_login, new_secret, same
 from .export import MODES, export_rows, to_jsonl
-from .store import MARGINS, Late, Store, StoreError, storable
+from .inputs import (API_ERRORS, AckIn, DemonstrationIn, GuidelinesIn, LabelIn, SkipIn, one_line,
+                     refuse_unknown_query)
+from .store import MARGINS, Late, Store, StoreError
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "rlhfkit_session"
 LOGIN_COOKIE = "rlhfkit_login_csrf"
 STRENGTHS = {"slightly_better": "slightly better", "better": "better", "much_better": "much better"}
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
-
-
-# The largest id or version either database holds: PostgreSQL's `integer` is 32-bit. Larger values
-# were a 500 (an overflow inside the database driver); the request schema now refuses them (422).
-DB_INT_MAX = 2**31 - 1
-
-
-def _storable(text: str) -> str:
-    if not storable(text):
-        raise ValueError("must not contain NUL characters or unpaired surrogates")
-    return text
-
-
-TaskId = Annotated[int, Field(ge=1, le=DB_INT_MAX, description="`task_id` as GET /api/next returned it")]
-Text = Annotated[str, AfterValidator(_storable)]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# One schema for the JSON API and the page forms: the form routes validate with these models too.
-class LabelIn(_Body):
-    task_id: TaskId
-    choice: Literal["a", "b", "tie"] = Field(description='"a" = the response GET /api/next returned as `a`')
-    strength: Literal["slightly_better", "better", "much_better"] | None = Field(
-        None, description="how much better the chosen response is; sets the exported margin (1/3, 2/3, 1)")
-    comment: Text | None = Field(None, max_length=5000)
-
-
-class DemonstrationIn(_Body):
-    task_id: TaskId
-    completion: Text = Field(min_length=1, max_length=100_000)
-
-
-class SkipIn(_Body):
-    task_id: TaskId
-
-
-class AckIn(_Body):
-    version: int = Field(ge=0, le=DB_INT_MAX, description="the guidelines version that was read")
-
-
-class GuidelinesIn(_Body):
-    markdown: Text = Field(max_length=200_000)
-
-
-class ErrorOut(BaseModel):
-    detail: str = Field(description="one line saying what was wrong")
-
-
-class ValidationErrorOut(ErrorOut):
-    errors: list[dict] = Field(description="each problem: `loc` (where, e.g. body.task_id) and `msg`")
-
-
-# Documented on every /api route (OpenAPI; schemathesis checks the app answers only these).
-API_ERRORS = {401: {"model": ErrorOut, "description": "missing or invalid bearer token"},
-              403: {"model": ErrorOut, "description": "not allowed for the caller (role, or not their task)"},
-              404: {"model": ErrorOut, "description": "no such task, or nothing to undo"},
-              409: {"model": ErrorOut, "description": "conflicts with the task's state (skipped, answered, expired)"},
-              422: {"model": ValidationErrorOut, "description": "bad request body or parameter"}}
-
-
-def one_line(e: ValidationError | RequestValidationError, drop: tuple = ()) -> str:
-    """``field: message; ...`` for every problem, the location without the parts in ``drop``."""
-    return "; ".join(f"{'.'.join(str(x) for x in err.get('loc', ()) if x not in drop)}: {err.get('msg', '')}"
-                     for err in e.errors()) or "bad request"
 
 
 def stats_payload(store: Store) -> dict:
@@ -133,10 +66,10 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gat
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, e: RequestValidationError):
         errors = [{"loc": [str(x) for x in err.get("loc", ())], "msg": err.get("msg", "")} for err in e.errors()]
-        detail = "; ".join(f"{'.'.join(x['loc'])}: {x['msg']}" for x in errors) or "bad request"
-        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+        return JSONResponse({"detail": one_line(e), "errors": errors}, status_code=422)
 
     def api_user(request: Request, _token=Security(bearer)):
+        refuse_unknown_query(request)
         return request.state.user
 
     def api_admin(user=Depends(api_user)):
@@ -207,13 +140,7 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gat
     def get_export(mode: Literal["majority", "per_annotator", "demonstrations"] = "majority",
                    include_gold: bool = False, user=Depends(api_admin)):
         """The labels as TRL-format JSONL (see `rlhfkit annotate export`)."""
-        return _download(mode, include_gold)
-
-    def _download(mode: str, include_gold: bool) -> Response:
-        rows, dropped = export_rows(store, mode, include_gold)
-        return Response(to_jsonl(rows), media_type="application/x-ndjson", headers={
-            "Content-Disposition": f'attachment; filename="{mode}.jsonl"', "X-Rows": str(len(rows)),
-            "X-Dropped": ",".join(f"{k}={v}" for k, v in sorted(dropped.items()))})
+        return download(store, mode, include_gold)
 
     # ------------------------------------------------------------ pages
 
@@ -230,10 +157,6 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gat
             raise _Redirect("/login")
         return found
 
-    def check_csrf(token: str, csrf: str):
-        if not same(token, csrf):
-            raise HTTPException(403, "CSRF token missing or wrong: reload the page and try again")
-
     @app.exception_handler(_Redirect)
     async def redirect(request: Request, e: _Redirect):
         return RedirectResponse(e.to, status_code=303)
@@ -245,10 +168,7 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gat
 
     @app.get("/login", include_in_schema=False, response_class=HTMLResponse)
     def login_page(request: Request, error: str | None = None):
-        token = new_secret()
-        resp = render(request, "login.html", status=401 if error else 200, csrf=token, error=error, user=None)
-        resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=_https(request))
-        return resp
+        return login_form(render, request, 401 if error else 200, error)
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request, name: str = Form(...), password: str = Form(...), csrf_token: str = Form("")):
@@ -257,9 +177,7 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gat
         client = request.client.host if request.client else "?"
         user, refusal, wait = await check_login(store, limiter, gate, name.strip(), password, client)
         if refusal:  # refused before the password is even checked
-            token = new_secret()
-            resp = render(request, "login.html", status=429, csrf=token, user=None, error=refusal)
-            resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=_https(request))
+            resp = login_form(render, request, 429, refusal)
             resp.headers["Retry-After"] = str(int(wait) + 1)
             return resp
         if user is None:
@@ -386,35 +304,29 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gat
         need_admin(request)
         if mode not in MODES:
             raise HTTPException(422, f"mode must be one of {', '.join(MODES)}")
-        return _download(mode, include_gold)
+        return download(store, mode, include_gold)
 
     return app
 
 
-async def check_login(store: Store, limiter: LoginLimiter, gate: HashGate, name: str, password: str,
-                      client: str) -> tuple:
-    """(user or None, refusal message or None, seconds to wait). The attempt is reserved before the
-    password check (so parallel attempts cannot overrun the limit), slowed down when its address has
-    many failures, and checked only through the gate (at most ``slots`` argon2 checks at once)."""
-    attempt = limiter.reserve(name, client)
-    if attempt.retry_after > 0:
-        minutes = max(1, round(attempt.retry_after / 60))
-        return None, f"too many failed logins; try again in {minutes} minute{'s' if minutes > 1 else ''}", \
-            attempt.retry_after
-    if attempt.delay:
-        await asyncio.sleep(attempt.delay)
-    deadline = time.monotonic() + gate.max_wait
-    while not gate.enter():
-        if time.monotonic() > deadline:
-            limiter.cancel(attempt)
-            return None, "the server is busy checking other logins; try again in a few seconds", 5.0
-        await asyncio.sleep(0.02)
-    try:
-        user = await run_in_threadpool(store.login, name, password)
-    finally:
-        gate.leave()
-    limiter.settle(attempt, ok=user is not None)
-    return user, None, 0.0
+def check_csrf(token: str, csrf: str):
+    if not same(token, csrf):
+        raise HTTPException(403, "CSRF token missing or wrong: reload the page and try again")
+
+
+def login_form(render, request: Request, status: int, error: str | None) -> Response:
+    """The login page with a fresh double-submit CSRF token (cookie and hidden field)."""
+    token = new_secret()
+    resp = render(request, "login.html", status=status, csrf=token, error=error, user=None)
+    resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=_https(request))
+    return resp
+
+
+def download(store: Store, mode: str, include_gold: bool) -> Response:
+    rows, dropped = export_rows(store, mode, include_gold)
+    return Response(to_jsonl(rows), media_type="application/x-ndjson", headers={
+        "Content-Disposition": f'attachment; filename="{mode}.jsonl"', "X-Rows": str(len(rows)),
+        "X-Dropped": ",".join(f"{k}={v}" for k, v in sorted(dropped.items()))})
 
 
 SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY"),

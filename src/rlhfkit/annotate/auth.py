@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -144,3 +146,30 @@ class HashGate:
 
     def leave(self) -> None:
         self._slots.release()
+
+
+async def check_login(store, limiter: LoginLimiter, gate: HashGate, name: str, password: str, client: str) -> tuple:
+    """(user or None, refusal message or None, seconds to wait). The attempt is reserved before the
+    password check (so parallel attempts cannot overrun the limit), slowed down when its address has
+    many failures, and checked only through the gate (at most ``slots`` argon2 checks at once)."""
+    attempt = limiter.reserve(name, client)
+    if attempt.retry_after > 0:
+        minutes = max(1, round(attempt.retry_after / 60))
+        return None, f"too many failed logins; try again in {minutes} minute{'s' if minutes > 1 else ''}", \
+            attempt.retry_after
+    if attempt.delay:
+        await asyncio.sleep(attempt.delay)
+    deadline = time.monotonic() + gate.max_wait
+    while not gate.enter():
+        if time.monotonic() > deadline:
+            limiter.cancel(attempt)
+            return None, "the server is busy checking other logins; try again in a few seconds", 5.0
+        await asyncio.sleep(0.02)
+    try:
+        from starlette.concurrency import run_in_threadpool
+
+        user = await run_in_threadpool(store.login, name, password)
+    finally:
+        gate.leave()
+    limiter.settle(attempt, ok=user is not None)
+    return user, None, 0.0
