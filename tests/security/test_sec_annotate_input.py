@@ -107,3 +107,34 @@ def test_only_the_current_guidelines_version_can_be_acknowledged(world):
     r = client.post("/guidelines/ack", data={"version": 1, "csrf_token": _form_csrf(client)}, follow_redirects=False)
     assert r.headers["location"].startswith("/guidelines?error=")  # a stale page acknowledges nothing
     assert client.get("/annotate", follow_redirects=False).headers["location"] == "/guidelines"
+
+
+def test_text_a_database_cannot_store_is_422_not_500(world):
+    """NUL characters (PostgreSQL refuses them) in every text field of the API and of every form:
+    a 422 naming the field (a login: just a failed login), never a 5xx, nothing stored."""
+    store, client, auth = world
+    boss_token = store.add_user("boss", "admin", PW)[1]
+    admin = TestClient(client.app, raise_server_exceptions=False)
+    page = admin.get("/login")
+    assert admin.post("/login", data={"name": "boss", "password": PW, "csrf_token": _csrf(page.text)},
+                      follow_redirects=False).headers["location"] == "/"
+    pair = client.get("/api/next", params={"kind": "pair"}, headers=auth).json()["task_id"]
+    demo = client.get("/api/next", params={"kind": "demonstration"}, headers=auth).json()["task_id"]
+    bad = "before\x00after"
+    api = [("POST", "/api/labels", {"task_id": pair, "choice": "a", "comment": bad}, auth, "comment"),
+           ("POST", "/api/demonstrations", {"task_id": demo, "completion": bad}, auth, "completion"),
+           ("PUT", "/api/guidelines", {"markdown": bad}, {"Authorization": f"Bearer {boss_token}"}, "markdown")]
+    for method, path, body, headers, field in api:
+        r = client.request(method, path, json=body, headers=headers)
+        assert r.status_code == 422 and field in r.json()["detail"], (path, r.status_code, r.text[:200])
+    forms = [(client, "/annotate/label", {"task_id": pair, "choice": "a", "comment": bad}, "comment"),
+             (client, "/annotate/demonstration", {"task_id": demo, "completion": bad}, "completion"),
+             (admin, "/admin/guidelines", {"markdown": bad}, "markdown")]
+    for who, path, data, field in forms:
+        r = who.post(path, data={**data, "csrf_token": _form_csrf(who)}, follow_redirects=False)
+        assert r.status_code == 422 and field in r.text, (path, r.status_code, r.text[:200])
+    anon = TestClient(client.app, raise_server_exceptions=False)
+    r = anon.post("/login", data={"name": bad, "password": bad, "csrf_token": _csrf(anon.get("/login").text)},
+                  follow_redirects=False)
+    assert r.status_code == 303 and "error=" in r.headers["location"]
+    assert store.label_rows() == [] and store.guidelines() == ("", 0)

@@ -172,7 +172,6 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gat
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request, name: str = Form(...), password: str = Form(...), csrf_token: str = Form("")):
-        # async: waiting (a slowed-down address, a busy hash gate) holds no worker thread
         check_csrf(csrf_token, request.cookies.get(LOGIN_COOKIE))
         client = request.client.host if request.client else "?"
         user, refusal, wait = await check_login(store, limiter, gate, name.strip(), password, client)
@@ -296,7 +295,10 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gat
     def admin_guidelines(request: Request, markdown: str = Form(""), csrf_token: str = Form("")):
         user, csrf = need_admin(request)
         check_csrf(csrf_token, csrf)
-        version = store.set_guidelines(markdown)
+        try:
+            version = store.set_guidelines(GuidelinesIn.model_validate({"markdown": markdown}).markdown)
+        except ValidationError as e:
+            return render(request, "refused.html", status=422, user=user, csrf=csrf, error=one_line(e), typed=markdown)
         return RedirectResponse(f"/admin?notice={_q(f'guidelines saved (version {version})')}", status_code=303)
 
     @app.get("/admin/export", include_in_schema=False)

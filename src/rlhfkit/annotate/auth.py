@@ -151,7 +151,8 @@ class HashGate:
 async def check_login(store, limiter: LoginLimiter, gate: HashGate, name: str, password: str, client: str) -> tuple:
     """(user or None, refusal message or None, seconds to wait). The attempt is reserved before the
     password check (so parallel attempts cannot overrun the limit), slowed down when its address has
-    many failures, and checked only through the gate (at most ``slots`` argon2 checks at once)."""
+    many failures, and checked only through the gate (at most ``slots`` argon2 checks at once).
+    Async (the login route awaits it): a waiting attempt holds no worker thread."""
     attempt = limiter.reserve(name, client)
     if attempt.retry_after > 0:
         minutes = max(1, round(attempt.retry_after / 60))
