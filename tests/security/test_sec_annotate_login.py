@@ -24,7 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rlhfkit.annotate.app import create_app
-from rlhfkit.annotate.auth import LoginLimiter
+from rlhfkit.annotate.auth import HashGate, LoginLimiter
 from rlhfkit.annotate.store import Store
 
 PW = "the-right-password"
@@ -189,5 +189,21 @@ def test_an_address_under_attack_is_slowed_not_locked_and_the_admin_still_logs_i
         assert _attempt(c, "alice", "guess").status_code == 303
     assert _attempt(c, "alice", PW).status_code == 429  # alice's name (from this address) is locked
     now[0] += 61
+    assert _attempt(c, "alice", PW).headers["location"] == "/"
+    store.close()
+
+
+def test_a_login_waiting_too_long_for_a_hash_slot_gets_429_and_is_not_counted(tmp_path):
+    """Every check slot busy for longer than ``max_wait``: 429 "busy" with Retry-After, the password
+    unchecked and the attempt not counted (six of them do not lock the name); a free slot logs in."""
+    store = Store(str(tmp_path / "busy.db"))
+    store.add_user("alice", "annotator", PW)
+    gate = HashGate(slots=1, max_wait=0.05)
+    c = TestClient(create_app(store, hash_gate=gate))
+    assert gate.enter()  # a long check holds the only slot
+    for _ in range(6):
+        r = _attempt(c, "alice", PW)
+        assert r.status_code == 429 and "busy" in r.text and int(r.headers["retry-after"]) > 0
+    gate.leave()
     assert _attempt(c, "alice", PW).headers["location"] == "/"
     store.close()
