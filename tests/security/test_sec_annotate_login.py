@@ -207,3 +207,13 @@ def test_a_login_waiting_too_long_for_a_hash_slot_gets_429_and_is_not_counted(tm
     gate.leave()
     assert _attempt(c, "alice", PW).headers["location"] == "/"
     store.close()
+
+
+def test_the_limiter_forgets_aged_out_names_so_memory_stays_bounded():
+    """Attempts on ever new names (a spray over days) must not grow the limiter without bound."""
+    now = [0.0]
+    limiter = LoginLimiter(window=60, clock=lambda: now[0])
+    for i in range(3 * LoginLimiter.MAX_KEYS):
+        now[0] += 0.1  # 600 attempts per window
+        limiter.settle(limiter.reserve(f"name{i}", f"10.0.{i % 7}.1"), ok=False)
+    assert len(limiter) <= LoginLimiter.MAX_KEYS + 3 * 600

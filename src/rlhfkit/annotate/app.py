@@ -51,8 +51,8 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gat
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.state.store = store
-    limiter = app.state.login_limiter = login_limiter or LoginLimiter()
-    gate = app.state.hash_gate = hash_gate or HashGate()
+    limiter = app.state.login_limiter = login_limiter if login_limiter is not None else LoginLimiter()
+    gate = app.state.hash_gate = hash_gate if hash_gate is not None else HashGate()
     bearer = HTTPBearer(auto_error=False, description="the token `rlhfkit annotate add-user` printed")
 
     # ------------------------------------------------------------ cross-cutting

@@ -77,6 +77,8 @@ class LoginLimiter:
     checked and settled afterwards, so N parallel attempts on one name get at most the limit checked.
     In memory: one server process (as ``annotate serve`` runs)."""
 
+    MAX_KEYS = 10_000
+
     def __init__(self, per_name: int = 20, per_pair: int = 5, per_client: int = 20, window: float = 900.0,
                  slow_down: float = 2.0, clock=None):
         import time
@@ -86,6 +88,10 @@ class LoginLimiter:
         self.clock = clock or time.monotonic
         self._failures: dict[tuple, list[float]] = {}
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        """How many names, addresses and pairs are tracked."""
+        return len(self._failures)
 
     def _recent(self, key: tuple, now: float) -> list[float]:
         times = [t for t in self._failures.get(key, []) if now - t < self.window]
@@ -99,6 +105,9 @@ class LoginLimiter:
         """Count an attempt before its check; ``retry_after > 0``: refused (nothing was counted)."""
         with self._lock:
             now = self.clock()
+            if len(self._failures) > self.MAX_KEYS:  # attempts on ever new names: forget the aged-out ones
+                for key in [k for k, times in self._failures.items() if now - times[-1] >= self.window]:
+                    del self._failures[key]
             attempt = Attempt(name, client, now)
             for key, limit in ((("name", name), self.per_name), (("pair", client, name), self.per_pair)):
                 times = self._recent(key, now)
