@@ -7,7 +7,9 @@ the rules that must survive concurrency live in the database itself:
 - ``UNIQUE(task_id, user_id)`` on labels: a repeated submission finds the stored label (200)
   instead of adding a second one; on assignments: nobody gets the same task twice.
 - At most K annotators per task: ``UPDATE tasks SET assigned = assigned + 1 WHERE id = :id AND
-  assigned < overlap`` either takes a slot or touches no row — atomic on both databases.
+  assigned < overlap`` either takes a slot or touches no row — atomic on both databases. An answer
+  whose assignment expired (its slot went back to the queue) takes a slot the same way or is
+  refused (``Late``, 409): a task never has more than K labels.
 
 SQLite runs in WAL mode (readers never block the writer) with a busy timeout, and every write
 transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock up front and waits for it,
