@@ -303,13 +303,13 @@ def test_migrations_build_exactly_the_schema_and_go_down_and_up(store):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert store.revision() == "0001"
+    assert store.revision() == "0002"
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     store.downgrade("base")
     assert store.revision() is None
     store.migrate()
-    assert store.revision() == "0001"
+    assert store.revision() == "0002"
 
 
 # ---------------------------------------------------------------- pages: sessions, CSRF, roles
@@ -367,7 +367,7 @@ def test_login_sessions_csrf_and_roles(sqlite_store):
     assert "https://" not in page.text + dash.text  # nothing from a CDN
 
 
-def test_abandoned_assignments_are_reclaimed_and_late_answers_kept(sqlite_store, monkeypatch):
+def test_abandoned_assignments_are_reclaimed_and_late_answers_never_exceed_k(sqlite_store, monkeypatch):
     import rlhfkit.annotate.store as store_module
     from datetime import timedelta
 
@@ -379,10 +379,12 @@ def test_abandoned_assignments_are_reclaimed_and_late_answers_kept(sqlite_store,
     monkeypatch.setattr(store_module, "ASSIGNMENT_TTL", timedelta(seconds=-1))  # Alice's is now too old
     assert client.get("/api/next", headers=bearer(bob)).json()["task_id"] == task["task_id"]
     monkeypatch.undo()
-    for token in (bob, alice):  # Alice answers late: her label is kept, never lost
-        r = client.post("/api/labels", json={"task_id": task["task_id"], "choice": "a"}, headers=bearer(token))
-        assert r.status_code == 201, r.text
-    assert len(sqlite_store.label_rows()) == 2
+    r = client.post("/api/labels", json={"task_id": task["task_id"], "choice": "a"}, headers=bearer(bob))
+    assert r.status_code == 201, r.text
+    # Alice answers late, after the task went to Bob: refused (K=1 holds; issue #19), never stored twice
+    r = client.post("/api/labels", json={"task_id": task["task_id"], "choice": "a"}, headers=bearer(alice))
+    assert r.status_code == 409 and "not saved" in r.json()["detail"], r.text
+    assert len(sqlite_store.label_rows()) == 1
     assert client.get("/api/next", headers=bearer(alice)).status_code == 204
 
 

@@ -147,6 +147,6 @@ def test_bad_import_names_file_and_line_and_changes_nothing(tmp_path):
     r = rlhfkit("annotate", "add-user", "--db", db, "--name", "x", "--role", "boss")
     assert r.returncode == 2 and "invalid choice: 'boss'" in r.stderr
     r = rlhfkit("annotate", "migrate", "--db", db)
-    assert r.returncode == 0 and r.stdout.strip() == "rlhfkit annotate: database at revision 0001"
+    assert r.returncode == 0 and r.stdout.strip() == "rlhfkit annotate: database at revision 0002"
     r = rlhfkit("annotate", "import", "--db", "postgresql://nobody@127.0.0.1:1/none", good)
     assert r.returncode == 2 and r.stderr.startswith("rlhfkit annotate import: error: ") and "Traceback" not in r.stderr

@@ -7,6 +7,7 @@ and ``rlhfkit dpo``.
 
 Modules: ``schema`` (tables), ``store`` (engine, migrations, every read and write),
 ``assignment`` (who gets which task), ``agreement`` (pure statistics), ``export`` (TRL rows),
-``auth`` (passwords, tokens, sessions, CSRF), ``app`` (FastAPI pages and API), ``cli``.
+``auth`` (passwords, tokens, sessions, CSRF, login limits), ``inputs`` (the request schema of
+API and forms), ``app`` (FastAPI pages and API), ``cli``.
 This package never imports torch or a training recipe.
 """

@@ -22,14 +22,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from .agreement import compute_stats
-from .auth import LoginLimiter, new_secret, same
+from .auth import HashGate, LoginLimiter, check_login, new_secret, same
 from .export import MODES, export_rows, to_jsonl
-from .store import MARGINS, Store, StoreError
+from .inputs import (API_ERRORS, AckIn, DemonstrationIn, GuidelinesIn, LabelIn, SkipIn, one_line,
+                     refuse_unknown_query)
+from .store import MARGINS, Late, Store, StoreError
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "rlhfkit_session"
@@ -38,43 +40,19 @@ STRENGTHS = {"slightly_better": "slightly better", "better": "better", "much_bet
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LabelIn(_Body):
-    task_id: int
-    choice: Literal["a", "b", "tie"] = Field(description='"a" = the response GET /api/next returned as `a`')
-    strength: Literal["slightly_better", "better", "much_better"] | None = Field(
-        None, description="how much better the chosen response is; sets the exported margin (1/3, 2/3, 1)")
-    comment: str | None = Field(None, max_length=5000)
-
-
-class DemonstrationIn(_Body):
-    task_id: int
-    completion: str = Field(min_length=1, max_length=100_000)
-
-
-class SkipIn(_Body):
-    task_id: int
-
-
-class GuidelinesIn(_Body):
-    markdown: str = Field(max_length=200_000)
-
-
 def stats_payload(store: Store) -> dict:
     return {**compute_stats(store.label_rows()), "tasks": store.counts()}
 
 
-def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastAPI:
-    app = FastAPI(title="rlhfkit annotate", version=__version__, docs_url=None, redoc_url=None,
+def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gate: HashGate | None = None) -> FastAPI:
+    app = FastAPI(title="rlhfkit annotate", version=__version__, docs_url=None, redoc_url=None, responses=API_ERRORS,
                   description="Preference and demonstration collection. Every /api route needs "
                               "`Authorization: Bearer TOKEN` (`rlhfkit annotate add-user` prints one).")
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.state.store = store
-    limiter = app.state.login_limiter = login_limiter or LoginLimiter()
+    limiter = app.state.login_limiter = login_limiter if login_limiter is not None else LoginLimiter()
+    gate = app.state.hash_gate = hash_gate if hash_gate is not None else HashGate()
     bearer = HTTPBearer(auto_error=False, description="the token `rlhfkit annotate add-user` printed")
 
     # ------------------------------------------------------------ cross-cutting
@@ -88,10 +66,10 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastA
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, e: RequestValidationError):
         errors = [{"loc": [str(x) for x in err.get("loc", ())], "msg": err.get("msg", "")} for err in e.errors()]
-        detail = "; ".join(f"{'.'.join(x['loc'])}: {x['msg']}" for x in errors) or "bad request"
-        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+        return JSONResponse({"detail": one_line(e), "errors": errors}, status_code=422)
 
     def api_user(request: Request, _token=Security(bearer)):
+        refuse_unknown_query(request)
         return request.state.user
 
     def api_admin(user=Depends(api_user)):
@@ -162,13 +140,7 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastA
     def get_export(mode: Literal["majority", "per_annotator", "demonstrations"] = "majority",
                    include_gold: bool = False, user=Depends(api_admin)):
         """The labels as TRL-format JSONL (see `rlhfkit annotate export`)."""
-        return _download(mode, include_gold)
-
-    def _download(mode: str, include_gold: bool) -> Response:
-        rows, dropped = export_rows(store, mode, include_gold)
-        return Response(to_jsonl(rows), media_type="application/x-ndjson", headers={
-            "Content-Disposition": f'attachment; filename="{mode}.jsonl"', "X-Rows": str(len(rows)),
-            "X-Dropped": ",".join(f"{k}={v}" for k, v in sorted(dropped.items()))})
+        return download(store, mode, include_gold)
 
     # ------------------------------------------------------------ pages
 
@@ -185,10 +157,6 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastA
             raise _Redirect("/login")
         return found
 
-    def check_csrf(token: str, csrf: str):
-        if not same(token, csrf):
-            raise HTTPException(403, "CSRF token missing or wrong: reload the page and try again")
-
     @app.exception_handler(_Redirect)
     async def redirect(request: Request, e: _Redirect):
         return RedirectResponse(e.to, status_code=303)
@@ -200,30 +168,20 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastA
 
     @app.get("/login", include_in_schema=False, response_class=HTMLResponse)
     def login_page(request: Request, error: str | None = None):
-        token = new_secret()
-        resp = render(request, "login.html", status=401 if error else 200, csrf=token, error=error, user=None)
-        resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=_https(request))
-        return resp
+        return login_form(render, request, 401 if error else 200, error)
 
     @app.post("/login", include_in_schema=False)
-    def login(request: Request, name: str = Form(...), password: str = Form(...), csrf_token: str = Form("")):
+    async def login(request: Request, name: str = Form(...), password: str = Form(...), csrf_token: str = Form("")):
         check_csrf(csrf_token, request.cookies.get(LOGIN_COOKIE))
-        name, client = name.strip(), request.client.host if request.client else "?"
-        wait = limiter.retry_after(name, client)
-        if wait > 0:  # refused before the password is even checked
-            minutes = max(1, round(wait / 60))
-            token = new_secret()
-            resp = render(request, "login.html", status=429, csrf=token, user=None,
-                          error=f"too many failed logins; try again in {minutes} minute{'s' if minutes > 1 else ''}")
-            resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=_https(request))
+        client = request.client.host if request.client else "?"
+        user, refusal, wait = await check_login(store, limiter, gate, name.strip(), password, client)
+        if refusal:  # refused before the password is even checked
+            resp = login_form(render, request, 429, refusal)
             resp.headers["Retry-After"] = str(int(wait) + 1)
             return resp
-        user = store.login(name, password)
         if user is None:
-            limiter.failed(name, client)
             return RedirectResponse("/login?error=wrong+name+or+password", status_code=303)
-        limiter.succeeded(name)
-        sid, _ = store.create_session(user.id)
+        sid, _ = await run_in_threadpool(store.create_session, user.id)
         resp = RedirectResponse("/", status_code=303)
         resp.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="lax", secure=_https(request),
                         max_age=12 * 3600)
@@ -240,18 +198,25 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastA
         return resp
 
     @app.get("/guidelines", include_in_schema=False, response_class=HTMLResponse)
-    def guidelines_page(request: Request):
+    def guidelines_page(request: Request, error: str | None = None):
         user, csrf = need_login(request)
         text, version = store.guidelines()
         html = md.markdown(text, extensions=["extra", "sane_lists"]) if text else ""
         return render(request, "guidelines.html", user=user, csrf=csrf, html=html, version=version,
-                      first=user.guidelines_seen < version)
+                      first=user.guidelines_seen < version, error=error)
 
     @app.post("/guidelines/ack", include_in_schema=False)
-    def guidelines_ack(request: Request, version: int = Form(...), csrf_token: str = Form("")):
+    def guidelines_ack(request: Request, version: str = Form(""), csrf_token: str = Form("")):
         user, csrf = need_login(request)
         check_csrf(csrf_token, csrf)
-        store.acknowledge_guidelines(user.id, version)
+        try:
+            body = AckIn.model_validate({"version": version})
+        except ValidationError as e:
+            return render(request, "refused.html", status=422, user=user, csrf=csrf, error=one_line(e))
+        try:  # only the version on the page now; a stale or forged one goes back to the guidelines
+            store.acknowledge_guidelines(user.id, body.version)
+        except StoreError as e:
+            return RedirectResponse(f"/guidelines?error={_q(str(e))}", status_code=303)
         return RedirectResponse("/annotate", status_code=303)
 
     @app.get("/annotate", include_in_schema=False, response_class=HTMLResponse)
@@ -266,35 +231,44 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastA
         return render(request, template, user=user, csrf=csrf, task=task, progress=progress, error=error,
                       notice=notice, strengths=STRENGTHS, chat=isinstance(task and task["prompt"], list))
 
-    def _form_action(fn, ok: str | None = None):
+    def form_answer(request: Request, csrf_token: str, model, data: dict, submit, typed: str = "",
+                    ok: str | None = None, error: str | None = None):
+        """A task form, validated by the API's own model. Refused input (422) and a late answer (409)
+        get a page that keeps what was typed; other refusals go back to the task with a message."""
+        user, csrf = need_login(request)
+        check_csrf(csrf_token, csrf)
+        if error:
+            return RedirectResponse(f"/annotate?error={_q(error)}", status_code=303)
         try:
-            fn()
+            submit(user, model.model_validate(data))
+        except ValidationError as e:
+            return render(request, "refused.html", status=422, user=user, csrf=csrf, error=one_line(e), typed=typed)
+        except Late as e:
+            return render(request, "refused.html", status=409, user=user, csrf=csrf, error=str(e), typed=typed)
         except StoreError as e:
             return RedirectResponse(f"/annotate?error={_q(str(e))}", status_code=303)
         return RedirectResponse("/annotate" + (f"?notice={_q(ok)}" if ok else ""), status_code=303)
 
     @app.post("/annotate/label", include_in_schema=False)
-    def label_form(request: Request, task_id: int = Form(...), choice: str = Form(""), strength: str = Form(""),
+    def label_form(request: Request, task_id: str = Form(""), choice: str = Form(""), strength: str = Form(""),
                    comment: str = Form(""), csrf_token: str = Form("")):
-        user, csrf = need_login(request)
-        check_csrf(csrf_token, csrf)
-        if choice not in ("a", "b", "tie"):
-            return RedirectResponse(f"/annotate?error={_q('choose A, B or tie')}", status_code=303)
-        strength = strength if strength in MARGINS and choice != "tie" else None
-        return _form_action(lambda: store.submit_label(user.id, task_id, choice, strength, comment.strip() or None))
+        data = {"task_id": task_id, "choice": choice, "comment": comment.strip() or None,
+                "strength": strength if strength in MARGINS and choice != "tie" else None}
+        return form_answer(request, csrf_token, LabelIn, data, typed=comment,
+                           submit=lambda u, b: store.submit_label(u.id, b.task_id, b.choice, b.strength, b.comment),
+                           error=None if choice in ("a", "b", "tie") else "choose A, B or tie")
 
     @app.post("/annotate/demonstration", include_in_schema=False)
-    def demonstration_form(request: Request, task_id: int = Form(...), completion: str = Form(""),
+    def demonstration_form(request: Request, task_id: str = Form(""), completion: str = Form(""),
                            csrf_token: str = Form("")):
-        user, csrf = need_login(request)
-        check_csrf(csrf_token, csrf)
-        return _form_action(lambda: store.submit_demonstration(user.id, task_id, completion))
+        return form_answer(request, csrf_token, DemonstrationIn, {"task_id": task_id, "completion": completion},
+                           typed=completion, submit=lambda u, b: store.submit_demonstration(u.id, b.task_id,
+                                                                                             b.completion))
 
     @app.post("/annotate/skip", include_in_schema=False)
-    def skip_form(request: Request, task_id: int = Form(...), csrf_token: str = Form("")):
-        user, csrf = need_login(request)
-        check_csrf(csrf_token, csrf)
-        return _form_action(lambda: store.skip(user.id, task_id), "skipped")
+    def skip_form(request: Request, task_id: str = Form(""), csrf_token: str = Form("")):
+        return form_answer(request, csrf_token, SkipIn, {"task_id": task_id}, ok="skipped",
+                           submit=lambda u, b: store.skip(u.id, b.task_id))
 
     @app.post("/annotate/undo", include_in_schema=False)
     def undo_form(request: Request, csrf_token: str = Form("")):
@@ -321,7 +295,10 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastA
     def admin_guidelines(request: Request, markdown: str = Form(""), csrf_token: str = Form("")):
         user, csrf = need_admin(request)
         check_csrf(csrf_token, csrf)
-        version = store.set_guidelines(markdown)
+        try:
+            version = store.set_guidelines(GuidelinesIn.model_validate({"markdown": markdown}).markdown)
+        except ValidationError as e:
+            return render(request, "refused.html", status=422, user=user, csrf=csrf, error=one_line(e), typed=markdown)
         return RedirectResponse(f"/admin?notice={_q(f'guidelines saved (version {version})')}", status_code=303)
 
     @app.get("/admin/export", include_in_schema=False)
@@ -329,9 +306,29 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None) -> FastA
         need_admin(request)
         if mode not in MODES:
             raise HTTPException(422, f"mode must be one of {', '.join(MODES)}")
-        return _download(mode, include_gold)
+        return download(store, mode, include_gold)
 
     return app
+
+
+def check_csrf(token: str, csrf: str):
+    if not same(token, csrf):
+        raise HTTPException(403, "CSRF token missing or wrong: reload the page and try again")
+
+
+def login_form(render, request: Request, status: int, error: str | None) -> Response:
+    """The login page with a fresh double-submit CSRF token (cookie and hidden field)."""
+    token = new_secret()
+    resp = render(request, "login.html", status=status, csrf=token, error=error, user=None)
+    resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=_https(request))
+    return resp
+
+
+def download(store: Store, mode: str, include_gold: bool) -> Response:
+    rows, dropped = export_rows(store, mode, include_gold)
+    return Response(to_jsonl(rows), media_type="application/x-ndjson", headers={
+        "Content-Disposition": f'attachment; filename="{mode}.jsonl"', "X-Rows": str(len(rows)),
+        "X-Dropped": ",".join(f"{k}={v}" for k, v in sorted(dropped.items()))})
 
 
 SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY"),

@@ -1,4 +1,5 @@
-"""``rlhfkit annotate SUBCOMMAND``: serve, import, add-user, export, stats, guidelines, migrate.
+"""``rlhfkit annotate SUBCOMMAND``: serve, import, add-user, export, stats, guidelines, migrate, and the
+account commands revoke-token, set-password, deactivate, activate (effective on the server's next request).
 
 ``--db`` takes a file path or ``sqlite:///FILE`` (default ``annotate.db``) or a
 ``postgresql://user@host:port/db`` URL. Every subcommand first brings the schema up to date
@@ -35,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     s.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     s.add_argument("--access-log", action="store_true", help="log every request")
+    s.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
+                   help="comma-separated addresses of your reverse proxies, whose X-Forwarded-For/-Proto are "
+                        "trusted (the client address for login limits, https for Secure cookies); default: none, "
+                        "the headers are ignored")
 
     s = cmd("import", "add pairs (or demonstration prompts) from a JSONL file, all or nothing")
     s.add_argument("file", help="JSONL: {prompt, response_a, response_b} with optional id, metadata, gold "
@@ -51,6 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--password", help="browser login password (visible to other local users: prefer --password-stdin)")
     g.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+
+    s = cmd("revoke-token", "revoke a user's API token at once (a new one is printed only with --new)")
+    s.add_argument("--name", required=True)
+    s.add_argument("--new", action="store_true", help="issue a new token and print it as the last word")
+
+    s = cmd("set-password", "set a user's browser password; ends the user's browser sessions")
+    s.add_argument("--name", required=True)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--password", help="the new password (visible to other local users: prefer --password-stdin)")
+    g.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+
+    s = cmd("deactivate", "lock a user out at once: no login, API token or browser session works (labels stay)")
+    s.add_argument("--name", required=True)
+    s = cmd("activate", "let a deactivated user back in (same password and token)")
+    s.add_argument("--name", required=True)
 
     s = cmd("export", "write TRL-format JSONL")
     s.add_argument("--out", required=True, help="output file (.jsonl)")
@@ -117,8 +137,11 @@ def _serve(args, store) -> int:
     from .app import create_app
 
     print(f"rlhfkit annotate: serving http://{args.host}:{args.port} (database {store.engine.url!r})", flush=True)
+    # uvicorn would trust X-Forwarded-* from 127.0.0.1 by default: any local client could pick its
+    # own address (fresh login attempts) and scheme; trust only the proxies named here.
+    proxies = args.forwarded_allow_ips
     uvicorn.run(create_app(store), host=args.host, port=args.port, log_level="warning",
-                access_log=args.access_log)
+                access_log=args.access_log, proxy_headers=bool(proxies), forwarded_allow_ips=proxies or "")
     return 0
 
 
@@ -131,15 +154,44 @@ def _import(args, store, records) -> int:
     return 0
 
 
-def _add_user(args, store) -> int:
+def _password(args) -> str | None:
     password = args.password
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             raise ValueError("--password-stdin: no password on stdin")
+    return password
+
+
+def _add_user(args, store) -> int:
+    password = _password(args)
     uid, token = store.add_user(args.name, args.role, password)
     login = "browser login and API" if password else "API only (no password)"
     print(f"rlhfkit annotate: added {args.role} {args.name!r} (id {uid}; {login}). API token: {token}")
+    return 0
+
+
+def _revoke_token(args, store) -> int:
+    token = store.revoke_token(args.name)
+    if args.new:
+        print(f"rlhfkit annotate: revoked {args.name!r}'s API token. New API token: {token}")
+    else:
+        print(f"rlhfkit annotate: revoked {args.name!r}'s API token; the user has no API token now "
+              "(--new issues one)")
+    return 0
+
+
+def _set_password(args, store) -> int:
+    store.set_password(args.name, _password(args))
+    print(f"rlhfkit annotate: password of {args.name!r} changed; their browser sessions are ended")
+    return 0
+
+
+def _set_active(args, store) -> int:
+    active = args.command == "activate"
+    store.set_active(args.name, active)
+    print(f"rlhfkit annotate: {args.name!r} " + ("activated" if active else
+                                                "deactivated: logins, API token and sessions refused"))
     return 0
 
 
@@ -177,4 +229,5 @@ def _migrate(args, store) -> int:
 
 
 COMMANDS = {"serve": _serve, "import": _import, "add-user": _add_user, "export": _export, "stats": _stats,
-            "guidelines": _guidelines, "migrate": _migrate}
+            "guidelines": _guidelines, "migrate": _migrate, "revoke-token": _revoke_token,
+            "set-password": _set_password, "deactivate": _set_active, "activate": _set_active}

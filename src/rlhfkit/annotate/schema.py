@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint)
+from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table,
+                        Text, UniqueConstraint, true)
 
 # Named constraints, so migrations can refer to them on every database (SQLite batch mode included).
 metadata = MetaData(naming_convention={
@@ -41,6 +41,8 @@ users = Table(
     Column("password_hash", String(200), nullable=True),  # argon2id; NULL: API token only
     Column("token_hash", String(64), nullable=False, unique=True),  # sha256 of the bearer token
     Column("guidelines_seen", Integer, nullable=False, default=0),  # version last acknowledged
+    # False: `rlhfkit annotate deactivate`; no login, no token, no session (checked on every request)
+    Column("active", Boolean, nullable=False, default=True, server_default=true()),
     Column("created_at", DateTime, nullable=False, default=utcnow),
 )
 

@@ -7,7 +7,9 @@ the rules that must survive concurrency live in the database itself:
 - ``UNIQUE(task_id, user_id)`` on labels: a repeated submission finds the stored label (200)
   instead of adding a second one; on assignments: nobody gets the same task twice.
 - At most K annotators per task: ``UPDATE tasks SET assigned = assigned + 1 WHERE id = :id AND
-  assigned < overlap`` either takes a slot or touches no row — atomic on both databases.
+  assigned < overlap`` either takes a slot or touches no row — atomic on both databases. An answer
+  whose assignment expired (its slot went back to the queue) takes a slot the same way or is
+  refused (``Late``, 409): a task never has more than K labels.
 
 SQLite runs in WAL mode (readers never block the writer) with a busy timeout, and every write
 transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock up front and waits for it,
@@ -61,6 +63,10 @@ class Conflict(StoreError):
 
 class Invalid(StoreError):
     status = 422
+
+
+class Late(Conflict):
+    """An answer whose assignment expired and whose task has no free slot left (K labels at most)."""
 
 
 def normalize_url(db: str) -> str:
@@ -201,8 +207,8 @@ class Store:
     def add_user(self, name: str, role: str, password: str | None = None) -> tuple[int, str]:
         """Create a user; returns (id, API token). The token is shown once: only its hash is kept."""
         name = (name or "").strip()
-        if not name or len(name) > 200:
-            raise Invalid("a user name needs 1 to 200 characters")
+        if not name or len(name) > 200 or not storable(name):
+            raise Invalid("a user name needs 1 to 200 characters, none of them NUL")
         if role not in ROLES:
             raise Invalid(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         token = new_secret()
@@ -218,8 +224,10 @@ class Store:
         return uid, token
 
     def user_by_token(self, token: str):
+        """The active user the token belongs to, or None (read on every request: a revoked token or a
+        deactivated user is refused at once)."""
         with self.read() as conn:
-            return conn.execute(select(users).where(users.c.token_hash == digest(token))).first()
+            return conn.execute(select(users).where(users.c.token_hash == digest(token), users.c.active)).first()
 
     def user(self, user_id: int):
         with self.read() as conn:
@@ -230,11 +238,48 @@ class Store:
             return list(conn.execute(select(users).order_by(users.c.id)))
 
     def login(self, name: str, password: str):
-        """The user if the password matches; None otherwise (unknown names cost a hash too)."""
-        with self.read() as conn:
-            row = conn.execute(select(users).where(users.c.name == name)).first()
+        """The active user if the password matches; None otherwise (unknown names, names no database
+        can hold and deactivated users cost a hash too, so the timing reveals nothing)."""
+        row = None
+        if storable(name):
+            with self.read() as conn:
+                row = conn.execute(select(users).where(users.c.name == name)).first()
         ok = verify_password(row.password_hash if row else _dummy_hash(), password)
-        return row if row is not None and ok else None
+        return row if row is not None and row.active and ok else None
+
+    # ------------------------------------------------------------ account changes (CLI; effective at once)
+
+    def _named(self, conn, name: str):
+        row = conn.execute(select(users.c.id).where(users.c.name == name)).first() if storable(name) else None
+        if row is None:
+            raise NotFound(f"no user named {name!r}")
+        return row.id
+
+    def revoke_token(self, name: str) -> str:
+        """Replace the user's API token; the old one is refused from the next request. Returns the new
+        token (shown once; only its hash is kept)."""
+        token = new_secret()
+        with self.write() as conn:
+            conn.execute(update(users).where(users.c.id == self._named(conn, name)).values(token_hash=digest(token)))
+        return token
+
+    def set_password(self, name: str, password: str) -> None:
+        """Set a new browser password and end the user's browser sessions."""
+        if not password:
+            raise Invalid("the new password is empty")
+        hashed = hash_password(password)
+        with self.write() as conn:
+            uid = self._named(conn, name)
+            conn.execute(update(users).where(users.c.id == uid).values(password_hash=hashed))
+            conn.execute(delete(sessions).where(sessions.c.user_id == uid))
+
+    def set_active(self, name: str, active: bool) -> None:
+        """Deactivate (no login, token or session works; the labels stay) or reactivate a user."""
+        with self.write() as conn:
+            uid = self._named(conn, name)
+            conn.execute(update(users).where(users.c.id == uid).values(active=active))
+            if not active:
+                conn.execute(delete(sessions).where(sessions.c.user_id == uid))
 
     # ------------------------------------------------------------ browser sessions
 
@@ -255,7 +300,7 @@ class Store:
                                .where(sessions.c.id == digest(sid))).first()
             if row is None or row.expires_at < utcnow():
                 return None
-            user = conn.execute(select(users).where(users.c.id == row.user_id)).first()
+            user = conn.execute(select(users).where(users.c.id == row.user_id, users.c.active)).first()
         return (user, row.csrf) if user else None
 
     def end_session(self, sid: str) -> None:
@@ -289,7 +334,13 @@ class Store:
         return version
 
     def acknowledge_guidelines(self, user_id: int, version: int) -> None:
+        """Record that the user read ``version``; only the current version can be acknowledged (an
+        acknowledged future version would let the user skip the next change unread)."""
         with self.write() as conn:
+            current = int(self.setting("guidelines_version", "0", conn))
+            if version != current:
+                raise Conflict(f"version {version} is not the current guidelines version ({current}): "
+                               f"read version {current}, then acknowledge it")
             conn.execute(update(users).where(users.c.id == user_id).values(guidelines_seen=version))
 
     def gold_rate(self, conn=None) -> float:
@@ -468,7 +519,7 @@ class Store:
                                                    assignments.c.user_id == user_id)).first()
         if old is not None:
             return self._label_view(old, a.left if a else None), False
-        task = conn.execute(select(tasks.c.kind).where(tasks.c.id == task_id)).first()
+        task = conn.execute(select(tasks.c.kind, tasks.c.gold).where(tasks.c.id == task_id)).first()
         if task is None:
             raise NotFound(f"no task {task_id}")
         if a is None:
@@ -478,14 +529,27 @@ class Store:
             raise Invalid(f"task {task_id} is a {task.kind} task: answer it with POST {where}")
         if a.status == "skipped":
             raise Conflict(f"you skipped task {task_id}")
+        # Conditional, so an assignment that a concurrent GET /api/next expired meanwhile is seen as expired.
+        if not conn.execute(update(assignments).where(assignments.c.id == a.id, assignments.c.status.in_(
+                ("open", "done"))).values(status="done")).rowcount:
+            self._retake_slot(conn, task_id, task.gold is not None)
+            conn.execute(update(assignments).where(assignments.c.id == a.id).values(status="done"))
         if kind == "pair":
             values = {**values, "choice": _to_canonical(values["choice"], a.left or "a"), "left": a.left or "a"}
         row = {"task_id": task_id, "user_id": user_id, "created_at": utcnow(), **values}
         label_id = conn.execute(insert(labels).values(**row)).inserted_primary_key[0]
-        if a.status == "expired":  # a late answer still counts; its slot is taken again
-            conn.execute(update(tasks).where(tasks.c.id == task_id).values(assigned=tasks.c.assigned + 1))
-        conn.execute(update(assignments).where(assignments.c.id == a.id).values(status="done"))
         return self._label_view(conn.execute(select(labels).where(labels.c.id == label_id)).one(), a.left), True
+
+    @staticmethod
+    def _retake_slot(conn, task_id: int, gold: bool) -> None:
+        """A late answer (its assignment expired and its slot went back to the queue) counts only if
+        a slot is still free, taken atomically as GET /api/next takes one: a task never ends with more
+        than K labels. Gold pairs have no K (every annotator gets them)."""
+        cond = tasks.c.id == task_id if gold else and_(tasks.c.id == task_id, tasks.c.assigned < tasks.c.overlap)
+        if not conn.execute(update(tasks).where(cond).values(assigned=tasks.c.assigned + 1)).rowcount:
+            hours = ASSIGNMENT_TTL.total_seconds() / 3600
+            raise Late(f"task {task_id}: your assignment expired (open longer than {hours:g} h) and the task "
+                       "went to other annotators, so this answer was not saved")
 
     @staticmethod
     def _label_view(row, left: str | None) -> dict:
@@ -573,6 +637,18 @@ class Store:
                 "gold_pairs": gold, "tasks_complete": complete, "open_assignments": open_}
 
 
+def storable(text: str) -> bool:
+    """Whether both databases can store ``text``: PostgreSQL refuses NUL characters, and lone
+    surrogates have no UTF-8 encoding."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 _DUMMY: list[str] = []
 
 
@@ -583,5 +659,5 @@ def _dummy_hash() -> str:
     return _DUMMY[0]
 
 
-__all__ = ["Store", "StoreError", "NotFound", "Forbidden", "Conflict", "Invalid", "MARGINS", "normalize_url",
-           "metadata"]
+__all__ = ["Store", "StoreError", "NotFound", "Forbidden", "Conflict", "Invalid", "Late", "MARGINS", "normalize_url",
+           "metadata", "storable"]
