@@ -65,8 +65,8 @@ class CompletionRequest(_Common):
 
 def _param(loc: tuple) -> str:
     """A pydantic error location as a dotted field path, without union-member tags ("str", "list[str]")."""
-    fields = [str(p) for p in loc if isinstance(p, int) or ("[" not in p and p not in ("str", "int", "float", "bool",
-                                                                                       "none", "list", "dict"))]
+    tags = ("str", "int", "float", "bool", "none", "list", "dict")  # and "list[str]", "constrained-str", ...
+    fields = [str(p) for p in loc if isinstance(p, int) or not ("[" in p or "-" in p or p in tags)]
     return ".".join(fields)
 
 
