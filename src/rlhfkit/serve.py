@@ -33,10 +33,8 @@ lock around the model).
 
 
 import asyncio
-import hmac
 import json
 import logging
-import os
 import random
 import re
 import threading
@@ -46,6 +44,8 @@ from pathlib import Path
 
 import torch
 
+from .serve_gate import RequestError, RequestGate, api_key_of, json_body
+
 log = logging.getLogger("rlhfkit.serve")
 
 ALLOWED = {"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
@@ -53,30 +53,10 @@ ALLOWED = {"model", "messages", "prompt", "max_tokens", "max_completion_tokens",
            "top_logprobs", "echo"}
 NEUTRAL = {"n": (1, None), "presence_penalty": (0, 0.0, None), "frequency_penalty": (0, 0.0, None),
            "logprobs": (False, None), "top_logprobs": (None,), "echo": (False, None)}
-API_KEY_ENV = "RLHFKIT_API_KEY"
 # A prompt longer than context x this many UTF-8 bytes cannot fit the context with any subword
 # tokenizer (English averages ~4 bytes a token; long merged tokens reach ~16-32): refuse it unread.
 BYTES_PER_TOKEN = 32
 NO_CONTEXT_PROMPT_BYTES = 1 << 20  # the prompt cap of a model without max_position_embeddings
-
-
-def api_key_of(cfg) -> str:
-    """The key every /v1 request must bear: ``cfg.api_key``, else ``$RLHFKIT_API_KEY``, else none."""
-    return cfg.api_key or os.environ.get(API_KEY_ENV, "")
-
-
-def authorized(header: str | None, key: str) -> bool:
-    """Whether an Authorization header is ``Bearer <key>``; hmac.compare_digest takes the same time
-    wherever the two differ, so response times do not leak the key a byte at a time."""
-    scheme, _, token = (header or "").strip().partition(" ")
-    same = hmac.compare_digest(token.strip().encode("utf-8", "replace"), key.encode("utf-8"))
-    return same and scheme.lower() in ("bearer",)
-
-
-class RequestError(ValueError):
-    def __init__(self, message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.param, self.status, self.kind = param, status, kind
 
 
 def _number(body: dict, key: str, default: float, low: float, high: float, integer: bool = False):
@@ -164,7 +144,7 @@ class Server:
                                f"{', '.join(sorted(ALLOWED))})", unknown[0])
         for key, neutral in NEUTRAL.items():
             if key in body and not _neutral(body[key], neutral):
-                raise RequestError(f"'{key}' = {str(body[key])[:40]!r} is not supported (only {neutral[0]!r})", key)
+                raise RequestError(f"'{key}' = {repr(body[key])[:40]} is not supported (only {neutral[0]!r})", key)
         if not chat and "messages" in body or chat and "prompt" in body:
             bad = "messages" if not chat else "prompt"
             raise RequestError(f"'{bad}' belongs to the other endpoint", bad)
@@ -252,67 +232,6 @@ def _error(e: RequestError):
                         status_code=e.status)
 
 
-def _json_body(raw: bytes):
-    try:
-        return json.loads(raw)
-    except RecursionError:  # deeply nested arrays or objects: the decoder recurses once per level
-        raise RequestError("the request body nests JSON too deeply") from None
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints over Python's 4300-digit limit
-        raise RequestError(f"the request body is not valid JSON: {str(e).splitlines()[0][:200]}") from None
-
-
-class RequestGate:
-    """ASGI middleware in front of every /v1 route: the API key, then the body-size cap (from the
-    Content-Length, then counted while the body is read), before any route parses a byte of it.
-    The body, once read within the cap, is handed on to the route."""
-
-    def __init__(self, app, api_key: str, max_bytes: int):
-        self.app, self.api_key, self.max_bytes = app, api_key, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        if self.api_key and not authorized(headers.get(b"authorization", b"").decode("latin-1"), self.api_key):
-            return await _send_error(send, RequestError("a valid API key is required: send the header "
-                                                        "'Authorization: Bearer KEY'", None, 401, "authentication_error"))
-        too_big = RequestError(f"the request body is over the limit of this server: at most {self.max_bytes} bytes",
-                               None, 413, "request_too_large")
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await _send_error(send, too_big if length.isdigit() else RequestError("bad Content-Length header"))
-        body, more = bytearray(), True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                return await _send_error(send, too_big)
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        return await self.app(scope, replay, send)
-
-
-async def _send_error(send, e: RequestError) -> None:
-    payload = json.dumps({"error": {"message": str(e), "type": e.kind, "param": e.param, "code": None}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    if e.status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    if e.status == 413:
-        headers.append((b"connection", b"close"))  # the unread rest of the body is never read
-    await send({"type": "http.response.start", "status": e.status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
 def _pieces(text: str) -> list[str]:
     """Word pieces (each word with the whitespace before it) for streaming."""
     return re.findall(r"\s*\S+", text) or ([text] if text else [])
@@ -342,7 +261,7 @@ def create_app(server: Server, api_key: str = ""):
     async def handle(request: Request, chat: bool):
         request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         try:
-            req = server.parse(_json_body(await request.body()), chat)
+            req = server.parse(json_body(await request.body()), chat)
             result = await run_in_threadpool(server.complete, req, request_id)
         except RequestError as e:
             log.info("request %s refused: %s", request_id, e)
@@ -386,9 +305,15 @@ def create_app(server: Server, api_key: str = ""):
     async def completions(request: Request):
         return await handle(request, chat=False)
 
+    _document_models(app)
+    return app
+
+
+def _document_models(app) -> None:
+    """Put the request models in the OpenAPI document, as components the routes' $refs point to."""
     base_openapi = app.openapi
 
-    def openapi():  # the request and response models as components the routes' $refs point to
+    def openapi():
         if app.openapi_schema is None:
             from .serve_schema import openapi_components
 
@@ -398,7 +323,6 @@ def create_app(server: Server, api_key: str = ""):
         return app.openapi_schema
 
     app.openapi = openapi
-    return app
 
 
 def run_serve(cfg) -> dict:

@@ -11,8 +11,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+
+def _integral(value):
+    # JSON Schema's "integer" includes 5.0, and Python's json reads it as a float: accept it as 5
+    return int(value) if type(value) is float and value.is_integer() and abs(value) < 2**63 else value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
 Text = Annotated[str, Field(min_length=1)]
 
 
@@ -37,12 +44,12 @@ class StreamOptions(_Strict):
 
 class _Common(_Strict):
     model: str | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[Int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[Int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
     stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
-    seed: Annotated[int, Field(ge=-2**63, le=2**63 - 1)] | None = None
+    seed: Annotated[Int, Field(ge=-2**63, le=2**63 - 1)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None

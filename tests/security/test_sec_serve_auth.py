@@ -53,7 +53,7 @@ def test_unauthenticated_request_is_refused_before_its_body_is_read(served_model
 
 def test_no_key_means_open_and_the_flag_wins_over_the_env(served_model_dir, monkeypatch):
     from rlhfkit.config import ServeConfig
-    from rlhfkit.serve import api_key_of
+    from rlhfkit.serve_gate import api_key_of
 
     assert in_process_client(served_model_dir).get("/v1/models").status_code == 200
     monkeypatch.delenv("RLHFKIT_API_KEY", raising=False)
@@ -68,7 +68,7 @@ def test_key_compare_is_constant_time():
     differ), never ==: checked on the source, since timing on a shared CPU would be noise."""
     import inspect
 
-    from rlhfkit import serve
+    from rlhfkit import serve_gate as serve
 
     source = inspect.getsource(serve.authorized)
     assert "hmac.compare_digest" in source and "==" not in source

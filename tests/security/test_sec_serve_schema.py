@@ -77,7 +77,7 @@ def test_garbage_bodies_are_400(client, content):
 
 
 def test_valid_requests_still_work(client):
-    r = client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2, "stop": "big", "seed": 3, "n": 1,
+    r = client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2.0, "stop": "big", "seed": 3, "n": 1,
                                                   "stream": False, "user": "u", "logprobs": False, "top_p": 1})
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "world is"
     parts = {"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]}
