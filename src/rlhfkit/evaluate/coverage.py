@@ -191,7 +191,8 @@ def run_coverage(cfg: CoverageConfig) -> dict:
     eval_rows = [(path, p) for path in cfg.eval_data for p in _prompts(path)]
     eval_unique = list(dict.fromkeys(p for _, p in eval_rows))
     train_unique = list(train_counts)
-    x = embed(eval_unique + train_unique, cfg.encoder, cfg.batch_size, cfg.max_length, cfg.device, cfg.allow_pickle)
+    x = embed(eval_unique + train_unique, cfg.encoder, cfg.batch_size, cfg.max_length, cfg.device,
+              cfg.allow_pickle)
     eval_x, train_x = x[:len(eval_unique)], x[len(eval_unique):]
     k = cfg.clusters or min(30, max(2, round(len(eval_unique) ** 0.5)))
     rows, labels, nn = cluster_coverage(eval_x, train_x, [train_counts[p] for p in train_unique], k, cfg.min_pairs, cfg.near, cfg.seed)
