@@ -80,22 +80,17 @@ def _stops(body: dict) -> list[str]:
     return stops
 
 
-def _content(message: dict, i: int) -> str:
+def _content(message: dict) -> str:
     """A schema-checked message's text (text parts joined)."""
     content = message.get("content")
     if isinstance(content, list):  # [{"type": "text", "text": ...}]
         return "".join(p["text"] for p in content)
-    if content is None:
-        if message["role"] != "assistant":
-            raise RequestError(f"'messages.{i}.content': only an assistant message may have no content",
-                               f"messages.{i}.content")
-        return ""
-    return content
+    return content or ""  # null content: empty text
 
 
 def _messages(body: dict) -> list[dict]:
-    return [{"role": "system" if m["role"] == "developer" else m["role"], "content": _content(m, i)}
-            for i, m in enumerate(body["messages"])]
+    return [{"role": "system" if m["role"] == "developer" else m["role"], "content": _content(m)}
+            for m in body["messages"]]
 
 
 def _utf8_size(texts: list[str], param: str) -> int:
@@ -305,11 +300,11 @@ def create_app(server: Server, api_key: str = ""):
     async def completions(request: Request):
         return await handle(request, chat=False)
 
-    _document_models(app)
+    _document_models(app, server)
     return app
 
 
-def _document_models(app) -> None:
+def _document_models(app, server: Server) -> None:
     """Put the request models in the OpenAPI document, as components the routes' $refs point to."""
     base_openapi = app.openapi
 
@@ -318,7 +313,8 @@ def _document_models(app) -> None:
             from .serve_schema import openapi_components
 
             schema = base_openapi()
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_components())
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                openapi_components(server.name, server.max_tokens_limit))
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -1,7 +1,8 @@
 """Issue #19 fuzz acceptance: schemathesis generates requests from serve's own OpenAPI document
 (valid ones and, in negative mode, ones that break the schema) against the real app behind the
 guard and an API key. Every response must be no 5xx, a documented status with a documented
-content type and body, and schema-breaking data must get a 4xx. Bounded: 60 examples an
+content type and body; schema-breaking data must get a 4xx and data the schema allows a 2xx (the
+document carries this server's model id and max_tokens bound). Bounded: 60 examples an
 operation and mode (a minute on two cores); `max_tokens_limit` is 64 so no request generates for long."""
 
 import pytest
@@ -10,7 +11,8 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection,  # noqa: E402
-                                               response_schema_conformance, status_code_conformance)
+                                               positive_data_acceptance, response_schema_conformance,
+                                               status_code_conformance)
 from schemathesis.generation.modes import GenerationMode  # noqa: E402
 from serve_support import GUARD, in_process_client  # noqa: E402
 
@@ -46,6 +48,7 @@ def test_openapi_fuzz_no_5xx_and_every_response_documented(serve_schema, label, 
     @settings(max_examples=60 if label.startswith("POST") else 5, deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck), database=None)
     def fuzz(case):
-        case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"}, checks=CHECKS)
+        case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"},
+                               checks=CHECKS + ([positive_data_acceptance] if mode == "positive" else []))
 
     fuzz()
