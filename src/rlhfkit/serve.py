@@ -12,7 +12,7 @@ only at their neutral values; anything else is refused with a 400 naming the fie
 silently ignored). Bodies are validated against strict schemas (``serve_schema``: no type
 coercion), and every malformed body is a 400 in OpenAI's error shape with ``param`` naming the field.
 
-Limits, checked before any work (``RequestGate``, then ``Server.parse``): with an API key
+Limits, checked before any work (``serve_gate.RequestGate``, then ``Server.parse``): with an API key
 (``--api_key`` or ``$RLHFKIT_API_KEY``) every ``/v1`` route needs ``Authorization: Bearer KEY``
 (401 otherwise; ``/health`` stays open); a body over ``max_request_bytes`` is a 413 from its
 Content-Length or while it is read; a prompt over context x ``BYTES_PER_TOKEN`` UTF-8 bytes is a 413
