@@ -51,8 +51,9 @@ class RequestGate:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         if self.api_key and not authorized(headers.get(b"authorization", b"").decode("latin-1"), self.api_key):
-            return await _send_error(send, RequestError("a valid API key is required: send the header "
-                                                        "'Authorization: Bearer KEY'", None, 401, "authentication_error"))
+            return await _send_error(send, RequestError(
+                "a valid API key is required: send the header 'Authorization: Bearer KEY'", None, 401,
+                "authentication_error"))
         too_big = RequestError(f"the request body is over the limit of this server: at most {self.max_bytes} bytes",
                                None, 413, "request_too_large")
         length = headers.get(b"content-length")

@@ -6,7 +6,8 @@ import pytest
 from serve_support import in_process_client, start_server, stop_server
 
 KEY = "s3cret-key-for-tests"
-V1 = [("GET", "/v1/models", None), ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hello"}]}),
+HELLO = [{"role": "user", "content": "hello"}]
+V1 = [("GET", "/v1/models", None), ("POST", "/v1/chat/completions", {"messages": HELLO}),
       ("POST", "/v1/completions", {"prompt": "hello"})]
 
 
@@ -45,7 +46,7 @@ def test_unauthenticated_request_is_refused_before_its_body_is_read(served_model
     client = in_process_client(served_model_dir, api_key=KEY)
     r = client.post("/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 401
-    ok = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hello"}], "temperature": 0},
+    ok = client.post("/v1/chat/completions", json={"messages": HELLO, "temperature": 0},
                      headers={"Authorization": f"Bearer {KEY}"})
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "world is big"
     assert client.get("/health").status_code == 200
