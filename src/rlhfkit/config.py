@@ -293,6 +293,8 @@ class ServeConfig:
     max_tokens_limit: int = _f(1024, "Largest max_tokens a request may ask for.")
     device: str = _f("auto", "auto, cpu, cuda.")
     trust_remote_code: bool = _f(False, "Allow model code from the checkpoint's folder to run.")
+    api_key: str = _f("", "Require 'Authorization: Bearer KEY' on every /v1 route; empty: $RLHFKIT_API_KEY, else no key.")
+    max_request_bytes: int = _f(0, "Largest request body in bytes (413 beyond); 0: max(1 MiB, 4 x context x 32).")
 
 
 # list[str] fields of "key=value" entries that a YAML file may also give as a mapping

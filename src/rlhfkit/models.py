@@ -72,7 +72,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False,
 PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
-def _weights_kwargs(path: str, allow_pickle: bool, trust_remote_code: bool) -> dict:
+def weights_kwargs(path: str, allow_pickle: bool, trust_remote_code: bool) -> dict:
+    """from_pretrained keywords of the loading rule: safetensors only unless ``allow_pickle``; a folder
+    with only pickle weights is refused with one line (an OSError) naming it and the opt-in."""
     # safetensors only by default: a pickle checkpoint can run arbitrary code when loaded.
     folder = Path(path)
     if not allow_pickle and folder.is_dir() and not list(folder.glob("*.safetensors*")):
@@ -92,7 +94,7 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, trust_remote_c
             base, dtype, trust_remote_code, allow_pickle, load_in_4bit))
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, **_quantization_kwargs(load_in_4bit, dtype),
-        **_weights_kwargs(path, allow_pickle, trust_remote_code))
+        **weights_kwargs(path, allow_pickle, trust_remote_code))
     return model
 
 
@@ -121,7 +123,7 @@ def load_reward_model(path: str, tokenizer: PreTrainedTokenizerBase, dtype: torc
         extra = {"num_labels": 1, "ignore_mismatched_sizes": True}
     model = AutoModelForSequenceClassification.from_pretrained(
         path, dtype=dtype, **extra, **_quantization_kwargs(load_in_4bit, dtype),
-        **_weights_kwargs(path, allow_pickle, trust_remote_code))
+        **weights_kwargs(path, allow_pickle, trust_remote_code))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 

