@@ -138,3 +138,16 @@ def test_text_a_database_cannot_store_is_422_not_500(world):
                   follow_redirects=False)
     assert r.status_code == 303 and "error=" in r.headers["location"]
     assert store.label_rows() == [] and store.guidelines() == ("", 0)
+
+
+def test_api_ids_of_the_wrong_json_type_are_422_not_coerced(world):
+    """Found by the schemathesis run: pydantic's lax mode read `{"task_id": true}` as task 1 (200)
+    and `"1"` as 1; the JSON API takes integers only (the page forms still send text)."""
+    store, client, auth = world
+    failures = []
+    for value in (True, False, "1", 1.5):
+        for path, extra in API:
+            r = client.post(path, json={"task_id": value, **extra}, headers=auth)
+            if r.status_code != 422 or "task_id" not in r.json().get("detail", ""):
+                failures.append((path, value, r.status_code, r.text[:200]))
+    assert failures == []

@@ -210,7 +210,7 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gat
         user, csrf = need_login(request)
         check_csrf(csrf_token, csrf)
         try:
-            body = AckIn.model_validate({"version": version})
+            body = AckIn.model_validate({"version": version}, strict=False)
         except ValidationError as e:
             return render(request, "refused.html", status=422, user=user, csrf=csrf, error=one_line(e))
         try:  # only the version on the page now; a stale or forged one goes back to the guidelines
@@ -240,7 +240,7 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gat
         if error:
             return RedirectResponse(f"/annotate?error={_q(error)}", status_code=303)
         try:
-            submit(user, model.model_validate(data))
+            submit(user, model.model_validate(data, strict=False))
         except ValidationError as e:
             return render(request, "refused.html", status=422, user=user, csrf=csrf, error=one_line(e), typed=typed)
         except Late as e:
@@ -296,7 +296,7 @@ def create_app(store: Store, login_limiter: LoginLimiter | None = None, hash_gat
         user, csrf = need_admin(request)
         check_csrf(csrf_token, csrf)
         try:
-            version = store.set_guidelines(GuidelinesIn.model_validate({"markdown": markdown}).markdown)
+            version = store.set_guidelines(GuidelinesIn.model_validate({"markdown": markdown}, strict=False).markdown)
         except ValidationError as e:
             return render(request, "refused.html", status=422, user=user, csrf=csrf, error=one_line(e), typed=markdown)
         return RedirectResponse(f"/admin?notice={_q(f'guidelines saved (version {version})')}", status_code=303)

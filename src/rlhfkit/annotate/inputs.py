@@ -32,7 +32,9 @@ Text = Annotated[str, AfterValidator(_storable)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: the JSON API takes an integer id as an integer (lax mode read `true` as task 1); the
+    # page forms, whose fields are all text, validate with ``strict=False``
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # One schema for the JSON API and the page forms: the form routes validate with these models too.
