@@ -108,7 +108,11 @@ class DPOConfig(TrainConfig):
     beta: float = _f(0.1, "Strength of the implicit KL to the reference (DPO's beta).")
     loss_type: str = _f("sigmoid", "sigmoid = DPO, ipo, robust = rDPO, hinge = SLiC.",
                         choices=["sigmoid", "ipo", "robust", "hinge"])
-    label_smoothing: float = _f(0.0, "Assumed label-flip rate: cDPO for sigmoid, rDPO's epsilon for robust.")
+    label_smoothing: float = _f(0.0, "Assumed label-flip rate: cDPO for sigmoid, rDPO's epsilon for robust (TRL 1.16 "
+                                     "ignores it for sigmoid; rlhfkit applies it: see docs/trl.md).")
+    ipo_normalize_length: bool = _f(True, "IPO: divide each response's log-ratio by its token count before Azar et al. "
+                                          "eq. 17 (as TRL does; the IPO authors' results use this form). False: eq. 17 "
+                                          "on summed log-ratios, whose gradient grows with response length.")
     precompute_ref: bool = _f(False, "Compute reference log-probs once before training and free the reference model.")
     padding_free: bool = _f(True, "Pack each micro-batch's sequences end to end with no padding (attention stays within "
                                   "a sequence through position-id resets): no compute on padding. Checked on the model at "

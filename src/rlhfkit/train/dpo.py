@@ -2,7 +2,8 @@
 
 Rafailov et al. 2023: the policy's log-ratio to a frozen reference, scaled by beta, is an implicit
 reward; the Bradley-Terry loss on it (``losses.dpo_loss``) trains the policy directly. Also IPO,
-robust DPO and hinge through ``loss_type``. Log-probs are summed over response tokens.
+robust DPO and hinge through ``loss_type``. Log-probs are summed over response tokens; IPO divides
+each log-ratio by its response length first unless ``ipo_normalize_length`` is off (TRL's form).
 
 With ``precompute_ref`` the reference log-probs of every pair are computed once before training
 (from the policy itself when the reference is the starting model, so no second copy is loaded;
@@ -41,6 +42,13 @@ def response_logps(model, batch) -> torch.Tensor:
     return logps_N.new_zeros(len(batch["last_index"])).index_add(0, seq_N, logps_N)
 
 
+def response_lengths(batch) -> torch.Tensor:
+    """Response token count of each sequence, (2B,): chosen then rejected (IPO's length normaliser)."""
+    seq_N = batch["seq_id"][:, 1:][batch["loss_mask"][:, 1:].bool()]
+    return torch.zeros(len(batch["last_index"]), device=seq_N.device).index_add(
+        0, seq_N, torch.ones(len(seq_N), device=seq_N.device))
+
+
 @torch.no_grad()
 def precompute_reference(run: Run, ref_model, pairs: list, collate) -> None:
     """Store the reference's summed log-probs on every pair (``ref_chosen``, ``ref_rejected``)."""
@@ -67,7 +75,11 @@ def score_pairs(model, ref, batch, cfg: DPOConfig):
     else:
         with torch.no_grad(), adapter_disabled(ref):  # a LoRA policy as its own reference
             rc, rr = response_logps(ref, batch).float().chunk(2)
-    losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+    lc = lr = None
+    if cfg.loss_type == "ipo" and cfg.ipo_normalize_length:
+        lc, lr = response_lengths(batch).chunk(2)
+    losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing,
+                                            chosen_len_B=lc, rejected_len_B=lr)
     kl_sum = float((pc - rc).detach().sum() + (pr - rr).detach().sum())
     return losses, chosen_r, rejected_r, pc, pr, kl_sum, batch["loss_mask"][:, 1:].sum()
 
