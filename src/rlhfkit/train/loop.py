@@ -249,7 +249,7 @@ def make_optimizer(model: torch.nn.Module, cfg, total_steps: int):
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=_can_fuse(params))
-    warmup = int(round(cfg.warmup_ratio * total_steps))
+    warmup = cfg.warmup_steps if getattr(cfg, "warmup_steps", 0) > 0 else int(round(cfg.warmup_ratio * total_steps))
     scheduler = get_scheduler(cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     return optimizer, scheduler
