@@ -4,10 +4,9 @@ A TRL YAML (``trl sft|dpo|reward|grpo|rloo --config x.yaml``) runs as ``rlhfkit 
 x.yaml``: every TRL name in it is translated here, accepted as a no-op (listed values that do not
 change results), or refused with one error that says what to do. Nothing is silently ignored.
 
-``TABLE`` is the single source: :func:`translate` reads it, and :func:`markdown_table` renders the
-table in docs/trl.md (tests/unit/test_trl_names.py checks that the two agree). Ground floor: this
-module imports nothing from rlhfkit; errors are ``TrlNameError`` (a ValueError), which the config
-module turns into a ``ConfigError`` naming the file.
+``TABLE`` is the single source: :func:`translate` reads it and :func:`markdown_table` renders the
+table in docs/trl.md (tests/unit/test_trl_names.py checks they agree). Imports nothing from rlhfkit;
+``TrlNameError`` (a ValueError) becomes a ``ConfigError`` naming the file in config.py.
 """
 
 from __future__ import annotations
@@ -19,9 +18,8 @@ from typing import Any, Callable
 
 log = logging.getLogger("rlhfkit")
 
-TRAIN_STAGES = ("sft", "rm", "dpo", "ppo", "rloo", "grpo")
+TRAIN_STAGES = ALL = ("sft", "rm", "dpo", "ppo", "rloo", "grpo")
 ONLINE = ("ppo", "rloo", "grpo")
-ALL = TRAIN_STAGES
 
 
 class TrlNameError(ValueError):
@@ -34,7 +32,7 @@ class TrlName:
 
     trl: str
     field: str  # rlhfkit field(s) it sets ("" when none)
-    how: str  # same | renamed | converted | accepted | unsupported
+    how: str  # same | renamed | converted | accepted (only at the ``ok`` values when given)
     note: str = ""
     stages: tuple[str, ...] = ALL
     ok: tuple = ()  # accepted (no-op) values; for "accepted" entries, () means any value
@@ -63,13 +61,7 @@ def _precision(v, raw, stage):
     bf16, fp16 = raw.get("bf16"), raw.get("fp16")
     if bf16 and fp16:
         raise TrlNameError("TRL options 'bf16' and 'fp16' are both true: keep one")
-    if bf16 is None and fp16 is None:
-        return {}
-    return {"dtype": "bfloat16" if bf16 else "float16" if fp16 else "float32"}
-
-
-def _report_to(v, raw, stage):
-    return {"report_to": v}  # "none" and "all" are handled with the native field (config.validate)
+    return {} if bf16 is None and fp16 is None else {"dtype": "bfloat16" if bf16 else "float16" if fp16 else "float32"}
 
 
 def _loss_type(v, raw, stage):
@@ -85,10 +77,8 @@ def _loss_type(v, raw, stage):
 
 
 def _scale_rewards(v, raw, stage):
-    if v in (True, "group"):
-        return {"scale_rewards": True}
-    if v in (False, "none"):
-        return {"scale_rewards": False}
+    if v in (True, "group", False, "none"):
+        return {"scale_rewards": v in (True, "group")}
     raise _unsupported("scale_rewards", v, "rlhfkit scales by the group's std ('group', true) or not at all "
                        "('none', false)")
 
@@ -112,7 +102,7 @@ def _eval(v, raw, stage):
                            "use 'steps' with eval_steps")
     if strategy == "no":
         return {}
-    out = {"eval_steps": raw.get("eval_steps") or raw.get("logging_steps", 10)}  # TRL: eval_steps defaults to logging_steps
+    out = {"eval_steps": raw.get("eval_steps") or raw.get("logging_steps", 10)}  # TRL's default: logging_steps
     if raw.get("dataset_name") and "eval_data" not in raw:  # TRL evaluates on a split of the same dataset
         out.update(eval_data=raw["dataset_name"], eval_split=raw.get("dataset_test_split", "test"))
     return out
@@ -127,15 +117,9 @@ def _save(v, raw, stage):
     return {"save_steps": raw["save_steps"]} if "save_steps" in raw else {}
 
 
-def _split(v, raw, stage):
-    return {} if v == "train" else {"data_split": v}
-
-
 def _resume(v, raw, stage):
-    if v in (None, False):
-        return {}
-    if v is True:
-        return {"resume": True}
+    if v in (None, False, True):
+        return {"resume": True} if v else {}
     raise _unsupported("resume_from_checkpoint", v, "rlhfkit resumes from the newest checkpoint in "
                        "output_dir/checkpoints/: set it to true (or use --resume)")
 
@@ -144,19 +128,16 @@ def _drop_none(field: str):
     return lambda v, raw, stage: {} if v is None else {field: v}
 
 
-def _set(field: str):
-    return lambda v, raw, stage: {field: v}
-
-
 BATCH = ("per_device_train_batch_size", "gradient_accumulation_steps")
-E, R, C, A, U = "same", "renamed", "converted", "accepted", "unsupported"
+E, R, C, A = "same", "renamed", "converted", "accepted"
 _NOOP_FALSE = (False, None, 0, "", [], "none")
 
 TABLE: tuple[TrlName, ...] = (
     # ---- model and data (TRL's ModelConfig and ScriptArguments)
     TrlName("model_name_or_path", "model", R),
     TrlName("dataset_name", "data", R, "a local file, `datasets` folder or hub name"),
-    TrlName("dataset_train_split", "data_split", C, "'train' is the default and needs nothing", convert=_split),
+    TrlName("dataset_train_split", "data_split", C, "'train' is the default and needs nothing",
+            convert=lambda v, raw, stage: {} if v == "train" else {"data_split": v}),
     TrlName("dataset_test_split", "eval_data, eval_split", C, "used when eval_strategy is 'steps' (as in TRL)",
             convert=lambda v, raw, stage: {}),
     TrlName("trust_remote_code", "trust_remote_code", E),
@@ -166,6 +147,7 @@ TABLE: tuple[TrlName, ...] = (
             "are ignored, as in TRL", convert=_peft),
     TrlName("load_in_4bit", "load_in_4bit", E),
     TrlName("bnb_4bit_quant_type", "", A, "rlhfkit's 4-bit base is NF4", ok=("nf4",)),
+    TrlName("model_revision", "", A, "rlhfkit loads the default revision", ok=("main", None)),
     # ---- batch and schedule (transformers TrainingArguments)
     TrlName("per_device_train_batch_size", "batch_size, micro_batch_size", C,
             "batch_size = per_device x gradient_accumulation_steps x processes (/ num_generations on grpo/rloo: "
@@ -201,8 +183,9 @@ TABLE: tuple[TrlName, ...] = (
     TrlName("save_strategy", "save_steps", C, "'steps' or 'no'", convert=_save),
     TrlName("save_steps", "save_steps", C, "with save_strategy 'steps'",
             convert=lambda v, raw, stage: {} if "save_strategy" in raw else {"save_steps": v}),
-    TrlName("save_total_limit", "save_total_limit", C, "null: rlhfkit's default", convert=_drop_none("save_total_limit")),
-    TrlName("report_to", "report_to", C, "'none': no extra sinks; 'all' is refused: name the sinks", convert=_report_to),
+    TrlName("save_total_limit", "save_total_limit", C, "null: rlhfkit's default",
+            convert=_drop_none("save_total_limit")),
+    TrlName("report_to", "report_to", E, "'none': no extra sinks; 'all' is refused: name the sinks"),
     # ---- lengths and losses
     TrlName("max_length", "max_length", C, "null: rlhfkit's default", stages=("sft", "rm", "dpo"),
             convert=_drop_none("max_length")),
@@ -213,7 +196,8 @@ TABLE: tuple[TrlName, ...] = (
     TrlName("completion_only_loss", "completion_only_loss", C, "null (TRL: decide from the data): rlhfkit's true",
             stages=("sft",), convert=_drop_none("completion_only_loss")),
     TrlName("packing", "padding_free", C, "rlhfkit packs each batch's examples with no padding; a batch still "
-            "counts examples (TRL packs into max_length rows)", stages=("sft",), convert=_set("padding_free")),
+            "counts examples (TRL packs into max_length rows)", stages=("sft",),
+            convert=lambda v, raw, stage: {"padding_free": v}),
     TrlName("padding_free", "padding_free", E, stages=("sft", "rm", "dpo")),
     TrlName("dataset_text_field", "", A, "rlhfkit reads `text`", stages=("sft",), ok=("text",)),
     TrlName("beta", "beta", E, stages=("dpo",)),
@@ -245,16 +229,18 @@ TABLE: tuple[TrlName, ...] = (
         "gradient_checkpointing_kwargs", "ddp_timeout", "ddp_find_unused_parameters", "ddp_backend",
         "skip_memory_metrics", "include_num_input_tokens_seen", "torch_empty_cache_steps", "use_cache",
         "log_completions", "num_completions_to_print", "eval_packing", "hub_model_id", "hub_strategy",
-        "hub_private_repo", "shuffle_dataset", "local_rank", "attn_implementation")),
+        "hub_private_repo", "shuffle_dataset", "local_rank")),
+    TrlName("attn_implementation", "", A, "rlhfkit uses transformers' default attention (sdpa): speed, not results"),
     # ---- accepted only at values that change nothing (TRL's defaults)
-    *(TrlName(n, "", A, "accepted when off", ok=_NOOP_FALSE) for n in (
+    *(TrlName(n, "", A, "rlhfkit has no equivalent: accepted only when off (false or null)", ok=_NOOP_FALSE)
+      for n in (
         "push_to_hub", "do_predict", "dataset_streaming", "dataloader_drop_last", "use_liger_kernel",
         "torch_compile", "auto_find_batch_size", "label_smoothing_factor", "neftune_noise_alpha", "fsdp",
         "deepspeed", "load_best_model_at_end", "eval_on_start", "use_vllm", "use_rslora", "use_dora",
         "load_in_8bit", "use_bnb_nested_quant", "sync_ref_model", "use_weighting", "assistant_only_loss",
         "mask_truncated_completions", "model_init_kwargs", "dataset_config", "chat_template_path",
         "lora_modules_to_save", "lora_target_parameters", "tf32", "ld_alpha", "loss_weights", "epsilon_high",
-        "min_p", "activation_offloading", "dataset_kwargs", "model_revision", "eos_token", "pad_token",
+        "min_p", "activation_offloading", "dataset_kwargs", "eos_token", "pad_token",
         "generation_kwargs", "data_seed")),
     TrlName("disable_dropout", "", A, "rlhfkit keeps the model's dropout; today's LMs (Llama, Qwen, Mistral) have "
             "none, so this changes nothing for them"),
@@ -276,23 +262,19 @@ def names_for(stage: str) -> dict[str, TrlName]:
 
 
 def is_trl_option(name: str) -> bool:
-    """Whether ``name`` is a transformers TrainingArguments or TRL config/model/script option at all."""
+    """Whether ``name`` is a transformers TrainingArguments or TRL config/model/script option at all
+    (TRL is no dependency of rlhfkit; where it is installed its own classes are the reference)."""
     import dataclasses
+    import importlib.util
 
-    classes = []
-    try:
-        import transformers
+    import transformers
 
-        classes.append(transformers.TrainingArguments)
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
-    try:  # TRL is not a dependency of rlhfkit; where it is installed its own classes are the reference
+    classes = [transformers.TrainingArguments]
+    if importlib.util.find_spec("trl") is not None:
         import trl
 
         classes += [getattr(trl, n) for n in ("SFTConfig", "DPOConfig", "RewardConfig", "GRPOConfig", "RLOOConfig",
                                               "ModelConfig", "ScriptArguments") if hasattr(trl, n)]
-    except ImportError:
-        pass
     return any(name in {f.name for f in dataclasses.fields(c)} for c in classes)
 
 
@@ -329,27 +311,25 @@ def translate(raw: dict, stage: str, known: set[str]) -> dict:
     native = {k: v for k, v in raw.items() if k not in trl_keys
               and not (peft and k.startswith("lora_"))}  # with use_peft, lora_* are TRL's (read by _peft)
     out: dict = {}
+    src: dict[str, list[str]] = {}  # field -> the TRL names that set it
     mapped, accepted = [], []
     for key in trl_keys:
         e, value = table[key], raw[key]
         if e.how == A:
             if e.ok and value not in e.ok:
-                raise _unsupported(key, value, f"{e.note}; rlhfkit accepts {', '.join(map(repr, e.ok))} here, "
-                                   "so remove it or set one of those (see docs/trl.md)")
+                raise _unsupported(key, value, f"{e.note}; remove it or set {_ok_text(e)}")
             accepted.append(key)
             continue
-        if e.how == U:
-            raise _unsupported(key, value, e.note)
         if e.ok and value not in e.ok:
-            raise _unsupported(key, value, f"rlhfkit accepts {', '.join(map(repr, e.ok))}")
+            raise _unsupported(key, value, f"set {_ok_text(e)}")
         got = e.convert(value, raw, stage) if e.convert else {e.field: value}
-        _merge(out, got, key)
+        _merge(out, src, got, [key])
         mapped.append(key)
     if any(k in raw for k in BATCH):
-        _merge(out, _batch(raw, stage, {**native, **out}), "per_device_train_batch_size")
-    for name, value in out.items():
+        _merge(out, src, _batch(raw, stage, {**native, **out}), [k for k in BATCH if k in raw])
+    for name in out:
         if name in native:
-            raise TrlNameError(f"both {name!r} and the TRL option(s) {_sources(out, name, trl_keys)} are set: "
+            raise TrlNameError(f"both {name!r} and the TRL option(s) {', '.join(map(repr, src[name]))} are set: "
                                "keep one")
     notes = {}
     for name in list(out):
@@ -357,8 +337,8 @@ def translate(raw: dict, stage: str, known: set[str]) -> dict:
             if name == "gradient_checkpointing":
                 notes[name] = out.pop(name)
                 continue
-            raise TrlNameError(f"unsupported TRL option(s) {_sources(out, name, trl_keys)}: this rlhfkit has no "
-                               f"field {name!r}; remove it")
+            raise TrlNameError(f"unsupported TRL option(s) {', '.join(map(repr, src[name]))}: this rlhfkit has "
+                               f"no field {name!r}; remove it")
     if mapped:
         log.info("TRL names mapped: " + ", ".join(f"{k} -> {table[k].field or '-'}" for k in mapped)
                  + (" (per_device x accumulation x processes -> batch_size "
@@ -366,7 +346,8 @@ def translate(raw: dict, stage: str, known: set[str]) -> dict:
     if accepted or notes:
         log.info("TRL options accepted with no effect on results: " + ", ".join(accepted + list(notes))
                  + (" (gradient_checkpointing: not in this build, memory only)" if notes else ""))
-    if stage == "dpo" and raw.get("label_smoothing") and out.get("loss_type", native.get("loss_type", "sigmoid")) == "sigmoid":
+    loss_type = out.get("loss_type", native.get("loss_type", "sigmoid"))
+    if stage == "dpo" and raw.get("label_smoothing") and loss_type == "sigmoid":
         log.warning(f"label_smoothing {raw['label_smoothing']} with loss_type sigmoid: rlhfkit applies conservative "
                     "DPO (cDPO); TRL 1.16 ignores label_smoothing for sigmoid, so results differ (docs/trl.md)")
     return {**native, **out}
@@ -383,28 +364,21 @@ def _native(e: TrlName, raw: dict, stage: str, known: set[str]) -> bool:
         return True
     try:
         return e.convert(raw[e.trl], raw, stage) == {e.trl: raw[e.trl]}
-    except TrlNameError:  # a value neither reads: the rlhfkit field's own check names it
-        return True
+    except TrlNameError:  # a value neither reads: TRL's message for TRL-only shapes, else the field's own check
+        return not isinstance(raw[e.trl], (list, type(None)))
 
 
-_CONVERTED_FROM = {"batch_size": BATCH, "micro_batch_size": BATCH, "dtype": ("bf16", "fp16", "dtype")}
-
-
-def _sources(out: dict, field: str, trl_keys: list[str]) -> str:
-    names = [k for k in trl_keys if k in _CONVERTED_FROM.get(field, ())] or \
-        [k for k in trl_keys if field in [f.strip() for f in _field_of(k).split(",")]]
-    return ", ".join(repr(n) for n in names) or repr(field)
-
-
-def _field_of(trl: str) -> str:
-    return next((e.field for e in TABLE if e.trl == trl), "")
-
-
-def _merge(out: dict, got: dict, key: str) -> None:
+def _merge(out: dict, src: dict, got: dict, keys: list[str]) -> None:
+    """Add ``got`` (fields set by TRL names ``keys``) to ``out``, remembering which names set each."""
     for name, value in got.items():
         if name in out and out[name] != value:
-            raise TrlNameError(f"TRL option {key!r} sets {name!r} to {value!r}, another TRL option to {out[name]!r}")
+            raise TrlNameError(f"TRL options {', '.join(map(repr, src[name] + keys))} set {name!r} differently")
         out[name] = value
+        src.setdefault(name, []).extend(k for k in keys if k not in src.get(name, []))
+
+
+def _ok_text(e: TrlName) -> str:
+    return "false or null" if e.ok is _NOOP_FALSE else " or ".join(map(repr, e.ok))
 
 
 def markdown_table() -> str:
@@ -412,7 +386,7 @@ def markdown_table() -> str:
     rows = ["| TRL name | rlhfkit | how | stages | note |", "|---|---|---|---|---|"]
     for e in sorted(TABLE, key=lambda e: (e.how == A, e.trl)):
         stages = "all" if e.stages == ALL else ", ".join(e.stages)
-        ok = f" (accepted values: {', '.join(map(repr, e.ok))})" if e.ok and e.how == A else ""
+        ok = f" (accepted: {_ok_text(e)})" if e.ok and e.how == A and e.ok is not _NOOP_FALSE else ""
         rows.append(f"| `{e.trl}` | {'`' + e.field + '`' if e.field else '-'} | {e.how} | {stages} | {e.note}{ok} |")
     return "\n".join(rows)
 
