@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import DataError
 from .formats import PreferenceExample, SFTExample
 
 
@@ -44,6 +45,15 @@ def _ids(tokenizer, text: str, specials: bool = False) -> list[int]:
 def _with_eos(tokenizer, ids: list[int]) -> list[int]:
     eos = tokenizer.eos_token_id
     return ids if eos is None or (ids and ids[-1] == eos) else ids + [eos]
+
+
+def check_chat_template(examples: list, tokenizer, data: str, model: str) -> None:
+    """Conversational records (message lists) need the tokenizer's chat template: refuse them right
+    after the tokenizer loads, before any model weights do, in one line naming the data and the model."""
+    if getattr(tokenizer, "chat_template", None) is None and any(ex.conversational for ex in examples):
+        raise DataError(f"conversational records (message lists) need a chat template, and the tokenizer in "
+                        f"{model!r} has none: use a chat model's folder, add `chat_template` to its "
+                        "tokenizer_config.json, or give the data as strings", file=data)
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:

@@ -27,7 +27,7 @@ import torch
 from ..config import DPOConfig
 from ..data import load_preference
 from ..data.sources import apply_source_weights
-from ..data.tokenize import collate_pairs, tokenize_preference
+from ..data.tokenize import check_chat_template, collate_pairs, tokenize_preference
 from ..losses import dpo_loss
 from ..models import adapter_disabled, load_causal_lm, load_tokenizer, packing_works, target_logprobs
 from .loop import Run, Task, eval_batches, finish, load_trained_model, start_run, train
@@ -96,7 +96,7 @@ def load_reference(cfg: DPOConfig, run: Run, policy):
         return policy, "policy before its first step, precomputed"
     # frozen: held in the compute dtype (bf16 on GPU) to halve its memory
     ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, trust_remote_code=cfg.trust_remote_code,
-                         allow_pickle=cfg.allow_pickle)
+                         allow_pickle=cfg.allow_pickle, field="ref_model" if cfg.ref_model else "model")
     return ref.to(run.device).requires_grad_(False), "separate model" + (", precomputed" if cfg.precompute_ref else "")
 
 
@@ -104,7 +104,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
     pairs = load_preference(cfg.data)
     eval_pairs = load_preference(cfg.eval_data) if cfg.eval_data else []
     run = start_run(cfg, "dpo")
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, field="model")
+    check_chat_template(pairs + eval_pairs, tokenizer, cfg.data, cfg.model)
     policy = load_trained_model(cfg, run)
     ref, reference = load_reference(cfg, run, policy)
     run.start_clock()
