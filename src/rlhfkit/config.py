@@ -426,6 +426,9 @@ def parse_config(cls: type, argv: list[str] | None = None, prog: str | None = No
                                                 look_for_args_file=False)
     cfg, extra = parsed[0], parsed[-1]
     if extra:
+        trl = [a[2:].split("=")[0] for a in extra if a.startswith("--") and is_trl_option(a[2:].split("=")[0])]
+        if trl:
+            raise ConfigError(f"command line: {unknown_key_message(trl[0], stage_of(cls), field_names(cls))}")
         raise ConfigError(f"unknown command-line arguments: {' '.join(extra)} (see --help)")
     validate(cfg)
     return cfg
@@ -498,6 +501,8 @@ def validate(cfg) -> None:
         raise ConfigError(f"{src}: nothing to train: set 'max_steps' > 0 or 'epochs' > 0")
     if cfg.max_length < 2:
         raise ConfigError(f"{src}: field 'max_length' must be >= 2, got {cfg.max_length}")
+    if cfg.warmup_steps < 0:
+        raise ConfigError(f"{src}: field 'warmup_steps' must be >= 0, got {cfg.warmup_steps}")
     validate_report_to(cfg)
     if isinstance(cfg, OnlineConfig):
         validate_online(cfg)

@@ -55,18 +55,20 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 # --------------------------------------------------------------------------- loading
 
 
-def looks_local(path: str) -> bool:
+def looks_local(path: str | os.PathLike) -> bool:
     """Whether a model name can only be a local folder: ./x, ../x, /x, ~/x, a/b/c, x/ or a path
     whose first folder exists here (``models/nope`` beside a ``models/`` folder). A bare ``name`` or
     ``org/name`` may be a hub id."""
+    path = str(path)
     first = path.split("/")[0]
     return (path.startswith((".", "/", "~")) or "\\" in path or path.count("/") > 1 or path.endswith("/")
             or ("/" in path and Path(first).is_dir()) or Path(path).exists())
 
 
-def check_model_path(path: str, field: str = "") -> None:
+def check_model_path(path: str | os.PathLike, field: str = "") -> None:
     """Refuse a local model path that is not a folder in one line naming the field and the path,
     before ``from_pretrained`` turns it into a failed Hugging Face Hub request."""
+    path = str(path)
     if looks_local(path) and not Path(path).expanduser().is_dir():
         what = "a file, not a model folder" if Path(path).expanduser().exists() else f"no folder {path!r}"
         if what.startswith("a file"):
@@ -84,7 +86,7 @@ def _not_found(path: str, field: str, error: OSError) -> ConfigError:
     offline = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(v, "") not in ("", "0")]
     why = (f"and the Hugging Face Hub is offline ({offline[0]}=1) with no cached copy" if offline
            else f"and the Hugging Face Hub did not give it either: {str(error).splitlines()[0]}")
-    return ConfigError(f"{_field(field)}no folder {path!r} here, {why}")
+    return ConfigError(f"{_field(field)}no folder {str(path)!r} here, {why}")
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False,

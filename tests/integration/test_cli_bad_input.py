@@ -227,14 +227,14 @@ def missing_model_runs(tmp_path_factory) -> dict[str, tuple[str, subprocess.Comp
         return dict(pool.map(go, cases.items()))
 
 
-@pytest.mark.parametrize("case", ["relative", "dot", "absolute", "bare_offline"])
-def test_missing_model_folder_is_named_in_one_line(case, missing_model_runs):
-    model, proc = missing_model_runs[case]
+@pytest.mark.parametrize("which", ["relative", "dot", "absolute", "bare_offline"])
+def test_missing_model_folder_is_named_in_one_line(which, missing_model_runs):
+    model, proc = missing_model_runs[which]
     lines = error_lines(proc.stderr)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert f"field 'model': no folder '{model}'" in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
-    if case == "bare_offline":
+    if which == "bare_offline":
         assert "HF_HUB_OFFLINE" in lines[0]
 
 

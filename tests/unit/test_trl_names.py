@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rlhfkit.config import (ConfigError, DPOConfig, GRPOConfig, RLOOConfig, RMConfig, SFTConfig, field_names,
                             parse_config)
@@ -306,3 +307,34 @@ def test_trl_defaults_documented_where_they_differ():
     text = DOC.read_text(encoding="utf-8")
     for name in ("num_train_epochs", "lr_scheduler_type", "logging_steps", "max_length"):
         assert f"`{name}`" in text
+
+
+def test_unsupported_trl_flag_on_the_command_line_is_named():
+    with pytest.raises(ConfigError) as e:
+        parse_config(DPOConfig, ["--model", "m", "--data", "d", "--output_dir", "o", "--torch_compile_mode", "x"])
+    assert str(e.value).startswith("command line: unsupported TRL option 'torch_compile_mode': rlhfkit dpo has no "
+                                   "equivalent")
+
+
+def test_trl_dpo_yaml_runs_end_to_end(world_dir, tmp_path, caplog):
+    """A TRL DPO file (IPO, per-device batch 2 x accumulation 2) through `rlhfkit dpo --config`: exit 0,
+    the resolved config.yaml holds the translated fields, and the run logged the mapping."""
+    import json
+
+    from rlhfkit.cli import main
+
+    text = (f"model_name_or_path: {world_dir['base']}\ndataset_name: {world_dir['prefs']}\n"
+            f"output_dir: {tmp_path / 'out'}\nper_device_train_batch_size: 2\ngradient_accumulation_steps: 2\n"
+            "max_steps: 2\nloss_type: ipo\nbeta: 0.1\nmax_length: 64\nreport_to: none\nrun_name: x\n"
+            "bf16: false\nlogging_steps: 1\n")
+    path = tmp_path / "trl_dpo.yaml"
+    path.write_text(text, encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="rlhfkit"):
+        assert main(["dpo", "--config", str(path)]) == 0
+    resolved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text(encoding="utf-8"))
+    assert {k: resolved[k] for k in ("batch_size", "micro_batch_size", "loss_type", "ipo_normalize_length", "dtype",
+                                     "report_to", "max_steps")} == \
+        {"batch_size": 4, "micro_batch_size": 2, "loss_type": "ipo", "ipo_normalize_length": True,
+         "dtype": "float32", "report_to": [], "max_steps": 2}
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["steps"] == 2
+    assert any(r.getMessage().startswith("TRL names mapped: model_name_or_path -> model") for r in caplog.records)
