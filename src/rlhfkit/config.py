@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .trl_names import TrlNameError, is_trl_option, names_for
+from .trl_names import suggestions as trl_suggestions
+from .trl_names import translate as translate_trl
 
 
 class ConfigError(ValueError):
@@ -55,6 +58,7 @@ class TrainConfig:
     learning_rate: float = _f(5e-5, "Peak AdamW learning rate.")
     lr_scheduler: str = _f("cosine", "Decay after warm-up.", choices=["cosine", "linear", "constant"])
     warmup_ratio: float = _f(0.0, "Fraction of the steps spent warming the learning rate up from 0.")
+    warmup_steps: int = _f(0, "Steps spent warming the learning rate up from 0; > 0 overrides warmup_ratio.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables clipping.")
     max_length: int = _f(512, "Longest prompt + response in tokens; longer examples are truncated and counted.")
@@ -122,7 +126,11 @@ class DPOConfig(TrainConfig):
     beta: float = _f(0.1, "Strength of the implicit KL to the reference (DPO's beta).")
     loss_type: str = _f("sigmoid", "sigmoid = DPO, ipo, robust = rDPO, hinge = SLiC.",
                         choices=["sigmoid", "ipo", "robust", "hinge"])
-    label_smoothing: float = _f(0.0, "Assumed label-flip rate: cDPO for sigmoid, rDPO's epsilon for robust.")
+    label_smoothing: float = _f(0.0, "Assumed label-flip rate: cDPO for sigmoid, rDPO's epsilon for robust (TRL 1.16 "
+                                     "ignores it for sigmoid; rlhfkit applies it: see docs/trl.md).")
+    ipo_normalize_length: bool = _f(True, "IPO: divide each response's log-ratio by its token count before Azar et al. "
+                                          "eq. 17 (as TRL does; the IPO authors' results use this form). False: eq. 17 "
+                                          "on summed log-ratios, whose gradient grows with response length.")
     precompute_ref: bool = _f(False, "Compute reference log-probs once before training and free the reference model.")
     padding_free: bool = _f(True, "Pack each micro-batch's sequences end to end with no padding (attention stays within "
                                   "a sequence through position-id resets): no compute on padding. Checked on the model at "
@@ -331,15 +339,34 @@ def check_mapping(raw, cls: type, where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of field: value, got {type(raw).__name__}")
     known = field_names(cls)
+    stage = stage_of(cls)
+    try:  # TRL / transformers TrainingArguments names -> rlhfkit fields (trl_names.TABLE)
+        raw = translate_trl(raw, stage, set(known))
+    except TrlNameError as e:
+        raise ConfigError(f"{where}: {e} (see docs/trl.md)") from None
     for key in raw:
         if key not in known:
-            hint = difflib.get_close_matches(str(key), known, n=1)
-            raise ConfigError(f"{where}: unknown field {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            raise ConfigError(f"{where}: {unknown_key_message(str(key), stage, known)}")
     # argparse neither converts nor checks non-string defaults (nor checks `choices` on any
     # default), so YAML values are typed and checked here, where the file can be named.
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     return {key: _yaml_value(where, fields[key], hints.get(key), value) for key, value in raw.items()}
+
+
+def stage_of(cls: type) -> str:
+    """The stage name whose config class is ``cls`` ("" when none)."""
+    return next((name for name, c in STAGE_CONFIGS.items() if c is cls), "")
+
+
+def unknown_key_message(key: str, stage: str, known: list[str]) -> str:
+    """An unknown field: a TRL option rlhfkit lacks is named as one; else the closest spelling,
+    TRL names this stage maps first (``per_device_train_batch_sz`` -> per_device_train_batch_size)."""
+    if is_trl_option(key):
+        return (f"unsupported TRL option {key!r}: rlhfkit {stage or 'this stage'} has no equivalent; remove it "
+                "(docs/trl.md lists every TRL name rlhfkit maps)")
+    hint = trl_suggestions(key, stage, known)
+    return f"unknown field {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
 
 
 def from_mapping(cls: type, raw: dict, where: str):
@@ -403,17 +430,45 @@ def parse_config(cls: type, argv: list[str] | None = None, prog: str | None = No
     parser = HfArgumentParser(cls, prog=prog, description=(cls.__doc__ or "").strip(), allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML file of field: value (command-line flags override it).")
     parser.add_argument("--debug", action="store_true", help="Show the full traceback on errors.")
-    if known.config:
-        parser.set_defaults(**read_yaml(known.config, cls))
+    rest, trl_flags = split_trl_flags(rest, cls)
+    raw = (load_yaml_file(known.config) or {}) if known.config else {}
+    if trl_flags:  # TRL names on the command line override the file's, then translate together
+        raw = {**raw, **trl_flags} if isinstance(raw, dict) else raw
+    if raw or known.config:
+        parser.set_defaults(**check_mapping(raw, cls, str(known.config or "command line")))
     # returns (config, namespace of --config/--debug, leftover strings)
     # look_for_args_file=False: otherwise a '<argv[0]>.args' file beside the program silently adds flags.
     parsed = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True,
                                                 look_for_args_file=False)
     cfg, extra = parsed[0], parsed[-1]
     if extra:
+        trl = [a[2:].split("=")[0] for a in extra if a.startswith("--") and is_trl_option(a[2:].split("=")[0])]
+        if trl:
+            raise ConfigError(f"command line: {unknown_key_message(trl[0], stage_of(cls), field_names(cls))}")
         raise ConfigError(f"unknown command-line arguments: {' '.join(extra)} (see --help)")
     validate(cfg)
     return cfg
+
+
+def split_trl_flags(argv: list[str], cls: type) -> tuple[list[str], dict]:
+    """(argv without TRL-named flags, {TRL name: YAML-typed value}) for the names ``cls``'s stage maps
+    that are not rlhfkit fields (``--per_device_train_batch_size 4``; a bare ``--bf16`` is true)."""
+    names = set(names_for(stage_of(cls))) - set(field_names(cls))
+    rest, found, i = [], {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name not in names:
+            rest.append(arg)
+            i += 1
+            continue
+        if not eq:
+            has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            value, i = (argv[i + 1], i + 2) if has_value else ("true", i + 1)
+        else:
+            i += 1
+        found[name] = yaml.safe_load(value) if value.strip() else value
+    return rest, found
 
 
 def validate(cfg) -> None:
@@ -464,9 +519,9 @@ def validate(cfg) -> None:
         raise ConfigError(f"{src}: field 'data_split' must not be empty (default: train)")
     if cfg.max_length < 2:
         raise ConfigError(f"{src}: field 'max_length' must be >= 2, got {cfg.max_length}")
-    for sink in cfg.report_to:
-        if sink not in ("tensorboard", "wandb", "mlflow"):
-            raise ConfigError(f"{src}: field 'report_to': unknown sink {sink!r} (tensorboard, wandb, mlflow)")
+    if cfg.warmup_steps < 0:
+        raise ConfigError(f"{src}: field 'warmup_steps' must be >= 0, got {cfg.warmup_steps}")
+    validate_report_to(cfg)
     if isinstance(cfg, OnlineConfig):
         validate_online(cfg)
     if isinstance(cfg, (RMConfig, DPOConfig)) and cfg.source_weights:
@@ -483,6 +538,21 @@ def validate(cfg) -> None:
 def dump_config(cfg, path: str | Path) -> None:
     """The resolved config, loadable again with ``--config``."""
     Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def validate_report_to(cfg: TrainConfig) -> None:
+    """``none`` (TRL's and transformers' default) means no extra sinks. ``all`` (transformers: every
+    integration that happens to be installed) is refused: a run would start logging to services
+    nobody chose, so the sinks are named instead."""
+    sinks = ("tensorboard", "wandb", "mlflow")
+    if [s.lower() for s in cfg.report_to] == ["none"]:
+        cfg.report_to = []
+    for sink in cfg.report_to:
+        if sink == "all":
+            raise ConfigError(f"config: field 'report_to': 'all' is not supported: name the sinks you want "
+                              f"({', '.join(sinks)}), or none")
+        if sink not in sinks:
+            raise ConfigError(f"config: field 'report_to': unknown sink {sink!r} ({', '.join(sinks)}, or none)")
 
 
 def validate_online(cfg: OnlineConfig) -> None:

@@ -96,6 +96,7 @@ def bradley_terry(chosen_B: torch.Tensor, rejected_B: torch.Tensor,
 def dpo_loss(policy_chosen_B: torch.Tensor, policy_rejected_B: torch.Tensor,
              ref_chosen_B: torch.Tensor, ref_rejected_B: torch.Tensor, beta: float,
              loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+             chosen_len_B: torch.Tensor | None = None, rejected_len_B: torch.Tensor | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DPO family on summed sequence log-probs. Returns (loss per pair, chosen reward, rejected reward).
 
@@ -106,6 +107,13 @@ def dpo_loss(policy_chosen_B: torch.Tensor, policy_rejected_B: torch.Tensor,
                                                            rDPO, Chowdhury et al. 2024 eq. 8:
                                                            unbiased under label-flip rate e.
       ipo      (h - 1/(2 beta))^2                           IPO, Azar et al. 2023 eq. 17.
+                                                           With ``chosen_len_B`` / ``rejected_len_B``
+                                                           (response token counts) each log-ratio is
+                                                           first divided by its length: per-token
+                                                           log-ratios, the form the IPO authors
+                                                           reported results with (and TRL uses);
+                                                           without, eq. 17 on summed log-ratios, whose
+                                                           gradient grows with response length.
       hinge    max(0, 1 - beta h)                           SLiC-HF, Zhao et al. 2023.
     The implicit rewards are beta * (log pi - log ref) of each response (DPO eq. 5).
     """
@@ -120,6 +128,8 @@ def dpo_loss(policy_chosen_B: torch.Tensor, policy_rejected_B: torch.Tensor,
             raise ValueError(f"robust DPO needs 0 <= label_smoothing < 0.5, got {eps}")
         losses_B = (-(1 - eps) * F.logsigmoid(beta * h_B) + eps * F.logsigmoid(-beta * h_B)) / (1 - 2 * eps)
     elif loss_type == "ipo":
+        if chosen_len_B is not None and rejected_len_B is not None:
+            h_B = chosen_logratio_B / chosen_len_B.clamp(min=1) - rejected_logratio_B / rejected_len_B.clamp(min=1)
         losses_B = (h_B - 1 / (2 * beta)) ** 2
     elif loss_type == "hinge":
         losses_B = torch.relu(1 - beta * h_B)

@@ -24,6 +24,7 @@ import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
                           AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase)
 
+from .config import ConfigError
 from .losses import token_logprobs
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,52 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 # --------------------------------------------------------------------------- loading
 
 
+def looks_local(path: str | os.PathLike) -> bool:
+    """Whether a model name can only be a local folder: ./x, ../x, /x, ~/x, a/b/c, x/ or a path
+    whose first folder exists here (``models/nope`` beside a ``models/`` folder). A bare ``name`` or
+    ``org/name`` may be a hub id."""
+    path = str(path)
+    first = path.split("/")[0]
+    return (path.startswith((".", "/", "~")) or "\\" in path or path.count("/") > 1 or path.endswith("/")
+            or ("/" in path and Path(first).is_dir()) or Path(path).exists())
+
+
+def check_model_path(path: str | os.PathLike, field: str = "") -> None:
+    """Refuse a local model path that is not a folder in one line naming the field and the path,
+    before ``from_pretrained`` turns it into a failed Hugging Face Hub request."""
+    path = str(path)
+    if looks_local(path) and not Path(path).expanduser().is_dir():
+        what = "a file, not a model folder" if Path(path).expanduser().exists() else f"no folder {path!r}"
+        if what.startswith("a file"):
+            what = f"{path!r} is {what}"
+        where = "" if Path(path).expanduser().is_absolute() else f" (relative to {os.getcwd()})"
+        raise ConfigError(f"{_field(field)}{what}{where}: check the path")
+
+
+def _field(field: str) -> str:
+    return f"field {field!r}: " if field else ""
+
+
+def _not_found(path: str, field: str, error: OSError) -> ConfigError:
+    """A name that is neither a local folder nor loadable from the hub (or its cache when offline)."""
+    offline = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(v, "") not in ("", "0")]
+    why = (f"and the Hugging Face Hub is offline ({offline[0]}=1) with no cached copy" if offline
+           else f"and the Hugging Face Hub did not give it either: {str(error).splitlines()[0]}")
+    return ConfigError(f"{_field(field)}no folder {str(path)!r} here, {why}")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False,
-                   padding_side: str = "right") -> PreTrainedTokenizerBase:
+                   padding_side: str = "right", field: str = "") -> PreTrainedTokenizerBase:
     """Tokenizer with a pad token. Where the model has none, EOS doubles as pad: that is safe here
-    because every reward read and loss uses the attention mask, never ``input_ids == pad``."""
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    because every reward read and loss uses the attention mask, never ``input_ids == pad``.
+    ``field`` (the config field the path came from) is named in the error for a missing model."""
+    check_model_path(path, field)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        if Path(path).is_dir():
+            raise
+        raise _not_found(path, field, e) from None
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise ValueError(f"{path}: the tokenizer has neither a pad nor an EOS token")
@@ -87,8 +129,9 @@ def weights_kwargs(path: str, allow_pickle: bool, trust_remote_code: bool) -> di
 
 
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
-                   allow_pickle: bool = False, load_in_4bit: bool = False) -> PreTrainedModel:
+                   allow_pickle: bool = False, load_in_4bit: bool = False, field: str = "") -> PreTrainedModel:
     """A causal LM from a model folder or hub id; an adapter folder loads as base + adapter, merged."""
+    check_model_path(path, field)
     if is_adapter_dir(path):
         return _merged_adapter(path, allow_pickle, lambda base: load_causal_lm(
             base, dtype, trust_remote_code, allow_pickle, load_in_4bit))

@@ -236,3 +236,73 @@ def test_online_stage_skips_bad_prompts_by_default(world_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bad_records"] == 1 and summary["data_split"] is None
     assert summary["bad_record_examples"] == [f"{prompts}:2: field 'prompt': empty string"]
+
+
+# ------------------------------------------------------------------ models that are not there (issue #17, 9a, 9d)
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "rlhfkit", *args], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def missing_model_runs(tmp_path_factory) -> dict[str, tuple[str, subprocess.CompletedProcess]]:
+    """`--model` spelt wrong, as a relative folder, ./folder, an absolute folder and a bare name (hub offline):
+    {case: (the path given, the finished process)}, run concurrently."""
+    root = tmp_path_factory.mktemp("nomodel")
+    (root / "models").mkdir()
+    data = root / "prefs.jsonl"
+    data.write_text("\n".join(GOOD_PAIRS) + "\n", encoding="utf-8")
+    cases = {"relative": ("sft", "models/nope"), "dot": ("dpo", "./nope"), "absolute": ("rm", str(root / "abs" / "nope")),
+             "bare_offline": ("dpo", "nope-model")}
+
+    def go(item):
+        case, (stage, model) = item
+        data_file = root / "sft.jsonl" if stage == "sft" else data
+        if stage == "sft":
+            data_file.write_text("\n".join(GOOD_SFT) + "\n", encoding="utf-8")
+        return case, (model, _cli([stage, "--model", model, "--data", str(data_file), "--output_dir",
+                                   str(root / f"out_{case}"), "--max_steps", "1", "--batch_size", "2"], root))
+
+    with ThreadPoolExecutor(4) as pool:
+        return dict(pool.map(go, cases.items()))
+
+
+@pytest.mark.parametrize("which", ["relative", "dot", "absolute", "bare_offline"])
+def test_missing_model_folder_is_named_in_one_line(which, missing_model_runs):
+    model, proc = missing_model_runs[which]
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"field 'model': no folder '{model}'" in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+    if which == "bare_offline":
+        assert "HF_HUB_OFFLINE" in lines[0]
+
+
+def test_chat_data_without_chat_template_is_refused_before_weights_load(tmp_path, tiny_model_dir):
+    """Conversational records and a tokenizer without a chat template: one line naming the model folder
+    and the data file. The copy's weights file is removed, so an error raised only after the weights
+    load (as before) would be about the weights instead."""
+    import shutil
+
+    model = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "model.safetensors").unlink()
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (model / name).unlink(missing_ok=True)
+    cfg_path = model / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg.pop("chat_template", None)
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "how is the tea ?"},
+                                             {"role": "assistant", "content": "the tea is warm ."}]}) + "\n",
+                    encoding="utf-8")
+    proc = _cli(["sft", "--model", str(model), "--data", str(data), "--output_dir", str(tmp_path / "out"),
+                 "--max_steps", "1", "--batch_size", "1"], tmp_path)
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert str(data) in lines[0] and f"'{model}'" in lines[0] and "chat template" in lines[0], lines[0]

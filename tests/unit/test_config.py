@@ -117,6 +117,42 @@ def test_unknown_yaml_field_without_a_close_spelling_has_no_suggestion(tmp_path)
     assert str(e.value) == f"{cfg_file}: unknown field 'zzzz'"
 
 
+def test_trl_batch_name_is_mapped_not_answered_with_eval_batch_size(tmp_path):
+    """Issue #17 defect 9c: `per_device_train_batch_size` was refused with "did you mean
+    'eval_batch_size'?"; it is TRL's name for the per-process micro-batch."""
+    cfg = parse("--config", write(tmp_path, REQUIRED + "per_device_train_batch_size: 4\n"))
+    assert (cfg.batch_size, cfg.micro_batch_size) == (4, 4)
+
+
+def test_misspelt_trl_name_suggests_the_trl_name(tmp_path):
+    cfg_file = write(tmp_path, REQUIRED + "per_device_train_batch_sz: 4\n")
+    with pytest.raises(ConfigError) as e:
+        parse("--config", cfg_file)
+    assert str(e.value) == (f"{cfg_file}: unknown field 'per_device_train_batch_sz' "
+                            "(did you mean 'per_device_train_batch_size'?)")
+
+
+@pytest.mark.parametrize("text", ["report_to: none\n", "report_to: [none]\n", "report_to: None\n"])
+def test_report_to_none_means_no_extra_sinks(tmp_path, text):
+    """Defect 9b: TRL's and transformers' default `report_to: none` was 'unknown sink'."""
+    assert parse("--config", write(tmp_path, REQUIRED + text)).report_to == []
+
+
+def test_report_to_none_on_the_command_line():
+    assert parse("--model", "m", "--data", "d", "--output_dir", "o", "--report_to", "none").report_to == []
+
+
+@pytest.mark.parametrize("text,message", [
+    ("report_to: all\n", "field 'report_to': 'all' is not supported: name the sinks you want (tensorboard, wandb, "
+                         "mlflow), or none"),
+    ("report_to: [none, wandb]\n", "field 'report_to': unknown sink 'none' (tensorboard, wandb, mlflow, or none)"),
+])
+def test_report_to_all_or_none_among_sinks_is_one_clear_error(tmp_path, text, message):
+    with pytest.raises(ConfigError) as e:
+        parse("--config", write(tmp_path, REQUIRED + text))
+    assert str(e.value) == f"config: {message}"
+
+
 def test_invalid_yaml_names_the_file(tmp_path):
     cfg_file = write(tmp_path, "model: [base\n", name="broken.yaml")
     with pytest.raises(ConfigError, match=r"^.*broken\.yaml: not valid YAML: ") as e:

@@ -116,3 +116,16 @@ def test_non_finite_loss_is_skipped_then_stops(world_dir, varied_sft, tmp_path):
     assert all(torch.equal(w2[k], w4[k]) for k in w2)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in rows] == [0, 0, 1, 2]
+
+
+def test_partial_batch_left_out_is_said_once(world_dir, varied_sft, tmp_path, capsys):
+    """Issue #17 defect 9e: 20 examples at batch 16 train 1 step per epoch; the 4 left out are said in
+    one log line (steps are whole batches: see docs/trl.md), not dropped without a word."""
+    recs = load_sft(varied_sft)[:20]
+    data = write_jsonl(tmp_path / "twenty.jsonl", [{"prompt": r.prompt, "completion": r.completion} for r in recs])
+    summary, _ = _sft(world_dir, data, tmp_path / "out", batch_size=16, epochs=1)
+    assert summary["steps"] == 1
+    lines = [x for x in capsys.readouterr().out.splitlines() if "left out" in x]
+    assert lines == ["[rlhfkit sft] last partial batch: 4 of 20 examples are left out of each epoch (steps use whole "
+                     "batches of 16; the data is reshuffled every epoch)"]
+    assert loop.partial_batch_note(32, 16) == ""

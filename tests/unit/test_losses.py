@@ -103,6 +103,51 @@ def test_dpo_losses(loss_type, beta, eps, expected):
     assert rr.item() == pytest.approx(-beta, abs=1e-7)
 
 
+def test_ipo_length_normalised():
+    """Chosen response 2 tokens, rejected 4: log-ratios +1 / 2 = 0.5 and -1 / 4 = -0.25, so the
+    per-token h = 0.75; at beta 0.5 the loss is (0.75 - 1/(2*0.5))^2 = (-0.25)^2 = 0.0625 (the summed
+    form gives (2 - 1)^2 = 1). Implicit rewards stay beta * summed log-ratio: +0.5 and -0.5."""
+    loss, rc, rr = losses.dpo_loss(PC, PR, RC, RR, 0.5, "ipo", chosen_len_B=t([2.0]), rejected_len_B=t([4.0]))
+    assert loss.item() == pytest.approx(0.0625, abs=1e-7)
+    assert (rc.item(), rr.item()) == pytest.approx((0.5, -0.5), abs=1e-7)
+
+
+def test_ipo_first_step_gradient_summed_vs_normalised():
+    """At the first step policy == reference, so h = 0 either way. d/d log pi(y_c) of (h - 1/(2b))^2
+    is 2 (h - 1/(2b)) * dh/dlog pi(y_c): summed, dh/d = 1 -> 2 * (0 - 5) = -10 at beta 0.1;
+    length-normalised, dh/d = 1/12 for a 12-token response -> -10/12 = -0.8333333 (12x smaller)."""
+    grads = []
+    for lens in ((None, None), (t([12.0]), t([12.0]))):
+        pc = t([-2.0]).requires_grad_()
+        losses.dpo_loss(pc, t([-2.0]), t([-2.0]), t([-2.0]), 0.1, "ipo", chosen_len_B=lens[0],
+                        rejected_len_B=lens[1])[0].sum().backward()
+        grads.append(pc.grad.item())
+    assert grads == pytest.approx([-10.0, -0.8333333], abs=1e-6)
+
+
+def test_ipo_length_normalised_equals_trl_formula():
+    """TRL 1.16 ``DPOTrainer._compute_loss`` (loss_type ipo) is not callable without a model, so its
+    formula is written out here from its source: with completion masks M_c, M_r (B, T) and
+    scores s = logp - ref_logp summed over the completion,
+        delta = s_c / clamp(M_c.sum(1), min=1) - s_r / clamp(M_r.sum(1), min=1)
+        loss  = (delta - 1 / (2 beta))^2
+    Random per-token log-probs and ragged masks; rlhfkit gets only the summed log-probs and counts."""
+    g = torch.Generator().manual_seed(0)
+    B, T, beta = 5, 7, 0.1
+    mask_c = (torch.arange(T) < torch.tensor([[1], [3], [7], [5], [2]])).float()
+    mask_r = (torch.arange(T) < torch.tensor([[6], [2], [4], [7], [1]])).float()
+    lp = {k: -torch.rand(B, T, generator=g) * 3 for k in ("pc", "pr", "rc", "rr")}
+    s_c = ((lp["pc"] - lp["rc"]) * mask_c).sum(1)
+    s_r = ((lp["pr"] - lp["rr"]) * mask_r).sum(1)
+    trl = (s_c / mask_c.sum(1).clamp(min=1.0) - s_r / mask_r.sum(1).clamp(min=1.0) - 1 / (2 * beta)) ** 2
+    ours = losses.dpo_loss((lp["pc"] * mask_c).sum(1), (lp["pr"] * mask_r).sum(1), (lp["rc"] * mask_c).sum(1),
+                           (lp["rr"] * mask_r).sum(1), beta, "ipo", chosen_len_B=mask_c.sum(1),
+                           rejected_len_B=mask_r.sum(1))[0]
+    torch.testing.assert_close(ours, trl, rtol=1e-6, atol=1e-5)
+    summed = losses.dpo_loss(s_c, s_r, torch.zeros(B), torch.zeros(B), beta, "ipo")[0]
+    assert not torch.allclose(summed, trl, rtol=1e-3)  # the two forms really differ on this data
+
+
 def test_robust_dpo_zero_noise_is_dpo():
     a = losses.dpo_loss(PC, PR, RC, RR, 0.1, "robust", 0.0)[0]
     b = losses.dpo_loss(PC, PR, RC, RR, 0.1, "sigmoid", 0.0)[0]

@@ -263,3 +263,38 @@ def test_collate_pairs_ref_logps_only_when_every_pair_has_both():
     rejected_missing = collate_pairs(_pairs(ref_chosen=(-1.5, -3.0), ref_rejected=(-2.5, None)), pad_id=0)
     assert "ref_logps" not in rejected_missing
     assert "ref_logps" not in collate_pairs(_pairs(), pad_id=0)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_dpo_response_lengths_padded_and_packed(packed):
+    """IPO's length normaliser: response tokens per sequence, chosen a (11 12 3) = 3, chosen b (17 3) = 2,
+    rejected a (13 3) = 2, rejected b (18 19 20 3) = 4; the same from a padded or a packed batch."""
+    from rlhfkit.train.dpo import response_lengths
+
+    assert response_lengths(collate_pairs(_pairs(), pad_id=9, pack=packed)).tolist() == [3.0, 2.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_dpo_score_pairs_ipo_uses_lengths_when_asked(normalize):
+    """``score_pairs`` with loss_type ipo: the loss equals ``losses.dpo_loss`` on the policy's summed
+    log-probs with precomputed reference log-probs, with lengths [3, 2] / [2, 4] when
+    ipo_normalize_length is on and without them when off."""
+    from rlhfkit.config import DPOConfig
+    from rlhfkit.losses import dpo_loss
+    from rlhfkit.models import tiny_causal_lm
+    from rlhfkit.train.dpo import response_logps, score_pairs
+
+    tok = build_word_tokenizer([WORDS])
+    model = tiny_causal_lm(tok, seed=0).eval()
+    batch = collate_pairs(_pairs(ref_chosen=(-20.0, -15.0), ref_rejected=(-16.0, -30.0)), pad_id=0)
+    cfg = DPOConfig(beta=0.1, loss_type="ipo", ipo_normalize_length=normalize)
+    with torch.no_grad():
+        got = score_pairs(model, None, batch, cfg)[0]
+        pc, pr = response_logps(model, batch).float().chunk(2)
+    lens = dict(chosen_len_B=torch.tensor([3.0, 2.0]), rejected_len_B=torch.tensor([2.0, 4.0])) if normalize else {}
+    want = dpo_loss(pc, pr, torch.tensor([-20.0, -15.0]), torch.tensor([-16.0, -30.0]), 0.1, "ipo", **lens)[0]
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    other = dpo_loss(pc, pr, torch.tensor([-20.0, -15.0]), torch.tensor([-16.0, -30.0]), 0.1, "ipo",
+                     **({} if normalize else dict(chosen_len_B=torch.tensor([3.0, 2.0]),
+                                                  rejected_len_B=torch.tensor([2.0, 4.0]))))[0]
+    assert not torch.allclose(got, other, rtol=1e-3)

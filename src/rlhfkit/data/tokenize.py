@@ -67,6 +67,15 @@ def _common(a, b) -> int:
     return n
 
 
+def check_chat_template(examples: list, tokenizer, data: str, model: str) -> None:
+    """Conversational records (message lists) need the tokenizer's chat template: refuse them right
+    after the tokenizer loads, before any model weights do, in one line naming the data and the model."""
+    if getattr(tokenizer, "chat_template", None) is None and any(ex.conversational for ex in examples):
+        raise DataError(f"conversational records (message lists) need a chat template, and the tokenizer in "
+                        f"{model!r} has none: use a chat model's folder, add `chat_template` to its "
+                        "tokenizer_config.json, or give the data as strings", file=data)
+
+
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
     if tokenizer.chat_template is None:
         raise ValueError("conversational data needs a tokenizer with a chat template "

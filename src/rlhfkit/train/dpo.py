@@ -2,7 +2,8 @@
 
 Rafailov et al. 2023: the policy's log-ratio to a frozen reference, scaled by beta, is an implicit
 reward; the Bradley-Terry loss on it (``losses.dpo_loss``) trains the policy directly. Also IPO,
-robust DPO and hinge through ``loss_type``. Log-probs are summed over response tokens.
+robust DPO and hinge through ``loss_type``. Log-probs are summed over response tokens; IPO divides
+each log-ratio by its response length first unless ``ipo_normalize_length`` is off (TRL's form).
 
 With ``precompute_ref`` the reference log-probs of every pair are computed once before training
 (from the policy itself when the reference is the starting model, so no second copy is loaded;
@@ -26,7 +27,7 @@ import torch
 from ..config import DPOConfig
 from ..data import load_preference
 from ..data.sources import apply_source_weights
-from ..data.tokenize import collate_pairs, tokenize_preference
+from ..data.tokenize import check_chat_template, collate_pairs, tokenize_preference
 from ..losses import dpo_loss
 from ..models import adapter_disabled, load_causal_lm, load_tokenizer, packing_works, target_logprobs
 from .loop import Run, Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
@@ -39,6 +40,13 @@ def response_logps(model, batch) -> torch.Tensor:
                               batch.get("position_ids"))
     seq_N = batch["seq_id"][:, 1:][batch["loss_mask"][:, 1:].bool()]
     return logps_N.new_zeros(len(batch["last_index"])).index_add(0, seq_N, logps_N)
+
+
+def response_lengths(batch) -> torch.Tensor:
+    """Response token count of each sequence, (2B,): chosen then rejected (IPO's length normaliser)."""
+    seq_N = batch["seq_id"][:, 1:][batch["loss_mask"][:, 1:].bool()]
+    return torch.zeros(len(batch["last_index"]), device=seq_N.device).index_add(
+        0, seq_N, torch.ones(len(seq_N), device=seq_N.device))
 
 
 @torch.no_grad()
@@ -67,7 +75,11 @@ def score_pairs(model, ref, batch, cfg: DPOConfig):
     else:
         with torch.no_grad(), adapter_disabled(ref):  # a LoRA policy as its own reference
             rc, rr = response_logps(ref, batch).float().chunk(2)
-    losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+    lc = lr = None
+    if cfg.loss_type == "ipo" and cfg.ipo_normalize_length:
+        lc, lr = response_lengths(batch).chunk(2)
+    losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing,
+                                            chosen_len_B=lc, rejected_len_B=lr)
     kl_sum = float((pc - rc).detach().sum() + (pr - rr).detach().sum())
     return losses, chosen_r, rejected_r, pc, pr, kl_sum, batch["loss_mask"][:, 1:].sum()
 
@@ -84,7 +96,7 @@ def load_reference(cfg: DPOConfig, run: Run, policy):
         return policy, "policy before its first step, precomputed"
     # frozen: held in the compute dtype (bf16 on GPU) to halve its memory
     ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, trust_remote_code=cfg.trust_remote_code,
-                         allow_pickle=cfg.allow_pickle)
+                         allow_pickle=cfg.allow_pickle, field="ref_model" if cfg.ref_model else "model")
     return ref.to(run.device).requires_grad_(False), "separate model" + (", precomputed" if cfg.precompute_ref else "")
 
 
@@ -92,7 +104,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
     pairs, eval_pairs, reports = load_data(cfg, load_preference, "prefs")
     run = start_run(cfg, "dpo")
     note_data(run, reports)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, field="model")
+    check_chat_template(pairs + eval_pairs, tokenizer, cfg.data, cfg.model)
     policy = load_trained_model(cfg, run)
     ref, reference = load_reference(cfg, run, policy)
     run.start_clock()

@@ -50,8 +50,8 @@ from tqdm.auto import tqdm
 from ..config import dump_config
 from ..data import LoadReport
 from ..data.report import bad_record_summary
-from ..models import (ADAPTER_WEIGHTS, add_lora, is_peft, load_causal_lm, load_reward_model, resolve_device,
-                      resolve_dtype, save_model)
+from ..models import (ADAPTER_WEIGHTS, add_lora, check_model_path, is_peft, load_causal_lm, load_reward_model,
+                      resolve_device, resolve_dtype, save_model)
 from ..tracking import MetricsLogger
 
 CHECKPOINTS = "checkpoints"
@@ -94,7 +94,9 @@ class Run:
 
 
 def start_run(cfg, stage: str) -> Run:
-    """Seed everything, pick device and dtype, create output_dir and write the resolved config."""
+    """Seed everything, pick device and dtype, create output_dir and write the resolved config.
+    A local model path that is not there is refused first, before anything is written."""
+    check_model_path(cfg.model, "model")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     mixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
@@ -183,6 +185,17 @@ def batch_plan(n_examples: int, cfg, world: int) -> tuple[int, int, int]:
     return steps_per_epoch, total, micro
 
 
+def partial_batch_note(n_examples: int, batch_size: int) -> str:
+    """The log line for the examples an epoch leaves out ("" when the batch divides the data).
+
+    Steps are whole batches, unlike TRL's data loader, which keeps the last partial one: data order
+    is then a pure function of (seed, epoch) and the step, which makes resuming exact, and every step's
+    gradient has the same scale. Said once, so that no example is dropped without a word."""
+    left = n_examples % batch_size
+    return "" if not left else (f"last partial batch: {left} of {n_examples} examples are left out of each epoch "
+                                f"(steps use whole batches of {batch_size}; the data is reshuffled every epoch)")
+
+
 def check_engine(run: Run, share: int, micro: int) -> None:
     """Refuse what the engine in use cannot do, naming the field, before any compute is spent.
 
@@ -251,7 +264,7 @@ def make_optimizer(model: torch.nn.Module, cfg, total_steps: int):
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=_can_fuse(params))
-    warmup = int(round(cfg.warmup_ratio * total_steps))
+    warmup = cfg.warmup_steps if getattr(cfg, "warmup_steps", 0) > 0 else int(round(cfg.warmup_ratio * total_steps))
     scheduler = get_scheduler(cfg.lr_scheduler if cfg.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     return optimizer, scheduler
@@ -274,6 +287,8 @@ def train(run: Run, task: Task) -> dict:
     """Run the optimiser steps; returns the summary figures (the recipe adds its own)."""
     cfg, acc = run.cfg, run.accelerator
     steps_per_epoch, total, micro = batch_plan(len(task.examples), cfg, acc.num_processes)
+    if partial_batch_note(len(task.examples), cfg.batch_size):
+        run.print(partial_batch_note(len(task.examples), cfg.batch_size))
     check_engine(run, cfg.batch_size // acc.num_processes, micro)
     optimizer, scheduler = make_optimizer(task.model, cfg, total)
     model, optimizer = prepare(run, task.model, optimizer)

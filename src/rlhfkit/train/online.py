@@ -41,7 +41,7 @@ from typing import Callable
 import torch
 
 from ..data import load_prompts
-from ..data.tokenize import prompt_ids
+from ..data.tokenize import check_chat_template, prompt_ids
 from ..generation import generate, response_logprobs, rollout_rows
 from ..kl import make_kl_controller
 from ..losses import kl_estimate, masked_mean, masked_sum, ppo_policy_loss
@@ -51,7 +51,7 @@ from ..shared_prompt import prompt_sharing_works
 from ..tracking import MetricsLogger
 from .loop import (Run, TrainingError, _fault_hook, _grad_norm, _reduce, _skip_bad_step, batch_plan, check_engine,
                    finish, inner, load_checkpoint, load_data, load_trained_model, make_optimizer, my_share, note_data,
-                   on_main, prepare, save_checkpoint, start_run, step_indices)
+                   on_main, partial_batch_note, prepare, save_checkpoint, start_run, step_indices)
 
 
 @dataclass
@@ -353,7 +353,8 @@ def run_online(cfg, stage: str, algo: Algorithm) -> dict:
     run = start_run(cfg, stage)
     note_data(run, reports)
     _check_engine(run, cfg)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, field="model")
+    check_chat_template(prompts, tokenizer, cfg.data, cfg.model)
     policy = load_trained_model(cfg, run)
     if cfg.lora_r > 0 and cfg.ref_model in ("", cfg.model):
         ref = policy  # the starting weights = the policy with its adapter switched off
@@ -365,6 +366,8 @@ def run_online(cfg, stage: str, algo: Algorithm) -> dict:
     run.start_clock()
     rows = [prompt_ids(tokenizer, p.prompt)[-cfg.max_prompt_length:] for p in prompts]
     steps_per_epoch, total, _ = batch_plan(len(prompts), cfg, run.accelerator.num_processes)
+    if partial_batch_note(len(prompts), cfg.batch_size):
+        run.print(partial_batch_note(len(prompts), cfg.batch_size))
     mini = cfg.mini_batch_size or cfg.batch_size * cfg.num_generations
     updates_per_step = cfg.ppo_epochs * -(-cfg.batch_size * cfg.num_generations // mini)
     optimizer, scheduler = make_optimizer(model, cfg, total * updates_per_step)

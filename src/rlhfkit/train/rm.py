@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..config import RMConfig
 from ..data import load_preference
 from ..data.sources import apply_source_weights
-from ..data.tokenize import collate_pairs, tokenize_preference
+from ..data.tokenize import check_chat_template, collate_pairs, tokenize_preference
 from ..evaluate.stats import wilson_interval
 from ..losses import bradley_terry
 from ..models import load_tokenizer, packed_rewards, packing_works, reward_forward
@@ -34,7 +34,8 @@ def run_rm(cfg: RMConfig) -> dict:
     pairs, eval_pairs, reports = load_data(cfg, load_preference, "prefs", margin_from_scores=cfg.margin_from_scores)
     run = start_run(cfg, "rm")
     note_data(run, reports)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, field="model")
+    check_chat_template(pairs + eval_pairs, tokenizer, cfg.data, cfg.model)
     model = load_trained_model(cfg, run, reward_tokenizer=tokenizer)
     run.start_clock()
 

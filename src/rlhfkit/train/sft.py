@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..config import SFTConfig
 from ..data import load_sft
-from ..data.tokenize import collate_sft, tokenize_sft
+from ..data.tokenize import check_chat_template, collate_sft, tokenize_sft
 from ..models import load_tokenizer, packing_works, target_logprobs
 from .loop import Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
 
@@ -29,7 +29,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     examples, eval_examples, reports = load_data(cfg, load_sft, "sft")
     run = start_run(cfg, "sft")
     note_data(run, reports)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, field="model")
+    check_chat_template(examples + eval_examples, tokenizer, cfg.data, cfg.model)
     model = load_trained_model(cfg, run)
     run.start_clock()
 
