@@ -34,6 +34,7 @@ import random
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -71,13 +72,15 @@ def write_data(workdir: Path, prof: dict, seed: int = 0) -> dict:
     n_words = prof["vocab"] - len(_word_specials())
     words = [f"w{i}" for i in range(n_words)]
 
-    def text(lo_hi):
-        return " ".join(rng.choice(words) for _ in range(rng.randint(*lo_hi)))
+    def text(lo_hi, lead=""):
+        return lead + " ".join(rng.choice(words) for _ in range(rng.randint(*lo_hi)))
 
-    rows = {"sft": [{"prompt": text(prof["prompt"]), "completion": text(prof["response"])}
+    # Responses start with a space, as TRL's prompt-completion data does: TRL tokenises prompt + response
+    # as one string, so without it the two boundary words would merge into one unknown word.
+    rows = {"sft": [{"prompt": text(prof["prompt"]), "completion": text(prof["response"], " ")}
                     for _ in range(prof["sft_steps"] * prof["batch"])],
-            "pairs": [{"prompt": text(prof["prompt"]), "chosen": text(prof["response"]),
-                       "rejected": text(prof["response"])} for _ in range(prof["dpo_steps"] * prof["batch"])],
+            "pairs": [{"prompt": text(prof["prompt"]), "chosen": text(prof["response"], " "),
+                       "rejected": text(prof["response"], " ")} for _ in range(prof["dpo_steps"] * prof["batch"])],
             "prompts": [{"prompt": text(prof["prompt"])} for _ in range(prof["grpo_steps"] * prof["grpo_prompts"])]}
     paths = {}
     for name, recs in rows.items():
@@ -228,27 +231,27 @@ def add_rates(row: dict, tokens: dict, prof: dict, n_params: int) -> dict:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    def f(x, spec):
-        return "-" if x is None else format(x, spec)
-
+    gpu = meta["device"] != "cpu"
     lines = [f"rlhfkit vs TRL on {meta['device']} ({meta['n_params'] / 1e6:.1f}M parameters, "
-             f"{'bf16 autocast' if meta['device'] != 'cpu' else 'fp32'}); versions: "
+             f"{'bf16 autocast' if gpu else 'fp32'}); versions: "
              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "rlhfkit_path"), "",
-             "| stage | side | seconds | tokens/s | other unit/s | peak GPU GiB | MFU |", "|---|---|---|---|---|---|---|"]
+             "| stage | side | seconds | tokens/s | other unit/s | peak GPU GiB | MFU |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['stage']} | {r['side']} | failed: {r['error'].splitlines()[-1][:120] if r['error'] else ''} "
-                         "| | | | |")
+            last = (r["error"].strip().splitlines() or [""])[-1][:120]
+            lines.append(f"| {r['stage']} | {r['side']} | failed: {last} | | | | |")
             continue
+        peak = "-" if r["peak_gpu_gib"] is None else f"{r['peak_gpu_gib']:.2f}"
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         lines.append(f"| {r['stage']} | {r['side']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | "
-                     f"{r['units_per_s']:.2f} {r['unit']} | {f(r['peak_gpu_gib'], '.2f')} | "
-                     f"{'-' if r['mfu'] is None else format(100 * r['mfu'], '.1f') + '%'} |")
+                     f"{r['units_per_s']:.2f} {r['unit']} | {peak} | {mfu} |")
     lines += ["", "| stage | tokens/s rlhfkit / TRL | peak memory rlhfkit / TRL |", "|---|---|---|"]
     for stage in meta["stages"]:
         got = {r["side"]: r for r in rows if r["stage"] == stage and "error" not in r}
-        if len(got) == 2:
+        if {"rlhfkit", "trl"} <= set(got):
             a, b = got["rlhfkit"], got["trl"]
-            mem = (f"{a['peak_gpu_gib'] / b['peak_gpu_gib']:.2f}x" if a["peak_gpu_gib"] and b["peak_gpu_gib"] else "-")
+            mem = f"{a['peak_gpu_gib'] / b['peak_gpu_gib']:.2f}x" if a["peak_gpu_gib"] and b["peak_gpu_gib"] else "-"
             lines.append(f"| {stage} | **{a['tokens_per_s'] / b['tokens_per_s']:.2f}x** | {mem} |")
     lines += ["", "Notes: " + " ".join(meta["notes"])]
     return "\n".join(lines) + "\n"
@@ -271,6 +274,8 @@ def main() -> None:
                        f"({PROFILES['tiny'][key]} with --tiny)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/rlhfkit-gpu-bench"), help="model and data (not --out)")
     p.add_argument("--worker-timeout", type=float, default=240.0, help="seconds per (stage, side) process")
+    p.add_argument("--jobs", type=int, help="(stage, side) processes at once; default 1 (2 with --tiny, whose "
+                   "timings mean nothing): more than 1 makes the measurements share the machine")
     p.add_argument("--worker", nargs=2, metavar=("SIDE", "STAGE"), help=argparse.SUPPRESS)
     p.add_argument("--profile", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -281,6 +286,7 @@ def main() -> None:
         p.error("--out is required")
     prof = dict(PROFILES["tiny" if args.tiny else "full"], cpu=args.tiny)
     prof.update({k: v for k, v in vars(args).items() if k in prof and v is not None})
+    args.jobs = args.jobs or (2 if args.tiny else 1)
     args.out.mkdir(parents=True, exist_ok=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
     meta = {"versions": versions(), "profile": prof, "stages": args.stages.split(","), "notes": NOTES,
@@ -296,9 +302,11 @@ def main() -> None:
     print(f"model {meta['n_params'] / 1e6:.1f}M parameters, tokens per pass {tokens}, "
           f"prepared in {meta['prepare_seconds']} s", flush=True)
     rows: list[dict] = []
-    for stage in meta["stages"]:
-        for side in args.sides.split(","):
-            row = add_rates(spawn(side, stage, args, prof), tokens, prof, meta["n_params"])
+    sides = [side for side in args.sides.split(",") if side]  # --sides '': prepare only (a dry run)
+    todo = [(stage, side) for stage in meta["stages"] for side in sides]
+    with ThreadPoolExecutor(args.jobs) as pool:  # jobs > 1 only for smoke runs: the timings then share the machine
+        for (stage, side), raw in zip(todo, pool.map(lambda t: spawn(t[1], t[0], args, prof), todo)):
+            row = add_rates(raw, tokens, prof, meta["n_params"])
             rows.append(row)
             meta["device"] = row.get("device", meta["device"])
             print(f"  {stage} {side}: " + json.dumps({k: v for k, v in row.items() if k != "error"})
