@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -41,6 +42,25 @@ UNITS = {"sft": "tokens/s", "rm": "pairs/s", "dpo": "pairs/s", "rloo": "completi
 MODEL = dict(hidden_size=192, num_layers=4, num_heads=4, max_positions=256)
 N_PAIRS, BATCH, MAX_LENGTH = 512, 32, 256
 RL_PROMPTS, RL_GENERATIONS, RL_NEW_TOKENS = 8, 4, 32
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What both sides share besides stage, data and steps; the defaults are this CPU benchmark's.
+
+    ``cuda``: both sides on the GPU with bf16 autocast over fp32 weights (rlhfkit ``dtype: bfloat16``,
+    TRL ``bf16=True``); otherwise the CPU in fp32. ``benchmarks/gpu_vs_trl.py`` passes its own.
+    """
+
+    batch: int = BATCH
+    max_length: int = MAX_LENGTH
+    rl_prompts: int = RL_PROMPTS
+    rl_generations: int = RL_GENERATIONS
+    rl_new_tokens: int = RL_NEW_TOKENS
+    cuda: bool = False
+
+
+CPU = Setup()
 
 
 def reward_len(prompts, completions, **_):
@@ -103,17 +123,18 @@ def real_tokens(paths: dict, stage: str) -> int:
 # --------------------------------------------------------------------------- one side, one stage
 
 
-def common(stage: str, steps: int) -> dict:
-    return dict(max_steps=steps, batch_size=BATCH, learning_rate=1e-5 if stage in ("rloo", "grpo") else 5e-5,
-                seed=0, max_length=MAX_LENGTH)
+def common(stage: str, steps: int, setup: Setup = CPU) -> dict:
+    return dict(max_steps=steps, batch_size=setup.batch, learning_rate=1e-5 if stage in ("rloo", "grpo") else 5e-5,
+                seed=0, max_length=setup.max_length)
 
 
-def run_rlhfkit(stage: str, paths: dict, out: Path, steps: int, opts: dict) -> float:
+def run_rlhfkit(stage: str, paths: dict, out: Path, steps: int, opts: dict, setup: Setup = CPU) -> float:
+    """One rlhfkit run; returns its ``train_seconds`` (the rest of the summary is in ``out/summary.json``)."""
     from rlhfkit import config as C
     from rlhfkit.train import dpo, grpo, rloo, rm, sft
 
-    base = dict(model=paths["model"], output_dir=str(out), dtype="float32", device="cpu", lr_scheduler="linear",
-                **common(stage, steps))
+    base = dict(model=paths["model"], output_dir=str(out), dtype="bfloat16" if setup.cuda else "float32",
+                device="cuda" if setup.cuda else "cpu", lr_scheduler="linear", **common(stage, steps, setup))
     if stage == "sft":
         summary = sft.run_sft(C.SFTConfig(data=paths["sft"], **base, **opts))
     elif stage == "rm":
@@ -121,8 +142,8 @@ def run_rlhfkit(stage: str, paths: dict, out: Path, steps: int, opts: dict) -> f
     elif stage == "dpo":
         summary = dpo.run_dpo(C.DPOConfig(data=paths["pairs"], precompute_ref=True, beta=0.1, **base, **opts))
     else:
-        base.update(batch_size=RL_PROMPTS, data=paths["prompts"], num_generations=RL_GENERATIONS,
-                    max_new_tokens=RL_NEW_TOKENS, reward_fn=[f"{Path(__file__).resolve()}:reward_len"],
+        base.update(batch_size=setup.rl_prompts, data=paths["prompts"], num_generations=setup.rl_generations,
+                    max_new_tokens=setup.rl_new_tokens, reward_fn=[f"{Path(__file__).resolve()}:reward_len"],
                     temperature=1.0)
         if stage == "rloo":  # TRL RLOO: KL (beta 0.05) in the reward
             summary = rloo.run_rloo(C.RLOOConfig(kl_coef=0.05, kl_in="reward", **base, **opts))
@@ -131,7 +152,7 @@ def run_rlhfkit(stage: str, paths: dict, out: Path, steps: int, opts: dict) -> f
     return float(summary["train_seconds"])
 
 
-def run_trl(stage: str, paths: dict, out: Path, steps: int, opts: dict) -> float:
+def run_trl(stage: str, paths: dict, out: Path, steps: int, opts: dict, setup: Setup = CPU) -> float:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -140,9 +161,10 @@ def run_trl(stage: str, paths: dict, out: Path, steps: int, opts: dict) -> float
     from rlhfkit.models import load_reward_model, load_tokenizer
 
     tok = load_tokenizer(paths["model"])
-    c = common(stage, steps)
-    args = dict(output_dir=str(out), max_steps=steps, learning_rate=c["learning_rate"], seed=0, bf16=False,
-                fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
+    c = common(stage, steps, setup)
+    batch, max_length = setup.batch, setup.max_length
+    args = dict(output_dir=str(out), max_steps=steps, learning_rate=c["learning_rate"], seed=0, bf16=setup.cuda,
+                fp16=False, gradient_checkpointing=False, use_cpu=not setup.cuda, report_to="none", save_strategy="no",
                 logging_steps=10_000, disable_tqdm=True, lr_scheduler_type="linear", max_grad_norm=1.0,
                 dataloader_num_workers=0)
     torch.manual_seed(0)
@@ -152,20 +174,20 @@ def run_trl(stage: str, paths: dict, out: Path, steps: int, opts: dict) -> float
         model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32)
     if stage == "sft":
         data = Dataset.from_list(read_jsonl(paths["sft"]))
-        cfg = trl.SFTConfig(per_device_train_batch_size=BATCH, max_length=MAX_LENGTH, **args, **opts)
+        cfg = trl.SFTConfig(per_device_train_batch_size=batch, max_length=max_length, **args, **opts)
         make = lambda: trl.SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok)  # noqa: E731
     elif stage == "rm":
         data = Dataset.from_list(read_jsonl(paths["pairs"]))
-        cfg = trl.RewardConfig(per_device_train_batch_size=BATCH, max_length=MAX_LENGTH, **args, **opts)
+        cfg = trl.RewardConfig(per_device_train_batch_size=batch, max_length=max_length, **args, **opts)
         make = lambda: trl.RewardTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok)  # noqa: E731
     elif stage == "dpo":
         data = Dataset.from_list(read_jsonl(paths["pairs"]))
-        cfg = trl.DPOConfig(per_device_train_batch_size=BATCH, max_length=MAX_LENGTH, beta=0.1, **args, **opts)
+        cfg = trl.DPOConfig(per_device_train_batch_size=batch, max_length=max_length, beta=0.1, **args, **opts)
         make = lambda: trl.DPOTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok)  # noqa: E731
     else:
         data = Dataset.from_list(read_jsonl(paths["prompts"]))
-        rl = dict(per_device_train_batch_size=RL_PROMPTS * RL_GENERATIONS, num_generations=RL_GENERATIONS,
-                  max_completion_length=RL_NEW_TOKENS, temperature=1.0, **args, **opts)
+        rl = dict(per_device_train_batch_size=setup.rl_prompts * setup.rl_generations,
+                  num_generations=setup.rl_generations, max_completion_length=setup.rl_new_tokens, temperature=1.0, **args, **opts)
         if stage == "rloo":
             cfg = trl.RLOOConfig(beta=0.05, **rl)
             make = lambda: trl.RLOOTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,  # noqa: E731

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -65,7 +66,14 @@ def load_function(spec: str) -> Callable:
             raise ValueError(f"reward_fn {spec!r}: no such file {path}")
         module_spec = importlib.util.spec_from_file_location(f"rlhfkit_reward_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        # registered before it runs, as an import would be: dataclasses (and pickle) look a class's
+        # module up in sys.modules
+        sys.modules[module_spec.name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(module_spec.name, None)
+            raise
     else:
         module = importlib.import_module(target)
     fn = getattr(module, name, None)

@@ -29,6 +29,17 @@ def test_function_from_file_and_module(reward_file):
     assert kind(["p", "p"], ["the soup is fresh and tasty .", "the soup is bad"]).tolist() == [2.0, -1.0]
 
 
+def test_function_file_may_define_a_dataclass(tmp_path):
+    """A reward file is a module like any other: ``@dataclass`` under postponed annotations looks its
+    module up in ``sys.modules`` (benchmarks/vs_trl.py, whose ``reward_len`` both sides call, has one)."""
+    path = tmp_path / "with_dataclass.py"
+    path.write_text("from __future__ import annotations\nfrom dataclasses import dataclass\n\n"
+                    "@dataclass\nclass Target:\n    words: int = 2\n\n"
+                    "def near(prompts, completions, **kw):\n"
+                    "    return [-abs(len(c.split()) - Target().words) for c in completions]\n")
+    assert FunctionSource(f"{path}:near")(["p", "p"], ["a b", "a b c d"]).tolist() == [0.0, -2.0]
+
+
 def test_dataset_columns_reach_the_function(reward_file):
     src = FunctionSource(f"{reward_file}:uses_column")
     assert src(["p", "q"], ["it is 4", "it is 5"], answer=["4", "6"]).tolist() == [1.0, 0.0]
