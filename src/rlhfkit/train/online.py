@@ -301,8 +301,9 @@ def _micro_loss(eng: Engine, module, exp: Experience, part: list[int], tokens: f
     cfg = eng.run.cfg
     ids, attn, mask = exp.input_ids[part], exp.attention_mask[part], exp.mask[part]
     share = float(mask.sum()) / tokens
+    # a checkpointed layer drops its KV cache in a training forward: no prompt sharing there
     logp, logits = response_logprobs(eng.algo.policy_of(module), ids, attn, mask, cfg.temperature, eng.pack,
-                                     eng.share)
+                                     eng.share and not cfg.gradient_checkpointing)
     pg_loss, clip_frac, approx_kl = ppo_policy_loss(logp, exp.old_logp[part], exp.advantages[part], mask, cfg.cliprange)
     loss = pg_loss
     stats = {"policy_loss": pg_loss.item() * share, "clip_frac": float(clip_frac) * share,
