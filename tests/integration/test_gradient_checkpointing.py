@@ -168,9 +168,11 @@ def test_sampling_never_checkpoints_and_keeps_the_kv_cache(monkeypatch):
 def _recipe(stage: str, world_dir, sft_out, out: Path, **kw) -> tuple[list[dict], dict]:
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.config import DPOConfig, GRPOConfig, SFTConfig
+    from rlhfkit.config import DPOConfig, GRPOConfig, PPOConfig, RMConfig, SFTConfig
     from rlhfkit.train.dpo import run_dpo
     from rlhfkit.train.grpo import run_grpo
+    from rlhfkit.train.ppo import run_ppo
+    from rlhfkit.train.rm import run_rm
     from rlhfkit.train.sft import run_sft
 
     common = dict(output_dir=str(out), max_steps=2, batch_size=8, max_length=32, max_prompt_length=16,
@@ -179,6 +181,16 @@ def _recipe(stage: str, world_dir, sft_out, out: Path, **kw) -> tuple[list[dict]
         run_sft(SFTConfig(model=world_dir["base"], data=world_dir["sft"], learning_rate=1e-3, **common))
     elif stage == "dpo":
         run_dpo(DPOConfig(model=sft_out, data=world_dir["prefs"], learning_rate=1e-4, **common))
+    elif stage == "rm":  # the reward model being trained checkpoints
+        run_rm(RMConfig(model=sft_out, data=world_dir["prefs"], learning_rate=1e-3, **common))
+        from transformers import AutoModelForSequenceClassification
+
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return rows, AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    elif stage == "ppo":  # the policy and its separate critic checkpoint
+        run_ppo(PPOConfig(model=sft_out, data=world_dir["prompts"], reward_fn=["rlhfkit.world.toy:kind_reward"],
+                          num_generations=2, max_new_tokens=8, learning_rate=1e-4, ppo_epochs=2,
+                          **{"share_prompts": False, **common, "batch_size": 4}))
     else:
         run_grpo(GRPOConfig(model=sft_out, data=world_dir["prompts"], reward_fn=["rlhfkit.world.toy:kind_reward"],
                             num_generations=4, max_new_tokens=8, learning_rate=1e-4,
@@ -187,7 +199,7 @@ def _recipe(stage: str, world_dir, sft_out, out: Path, **kw) -> tuple[list[dict]
     return rows, AutoModelForCausalLM.from_pretrained(out).state_dict()
 
 
-@pytest.mark.parametrize("stage", ["sft", "dpo", "grpo"])
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo", "ppo", "grpo"])
 def test_recipes_train_alike_with_checkpointing(stage, world_dir, tmp_path, monkeypatch):
     """Step 1's loss and gradient norm (same weights, same batch; GRPO: the same samples) within
     1e-6, the final weights within 1e-6; the `on` run checkpointed, the `off` run did not. (GRPO

@@ -274,3 +274,12 @@ def test_load_causal_lm_refuses_pickle_unless_allowed(tiny_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(causal_lm_logits(loaded, ids, mask), causal_lm_logits(model, ids, mask),
                                    rtol=0, atol=1e-6)
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_a_one_line_error():
+    from types import SimpleNamespace
+
+    from rlhfkit.models import enable_gradient_checkpointing
+
+    with pytest.raises(ValueError, match=r"^config: field 'gradient_checkpointing': SimpleNamespace does not support"):
+        enable_gradient_checkpointing(SimpleNamespace(supports_gradient_checkpointing=False))
