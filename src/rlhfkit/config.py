@@ -74,8 +74,9 @@ class TrainConfig:
                                    "the bitsandbytes package).")
     gradient_checkpointing: bool = _f(False, "Recompute each layer's activations in the backward pass instead of "
                                              "keeping them (policy, PPO critic, trained reward model): on GPUs about "
-                                             "1.3x the compute (~30 percent more) for much less activation memory; on CPU it "
-                                             "only costs time. Sampling never checkpoints (it keeps its KV cache).")
+                                             "1.3x the compute (~30 percent more) for much less activation memory; "
+                                             "on CPU it only costs time. Sampling never checkpoints (it keeps its KV "
+                                             "cache).")
 
 
 @dataclass

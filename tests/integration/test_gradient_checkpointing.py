@@ -72,7 +72,7 @@ def dpo_loss(model, ref):
     from rlhfkit.data.tokenize import TokenizedPair, collate_pairs
     from rlhfkit.train.dpo import score_pairs
 
-    prompts, chosen, rejected = _ids(BATCH // 2, SEQ // 2, 2), _ids(BATCH // 2, SEQ // 2, 3), _ids(BATCH // 2, SEQ // 2, 4)
+    prompts, chosen, rejected = (_ids(BATCH // 2, SEQ // 2, seed) for seed in (2, 3, 4))
     pairs = [TokenizedPair(p, c, r) for p, c, r in zip(prompts, chosen, rejected)]
     losses = score_pairs(model, ref, collate_pairs(pairs, 0, pack=True), DPOConfig(beta=0.1))[0]
     return losses.mean()
@@ -137,7 +137,8 @@ def test_lora_policy_with_checkpointing(monkeypatch, tmp_path):
         sft_loss(model, None).backward()
         grads[name] = {k: p.grad for k, p in model.named_parameters() if p.requires_grad}
     assert counter.calls > 0 and grads["on"].keys() == grads["off"].keys()
-    assert any(float(g.abs().max()) > 0 for k, g in grads["on"].items() if "lora_B" in k)  # B starts at 0, so A has no gradient yet
+    # B starts at 0, so A has no gradient yet
+    assert any(float(g.abs().max()) > 0 for k, g in grads["on"].items() if "lora_B" in k)
     for k in grads["off"]:
         torch.testing.assert_close(grads["on"][k], grads["off"][k], rtol=0, atol=1e-6, msg=k)
 

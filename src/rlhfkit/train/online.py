@@ -329,7 +329,8 @@ def _experience_metrics(eng: Engine, exp: Experience) -> dict:
     raw, seq_kl, k1, k3, length, ended = eng.gather(per_sample_N6).unbind(1)
     scored = raw[~raw.isnan()]  # a completion no reward source scored is left out, as in TRL
     metrics = {"reward": float(scored.mean()) if len(scored) else float("nan"),
-               "reward_std": float(scored.std()) if len(scored) > 1 else 0.0, "unscored": float(raw.isnan().float().mean()),
+               "reward_std": float(scored.std()) if len(scored) > 1 else 0.0,
+               "unscored": float(raw.isnan().float().mean()),
                "kl": float(seq_kl.mean()), "kl_k1": float(k1.mean()), "kl_k3": float(k3.mean()),
                "kl_coef": eng.kl_ctl.value, "response_length": float(length.mean()),
                "eos_rate": float(ended.mean())}
