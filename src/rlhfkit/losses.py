@@ -273,15 +273,27 @@ def rloo_advantages(rewards_PG: torch.Tensor) -> torch.Tensor:
     Kool et al. 2019 ("Buy 4 REINFORCE samples, get a baseline for free"); Ahmadian et al. 2024
     ("Back to Basics"), the RLOO estimator. Each sample's baseline excludes the sample itself,
     so the estimate is unbiased. Equals G / (G - 1) (r_i - mean_j r_j); each group's advantages sum to 0.
-    ``rewards_PG`` is (P prompts, G generations); G must be at least 2.
+    ``rewards_PG`` is (P prompts, G generations); G must be at least 2. A NaN reward (a completion
+    no reward source scored) is left out of its siblings' baselines and gets advantage 0, as does a
+    completion with no scored sibling.
     """
     if rewards_PG.dim() != 2:
         raise ValueError(f"rloo_advantages wants (P, G) rewards, got shape {tuple(rewards_PG.shape)}")
     g = rewards_PG.shape[1]
     if g < 2:
         raise ValueError(f"RLOO needs at least 2 generations per prompt, got G={g}")
+    if rewards_PG.isnan().any():
+        valid_PG, n_P1, r_PG = _scored(rewards_PG)
+        others_mean_PG = (r_PG.sum(dim=1, keepdim=True) - r_PG) / (n_P1 - 1).clamp(min=1)
+        return torch.where(valid_PG & (n_P1 > 1), r_PG - others_mean_PG, torch.zeros_like(r_PG))
     others_mean_PG = (rewards_PG.sum(dim=1, keepdim=True) - rewards_PG) / (g - 1)
     return rewards_PG - others_mean_PG
+
+
+def _scored(rewards_PG: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scored mask (P, G), scored count per group (P, 1), rewards with NaN as 0 (P, G))."""
+    valid_PG = ~rewards_PG.isnan()
+    return valid_PG, valid_PG.sum(dim=1, keepdim=True), torch.where(valid_PG, rewards_PG, torch.zeros_like(rewards_PG))
 
 
 def grpo_advantages(rewards_PG: torch.Tensor, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
@@ -291,12 +303,22 @@ def grpo_advantages(rewards_PG: torch.Tensor, eps: float = 1e-4, scale: bool = T
     gets its group-normalised reward. The std is the unbiased one (torch's default), as in TRL.
     ``scale=False`` returns r - mean, dropping the std division (Dr. GRPO, Liu et al. 2025,
     "Understanding R1-Zero-Like Training"), which otherwise up-weights near-uniform groups.
-    A group of equal rewards gives zeros. ``rewards_PG`` is (P, G); G must be at least 2.
+    A group of equal rewards gives zeros. ``rewards_PG`` is (P, G); G must be at least 2. NaN
+    rewards (unscored completions) are left out of their group's mean and std and get advantage 0,
+    as TRL's nanmean/nanstd baseline does.
     """
     if rewards_PG.dim() != 2:
         raise ValueError(f"grpo_advantages wants (P, G) rewards, got shape {tuple(rewards_PG.shape)}")
     if rewards_PG.shape[1] < 2:
         raise ValueError(f"GRPO needs at least 2 generations per prompt, got G={rewards_PG.shape[1]}")
+    if rewards_PG.isnan().any():
+        valid_PG, n_P1, r_PG = _scored(rewards_PG)
+        mean_P1 = r_PG.sum(dim=1, keepdim=True) / n_P1.clamp(min=1)
+        centred_PG = torch.where(valid_PG, r_PG - mean_P1, torch.zeros_like(r_PG))
+        if not scale:
+            return centred_PG
+        std_P1 = ((centred_PG ** 2).sum(dim=1, keepdim=True) / (n_P1 - 1).clamp(min=1)).sqrt()
+        return centred_PG / (std_P1 + eps)
     centred_PG = rewards_PG - rewards_PG.mean(dim=1, keepdim=True)
     if not scale:
         return centred_PG

@@ -310,6 +310,26 @@ def add_lora(model: PreTrainedModel, base: str, r: int, alpha: int, dropout: flo
     return wrapped
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Activation checkpointing on every layer of ``model`` (a LoRA wrapper's base included), non-reentrant.
+
+    ``use_reentrant=False`` needs no input that requires grad, so a LoRA model's frozen embeddings
+    work as they are (transformers also turns their output's requires-grad on, which is harmless).
+    transformers checkpoints only in a training forward with grad enabled; the sampler runs in eval
+    mode under ``no_grad``, so generation keeps its KV cache. A training forward drops a layer's
+    cache: callers that carry a cache through a trained forward (``shared_prompt``) must not share.
+    """
+    base = unwrap_peft(model)
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(f"config: field 'gradient_checkpointing': {type(base).__name__} does not support "
+                         "gradient checkpointing; set gradient_checkpointing: false")
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x; gradient_* is its deprecated alias
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 @contextmanager
 def adapter_disabled(model):
     """Run ``model`` as its base weights: a LoRA model with its adapter switched off (peft's

@@ -331,21 +331,16 @@ def translate(raw: dict, stage: str, known: set[str]) -> dict:
         if name in native:
             raise TrlNameError(f"both {name!r} and the TRL option(s) {', '.join(map(repr, src[name]))} are set: "
                                "keep one")
-    notes = {}
     for name in list(out):
         if name not in known:  # a field this build does not have (another option's default value is fine)
-            if name == "gradient_checkpointing":
-                notes[name] = out.pop(name)
-                continue
             raise TrlNameError(f"unsupported TRL option(s) {', '.join(map(repr, src[name]))}: this rlhfkit has "
                                f"no field {name!r}; remove it")
     if mapped:
         log.info("TRL names mapped: " + ", ".join(f"{k} -> {table[k].field or '-'}" for k in mapped)
                  + (" (per_device x accumulation x processes -> batch_size "
                     f"{out['batch_size']}, micro_batch_size {out['micro_batch_size']})" if "batch_size" in out else ""))
-    if accepted or notes:
-        log.info("TRL options accepted with no effect on results: " + ", ".join(accepted + list(notes))
-                 + (" (gradient_checkpointing: not in this build, memory only)" if notes else ""))
+    if accepted:
+        log.info("TRL options accepted with no effect on results: " + ", ".join(accepted))
     loss_type = out.get("loss_type", native.get("loss_type", "sigmoid"))
     if stage == "dpo" and raw.get("label_smoothing") and loss_type == "sigmoid":
         log.warning(f"label_smoothing {raw['label_smoothing']} with loss_type sigmoid: rlhfkit applies conservative "

@@ -125,3 +125,74 @@ def test_best_of_n(world_dir, sft_dir, tmp_path):
     assert len(rows) == 20 and all(len(r["candidates"]) == 4 for r in rows)
     assert all(r["reward"] == max(r["rewards"]) for r in rows)
     assert summary["mean_reward_best"] > summary["mean_reward_all"] + 0.3
+
+
+TRL_REWARDS = '''
+import json
+from pathlib import Path
+
+
+def content_kind(prompts, completions, **kwargs):
+    """TRL style on chat data: the text is completion[0]["content"]."""
+    kind = {"good", "great", "fresh", "tasty", "lovely", "warm", "sweet", "crisp"}
+    return [float(sum(w in kind for w in c[0]["content"].split())) for c in completions]
+
+
+def ids_and_answer(prompts, completions, completion_ids, answer, trainer_state, **kwargs):
+    """len(completion_ids); records what it was given next to this file."""
+    with open(Path(__file__).with_suffix(".log"), "a") as f:
+        f.write(json.dumps({"step": trainer_state.global_step, "max_steps": trainer_state.max_steps,
+                            "answer": answer, "roles": [c[0]["role"] for c in completions],
+                            "texts": [c[0]["content"] for c in completions], "ids": completion_ids}) + "\\n")
+    return [float(len(ids)) for ids in completion_ids]
+'''
+
+
+def test_grpo_with_trl_reward_functions_on_chat_prompts(world_dir, tmp_path):
+    """GRPO on conversational prompts with an `answer` column and two TRL-style reward functions: one
+    reads completion[0]["content"], one takes completion_ids, answer and trainer_state. Each
+    function's logged mean is what it must be: ids_and_answer's is the mean response length."""
+    from rlhfkit.world import toy
+
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": toy.prompt_for(item)}], "answer": item} for item in toy.ITEMS[:8]]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fns = tmp_path / "trl_rewards.py"
+    fns.write_text(TRL_REWARDS)
+    out = tmp_path / "grpo"
+    tok = __import__("rlhfkit.models", fromlist=["load_tokenizer"]).load_tokenizer(world_dir["base"])
+    run_grpo(GRPOConfig(model=world_dir["base"], data=str(prompts), output_dir=str(out), max_steps=3, batch_size=4,
+                        num_generations=2, max_new_tokens=6, max_length=32, max_prompt_length=16, learning_rate=1e-4,
+                        reward_fn=[f"{fns}:content_kind", f"{fns}:ids_and_answer"], seed=0))
+    metrics = _rows(out)
+    assert len(metrics) == 3
+    for r in metrics:
+        assert r[f"reward/{fns}:ids_and_answer"] == pytest.approx(r["response_length"], abs=1e-6)
+        assert f"reward/{fns}:content_kind" in r and r["unscored"] == 0.0
+    calls = [json.loads(x) for x in fns.with_suffix(".log").read_text().splitlines()]
+    assert [c["step"] for c in calls] == [0, 1, 2] and all(c["max_steps"] == 3 for c in calls)
+    items = {r["answer"] for r in rows}
+    for c in calls:
+        assert len(c["answer"]) == 8 and set(c["answer"]) <= items
+        assert c["answer"][0::2] == c["answer"][1::2]  # num_generations=2: each prompt's answer twice
+        assert set(c["roles"]) == {"assistant"}
+        for text, ids in zip(c["texts"], c["ids"]):
+            assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_completions_no_function_scores_train_without_nan(world_dir, tmp_path, algo):
+    """A function returning None for every 4th completion: 1/4 logged as `unscored`, and the run's
+    losses, gradients and rewards stay finite (those completions get advantage 0)."""
+    fns = tmp_path / "none_rewards.py"
+    fns.write_text("def every_4th_none(prompts, completions, **kwargs):\n"
+                   "    return [None if i % 4 == 0 else float(len(c.split())) for i, c in enumerate(completions)]\n")
+    run, cls, _ = RUNNERS[algo]
+    out = tmp_path / algo
+    run(cls(model=world_dir["base"], data=world_dir["prompts"], output_dir=str(out), max_steps=2, batch_size=4,
+            num_generations=2, max_new_tokens=6, max_length=32, max_prompt_length=16, learning_rate=1e-4,
+            reward_fn=[f"{fns}:every_4th_none"], seed=0))
+    for r in _rows(out):
+        assert r["unscored"] == 0.25
+        for key in ("reward", "total_reward", "loss", "grad_norm", "policy_loss"):
+            assert r[key] == r[key] and abs(r[key]) != float("inf"), (key, r)

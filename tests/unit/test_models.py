@@ -316,3 +316,12 @@ def test_bpe_tokenizer_space_prefixed_words_whole_specials_bos_on_request(tmp_pa
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     again = load_tokenizer(str(tmp_path / "bpe"))
     assert again("the soup")["input_ids"] == tok("the soup")["input_ids"] and again.chat_template == tok.chat_template
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_a_one_line_error():
+    from types import SimpleNamespace
+
+    from rlhfkit.models import enable_gradient_checkpointing
+
+    with pytest.raises(ValueError, match=r"^config: field 'gradient_checkpointing': SimpleNamespace does not support"):
+        enable_gradient_checkpointing(SimpleNamespace(supports_gradient_checkpointing=False))

@@ -121,3 +121,45 @@ def test_response_logprobs_packed_equals_policy_logprobs():
     got.sum().backward()
     for p, g in zip(model.parameters(), grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+
+
+class _Recorder:
+    """A reward source that records its keywords and scores [1, None, 3] (None -> NaN)."""
+
+    def __call__(self, prompts, completions, **kwargs):
+        self.kwargs = kwargs
+        return torch.tensor([1.0, float("nan"), 3.0])
+
+
+def test_score_passes_completion_ids_and_trainer_state_and_keeps_unscored_nan():
+    """normalize_reward's moments come from the scored completions only: [1, 3] -> mean 2, unbiased
+    std sqrt(2) = 1.4142136: scores [-0.7071068, NaN, 0.7071068]; raw keeps the NaN for logging."""
+    from transformers import TrainerState
+
+    eng = _engine(normalize_reward=True)
+    eng.reward = _Recorder()
+    state = TrainerState(global_step=4, max_steps=9)
+    raw, scores = _score(eng, [0, 1, 2], ["a", "b", "c"], torch.tensor([True] * 3),
+                         completion_ids=[[5], [6, 7], [8]], trainer_state=state)
+    assert eng.reward.kwargs["completion_ids"] == [[5], [6, 7], [8]]
+    assert eng.reward.kwargs["trainer_state"].global_step == 4
+    assert torch.isnan(raw[1]) and torch.isnan(scores[1])
+    torch.testing.assert_close(scores[[0, 2]], torch.tensor([-0.7071068, 0.7071068]), rtol=0, atol=1e-6)
+    assert eng.moments.count == 2
+
+
+def test_a_failing_reward_function_names_the_prompt_record(tmp_path):
+    """The source's one-line error plus where the prompt the example answered came from."""
+    from rlhfkit.rewards import make_reward
+    from rlhfkit.train.loop import TrainingError
+
+    path = tmp_path / "r.py"
+    path.write_text("def f(prompts, completions, **kw):\n    return [1.0 / (c != 'x') for c in completions]\n")
+    eng = _engine()
+    eng.reward = make_reward("", [f"{path}:f"], [], torch.device("cpu"))
+    eng.prompts = [SimpleNamespace(prompt=f"p{i}", extra={}, where=f"prompts.jsonl:{i + 1}") for i in range(3)]
+    with pytest.raises(TrainingError) as err:
+        _score(eng, [2, 0, 1], ["a", "x", "c"], torch.tensor([True] * 3))
+    msg = str(err.value)
+    assert "\n" not in msg and f"{path}:f" in msg and "ZeroDivisionError" in msg and "example 1 of 3" in msg
+    assert "prompts.jsonl:1" in msg, msg

@@ -89,3 +89,87 @@ def test_reward_model_source_matches_direct_scoring(world_dir):
         alone = reward_forward(src.model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
         assert got[i].item() == pytest.approx(alone.item(), abs=1e-5)
     assert got[0].item() != pytest.approx(got[1].item(), abs=1e-3)
+
+
+# ------------------------------------------------------------------ TRL's reward-function contract
+
+TRL_FNS = (
+    "def content_words(prompts, completions, **kwargs):\n"
+    "    return [float(len(c[0]['content'].split())) for c in completions]\n"
+    "def ids_and_answer(prompts, completions, completion_ids, answer, trainer_state, **kwargs):\n"
+    "    return [len(ids) + 10.0 * (a in str(c)) + 100.0 * trainer_state.global_step\n"
+    "            for c, ids, a in zip(completions, completion_ids, answer)]\n"
+    "def only_kwargs(**kwargs):\n"
+    "    seen = sorted(kwargs)\n"
+    "    return [float(len(seen))] * len(kwargs['completions'])\n"
+    "def sometimes_none(prompts, completions, **kwargs):\n"
+    "    return [None if 'skip' in str(c) else 1.0 for c in completions]\n"
+    "def picky(prompts, completions, **kwargs):\n"
+    "    return [{}['missing'] if 'boom' in c else 1.0 for c in completions]\n")
+
+
+@pytest.fixture
+def trl_file(tmp_path):
+    path = tmp_path / "trl_rewards.py"
+    path.write_text(TRL_FNS)
+    return path
+
+
+CHAT = [[{"role": "user", "content": "how is the soup ?"}], [{"role": "user", "content": "and the tea ?"}]]
+
+
+def test_conversational_completions_arrive_as_assistant_messages(trl_file):
+    """TRL: with message-list prompts each completion is [{"role": "assistant", "content": text}], so
+    `completion[0]["content"]` works (it raised `string indices must be integers` when texts came)."""
+    src = FunctionSource(f"{trl_file}:content_words")
+    assert src(CHAT, ["the soup is good .", "bad"]).tolist() == [5.0, 1.0]
+
+
+def test_string_prompts_get_string_completions(trl_file, reward_file):
+    assert FunctionSource(f"{reward_file}:length")(["p", "q"], ["a b", "c"]).tolist() == [2.0, 1.0]
+    with pytest.raises(ValueError, match="content_words"):  # a string completion has no [0]['content']
+        FunctionSource(f"{trl_file}:content_words")(["p"], ["a b"])
+
+
+def test_completion_ids_columns_and_trainer_state_are_passed(trl_file):
+    """len(ids) + 10 if the answer is in the completion + 100 * global_step:
+    row 0: 3 ids, '4' in 'it is 4' -> 3 + 10 + 300 = 313;  row 1: 1 id, '6' not in 'no' -> 1 + 300 = 301."""
+    from transformers import TrainerState
+
+    src = FunctionSource(f"{trl_file}:ids_and_answer")
+    got = src(CHAT, ["it is 4", "no"], completion_ids=[[5, 6, 7], [9]], answer=["4", "6"],
+              trainer_state=TrainerState(global_step=3))
+    assert got.tolist() == [313.0, 301.0]
+
+
+def test_kwargs_only_function_gets_every_argument(trl_file):
+    """prompts, completions, completion_ids, trainer_state and one column (answer): 5 keywords."""
+    got = FunctionSource(f"{trl_file}:only_kwargs")(["p", "q"], ["a", "b"], completion_ids=[[1], [2]],
+                                                   answer=["x", "y"])
+    assert got.tolist() == [5.0, 5.0]
+
+
+def test_none_is_left_out_of_the_weighted_sum(trl_file, reward_file):
+    """TRL: None -> NaN, ignored by the weighted sum (nansum); a completion no source scores is NaN.
+    length*0.5 + sometimes_none*2:  'a b' -> 1 + 2 = 3;  'skip c d' -> 1.5 + (None) = 1.5.
+    sometimes_none alone: [1, NaN]; its logged mean leaves the None out (1.0)."""
+    none = FunctionSource(f"{trl_file}:sometimes_none")
+    alone = none(["p", "p"], ["a b", "skip c d"])
+    assert alone[0].item() == 1.0 and torch.isnan(alone[1])
+    total = WeightedSum([FunctionSource(f"{reward_file}:length"), none], [0.5, 2.0])
+    assert total(["p", "p"], ["a b", "skip c d"]).tolist() == [3.0, 1.5]
+    assert total.last_parts[none.name] == 1.0
+    only = WeightedSum([none], [1.0])(["p", "p"], ["skip", "x"])
+    assert torch.isnan(only[0]) and only[1].item() == 1.0
+
+
+def test_a_raising_function_is_one_line_naming_function_file_and_example(trl_file):
+    spec = f"{trl_file}:picky"
+    with pytest.raises(ValueError) as err:
+        FunctionSource(spec)(["p", "p", "p"], ["fine", "ok", "boom here"])
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert spec in msg and str(trl_file) in msg and "example 2" in msg and "KeyError" in msg, msg
+    module = FunctionSource("rlhfkit.world.toy:kind_reward")
+    with pytest.raises(ValueError, match=r"rlhfkit\.world\.toy:kind_reward .*toy\.py.*example 0"):
+        module(["p"], [None])

@@ -287,3 +287,16 @@ def test_grpo_equal_rewards_give_zeros():
 def test_grpo_needs_two_generations():
     with pytest.raises(ValueError, match="at least 2"):
         losses.grpo_advantages(t([[1.0], [2.0]]))
+
+
+def test_unscored_completions_leave_the_baselines_and_get_zero_advantage():
+    """NaN = a completion no reward source scored (TRL: nanmean/nanstd baseline, advantage 0).
+    Group [1, NaN, 2, 6]: the scored rewards 1, 2, 6 have mean 3, deviations -2, -1, 3, squares 14,
+    unbiased std sqrt(14/2) = 2.6457513 (+1e-4 = 2.6458513): GRPO -0.7559004, 0, -0.3779502, 1.1338506;
+    scale=False: -2, 0, -1, 3.  RLOO: 1 - (2+6)/2 = -3, 0, 2 - 7/2 = -1.5, 6 - 3/2 = 4.5.
+    Group [NaN, 5, NaN, NaN]: one scored completion has no baseline: all 0 (no NaN)."""
+    r = t([[1.0, NAN, 2.0, 6.0], [NAN, 5.0, NAN, NAN]])
+    torch.testing.assert_close(losses.grpo_advantages(r), t([[-0.7559004, 0.0, -0.3779502, 1.1338506], [0.0] * 4]),
+                               **TOL)
+    torch.testing.assert_close(losses.grpo_advantages(r, scale=False), t([[-2.0, 0.0, -1.0, 3.0], [0.0] * 4]), **TOL)
+    torch.testing.assert_close(losses.rloo_advantages(r), t([[-3.0, 0.0, -1.5, 4.5], [0.0] * 4]), **TOL)

@@ -21,7 +21,8 @@ def run_grpo(cfg: GRPOConfig) -> dict:
         rewards = sequence_rewards(exp, kl_coef, cfg.kl_in)
         adv = grpo_advantages(rewards.view(-1, cfg.num_generations), scale=cfg.scale_rewards).reshape(-1)
         exp.advantages = adv[:, None] * exp.mask
-        return {"total_reward": float(rewards.mean()), "non_score_reward": float((rewards - exp.scores).mean()),
+        # nanmean: a completion no reward source scored (NaN) is left out; its advantage is 0
+        return {"total_reward": float(rewards.nanmean()), "non_score_reward": float((rewards - exp.scores).nanmean()),
                 "advantage_std": float(adv.std())}
 
     return run_online(cfg, "grpo", Algorithm("grpo", advantages))

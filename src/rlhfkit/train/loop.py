@@ -50,8 +50,8 @@ from tqdm.auto import tqdm
 from ..config import dump_config
 from ..data import LoadReport
 from ..data.report import bad_record_summary
-from ..models import (ADAPTER_WEIGHTS, add_lora, check_model_path, is_peft, load_causal_lm, load_reward_model,
-                      resolve_device, resolve_dtype, save_model)
+from ..models import (ADAPTER_WEIGHTS, add_lora, check_model_path, enable_gradient_checkpointing, is_peft,
+                      load_causal_lm, load_reward_model, resolve_device, resolve_dtype, save_model)
 from ..tracking import MetricsLogger
 
 CHECKPOINTS = "checkpoints"
@@ -111,7 +111,8 @@ def start_run(cfg, stage: str) -> Run:
 
 def load_trained_model(cfg, run: Run, path: str = "", reward_tokenizer=None):
     """The model a recipe trains, from ``path`` (default ``cfg.model``), on the run's device: a causal
-    LM, or a scalar reward model when ``reward_tokenizer`` is given.
+    LM, or a scalar reward model when ``reward_tokenizer`` is given; with ``gradient_checkpointing``
+    its layers recompute their activations in the backward pass (``models.enable_gradient_checkpointing``).
 
     Full fine-tuning: fp32 weights (the optimiser's master weights; autocast computes in the run's
     dtype). With ``lora_r > 0`` the base is frozen, so it is held in the compute dtype (bf16 on GPUs
@@ -132,6 +133,8 @@ def load_trained_model(cfg, run: Run, path: str = "", reward_tokenizer=None):
         n_all = sum(p.numel() for p in model.parameters())
         run.print(f"LoRA r={cfg.lora_r} on {path}: {n_train:,} of {n_all:,} parameters train "
                   f"({100 * n_train / n_all:.2f}%)")
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     return model if q4 else model.to(run.device)
 
 

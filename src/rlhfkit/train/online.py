@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from transformers import TrainerState
 
 from ..data import load_prompts
 from ..data.tokenize import check_chat_template, prompt_ids
@@ -46,7 +47,7 @@ from ..generation import generate, response_logprobs, rollout_rows
 from ..kl import make_kl_controller
 from ..losses import kl_estimate, masked_mean, masked_sum, ppo_policy_loss
 from ..models import adapter_disabled, load_causal_lm, load_tokenizer, packing_works
-from ..rewards import make_reward
+from ..rewards import RewardFunctionError, completion_ids, make_reward
 from ..shared_prompt import prompt_sharing_works
 from ..tracking import MetricsLogger
 from .loop import (Run, TrainingError, _fault_hook, _grad_norm, _reduce, _skip_bad_step, batch_plan, check_engine,
@@ -154,6 +155,9 @@ class Engine:
     heldout_reward: float = 0.0     # this step's mean held-out reward
     pack: bool = False  # policy and reference compute packed rows like padded ones (models.packing_works)
     share: bool = False  # ... and prompt-shared rows like plain ones (shared_prompt.prompt_sharing_works)
+    max_steps: int = 0              # the run's steps and steps per epoch: the reward functions' trainer_state
+    steps_per_epoch: int = 0
+    unscored_warned: bool = False   # the "no source scored a completion" warning is printed once
 
     @property
     def module(self):
@@ -181,7 +185,10 @@ def _seeded(seed: int, step: int, salt: int, device="cpu", rank: int = 0) -> tor
         (seed * 1_000_003 + step * 7_919 + salt + rank * 15_485_863) % 2**63)
 
 
-def _score(eng: Engine, prompt_idx: list[int], texts: list[str], ended: torch.Tensor) -> tuple:
+def _score(eng: Engine, prompt_idx: list[int], texts: list[str], ended: torch.Tensor,
+           completion_ids: list[list[int]] | None = None, trainer_state=None) -> tuple:
+    """(raw, scores), (N,) each: the sources' reward, then penalty, clip and normalisation. NaN marks a
+    completion no source scored (functions returned None); it stays NaN (see ``losses.grpo_advantages``)."""
     cfg = eng.run.cfg
     prompts = [eng.prompts[i].prompt for i in prompt_idx]
     columns: dict[str, list] = {}
@@ -189,16 +196,23 @@ def _score(eng: Engine, prompt_idx: list[int], texts: list[str], ended: torch.Te
         for k, v in eng.prompts[i].extra.items():
             columns.setdefault(k, []).append(v)
     columns = {k: v for k, v in columns.items() if len(v) == len(prompt_idx)}
-    raw = eng.reward(prompts, texts, **columns).float()
-    if eng.heldout is not None:
-        eng.heldout_reward = float(eng.heldout(prompts, texts, **columns).float().mean())
+    kwargs = dict(columns, completion_ids=completion_ids, trainer_state=trainer_state)
+    try:
+        raw = eng.reward(prompts, texts, **kwargs).float()
+        if eng.heldout is not None:
+            eng.heldout_reward = float(eng.heldout(prompts, texts, **kwargs).float().nanmean())
+    except RewardFunctionError as e:
+        where = getattr(eng.prompts[prompt_idx[e.index]], "where", "") if e.index is not None else ""
+        raise TrainingError(f"{e}" + (f" (its prompt: {where})" if where else "")) from e
     scores = raw.clone()
     if cfg.missing_eos_penalty:
         scores = scores - cfg.missing_eos_penalty * (~ended.cpu()).float()
     if cfg.reward_clip > 0:
         scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
     if cfg.normalize_reward:  # moments of every process's scores, so all processes normalise alike
-        eng.moments.update(eng.gather(scores))
+        every = eng.gather(scores)
+        if not every.isnan().all():
+            eng.moments.update(every[~every.isnan()])
         scores = (scores - eng.moments.mean) / (eng.moments.std + 1e-8)
     return raw, scores
 
@@ -215,7 +229,9 @@ def collect(eng: Engine, step: int, indices: list[int]) -> Experience:
                        generator=_seeded(cfg.seed, step, 1, run.device, run.accelerator.process_index),
                        batch_size=max(len(rows), 1))
     t1 = time.perf_counter()
-    raw, scores = _score(eng, prompt_idx, rollout.texts, rollout.ended)
+    state = TrainerState(global_step=step, max_steps=eng.max_steps, epoch=step / max(eng.steps_per_epoch, 1))
+    raw, scores = _score(eng, prompt_idx, rollout.texts, rollout.ended,
+                         completion_ids(rollout.response_ids, rollout.mask), state)
     t2 = time.perf_counter()
     ids, attn, mask, old = rollout_rows(rows, rollout, eng.tokenizer.pad_token_id)
     dev = run.device
@@ -285,8 +301,9 @@ def _micro_loss(eng: Engine, module, exp: Experience, part: list[int], tokens: f
     cfg = eng.run.cfg
     ids, attn, mask = exp.input_ids[part], exp.attention_mask[part], exp.mask[part]
     share = float(mask.sum()) / tokens
+    # a checkpointed layer drops its KV cache in a training forward: no prompt sharing there
     logp, logits = response_logprobs(eng.algo.policy_of(module), ids, attn, mask, cfg.temperature, eng.pack,
-                                     eng.share)
+                                     eng.share and not cfg.gradient_checkpointing)
     pg_loss, clip_frac, approx_kl = ppo_policy_loss(logp, exp.old_logp[part], exp.advantages[part], mask, cfg.cliprange)
     loss = pg_loss
     stats = {"policy_loss": pg_loss.item() * share, "clip_frac": float(clip_frac) * share,
@@ -310,7 +327,10 @@ def _experience_metrics(eng: Engine, exp: Experience) -> dict:
     per_sample_N6 = torch.stack([exp.raw_scores.float(), sequence_kl(exp), k1, k3, exp.mask.sum(1),
                                  exp.ended.float()], dim=1)
     raw, seq_kl, k1, k3, length, ended = eng.gather(per_sample_N6).unbind(1)
-    metrics = {"reward": float(raw.mean()), "reward_std": float(raw.std()) if len(raw) > 1 else 0.0,
+    scored = raw[~raw.isnan()]  # a completion no reward source scored is left out, as in TRL
+    metrics = {"reward": float(scored.mean()) if len(scored) else float("nan"),
+               "reward_std": float(scored.std()) if len(scored) > 1 else 0.0,
+               "unscored": float(raw.isnan().float().mean()),
                "kl": float(seq_kl.mean()), "kl_k1": float(k1.mean()), "kl_k3": float(k3.mean()),
                "kl_coef": eng.kl_ctl.value, "response_length": float(length.mean()),
                "eos_rate": float(ended.mean())}
@@ -382,7 +402,7 @@ def run_online(cfg, stage: str, algo: Algorithm) -> dict:
     eng = Engine(run, algo, tokenizer, model, ref, reward, prompts, rows, kl_ctl, RunningMoments(state),
                  pack=packing_works(policy) and packing_works(ref),
                  share=cfg.share_prompts and cfg.num_generations > 1 and prompt_sharing_works(policy)
-                 and prompt_sharing_works(ref))
+                 and prompt_sharing_works(ref), max_steps=total, steps_per_epoch=steps_per_epoch)
     if cfg.heldout_reward_model or cfg.heldout_reward_fn:
         from ..evaluate.overopt import DivergenceMonitor
 
@@ -418,6 +438,11 @@ def _loop(eng: Engine, optimizer, scheduler, state: dict, steps_per_epoch: int, 
             exp = collect(eng, step, my_share(run, indices))
             exp.all_sum = eng.all_sum
             metrics = _experience_metrics(eng, exp)
+            if metrics["unscored"] and not eng.unscored_warned:
+                eng.unscored_warned = True
+                run.print(f"warning: step {step + 1}: no reward source scored {metrics['unscored']:.0%} of the "
+                          "completions (every function returned None): they get advantage 0 and are left out of "
+                          "the baselines and of `reward` (logged: `unscored`)")
             metrics.update(_mean_over_processes(eng, eng.algo.advantages(exp, eng.kl_ctl.value)))
             t0 = time.perf_counter()
             metrics.update(update(eng, exp, step, optimizer, scheduler, state))

@@ -65,23 +65,29 @@ def build_critic(cfg: PPOConfig, policy, run):
     return ActorCritic(policy, critic)
 
 
+def scored_mask(exp: Experience) -> torch.Tensor:
+    """(N, T-1) the response mask of the completions some reward source scored (score not NaN)."""
+    return exp.mask * (~exp.scores.isnan()).to(exp.mask.dtype)[:, None]
+
+
 def run_ppo(cfg: PPOConfig) -> dict:
     def advantages(exp: Experience, kl_coef: float) -> dict:
         last = last_token_onehot(exp.mask)
         kl_reward = -kl_coef * exp.kl if cfg.kl_in == "reward" else torch.zeros_like(exp.kl)
-        rewards = kl_reward + exp.scores[:, None] * last
-        adv, returns = gae(rewards, exp.values, exp.mask, cfg.gamma, cfg.lam)
+        rewards = kl_reward + exp.scores.nan_to_num(0.0)[:, None] * last
+        # a completion no reward source scored (NaN) gets no advantage and no value target, as in TRL
+        mask = scored_mask(exp)
+        adv, returns = gae(rewards, exp.values, mask, cfg.gamma, cfg.lam)
         exp.returns = returns
         # whitened with the statistics of every process's samples (exp.all_sum), as on one process
-        exp.advantages = whiten(adv, exp.mask, all_sum=exp.all_sum) if cfg.whiten_advantages else adv
+        exp.advantages = whiten(adv, mask, all_sum=exp.all_sum) if cfg.whiten_advantages else adv
         non_score = (kl_reward * exp.mask).sum(1)
-        return {"non_score_reward": float(non_score.mean()), "total_reward": float((exp.scores + non_score).mean())}
+        return {"non_score_reward": float(non_score.mean()), "total_reward": float((exp.scores + non_score).nanmean())}
 
     def value_loss(model, exp: Experience, part):
         values = model.values(exp.input_ids[part], exp.attention_mask[part]).float()
-        loss, clip_frac = ppo_value_loss(values, exp.values[part], exp.returns[part], exp.mask[part],
-                                         cfg.cliprange_value)
-        mask = exp.mask[part]
+        mask = scored_mask(exp)[part]
+        loss, clip_frac = ppo_value_loss(values, exp.values[part], exp.returns[part], mask, cfg.cliprange_value)
         resid = (exp.returns[part] - values.detach())[mask.bool()]
         target = exp.returns[part][mask.bool()]
         explained = 1 - resid.var() / target.var().clamp(min=1e-8) if target.numel() > 1 else torch.tensor(0.0)

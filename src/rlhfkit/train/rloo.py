@@ -24,7 +24,8 @@ def run_rloo(cfg: RLOOConfig) -> dict:
         rewards = sequence_rewards(exp, kl_coef, cfg.kl_in)
         adv = rloo_advantages(rewards.view(-1, cfg.num_generations)).reshape(-1)
         exp.advantages = adv[:, None] * exp.mask
-        return {"total_reward": float(rewards.mean()), "non_score_reward": float((rewards - exp.scores).mean()),
+        # nanmean: a completion no reward source scored (NaN) is left out; its advantage is 0
+        return {"total_reward": float(rewards.nanmean()), "non_score_reward": float((rewards - exp.scores).nanmean()),
                 "advantage_std": float(adv.std())}
 
     return run_online(cfg, "rloo", Algorithm("rloo", advantages))

@@ -91,8 +91,10 @@ def write_dataset(folder: str | Path, seed: int = 0, chat: bool = False, n_sft: 
 
 
 def kind_reward(prompts: list, completions: list[str], **columns) -> list[float]:
-    """A rule-based reward with TRL's signature: kind words minus unkind words in the completion."""
-    return [float(sum(w in KIND for w in c.split()) - sum(w in UNKIND for w in c.split())) for c in completions]
+    """A rule-based reward with TRL's signature: kind words minus unkind words in the completion
+    (a text, or a chat completion's message list)."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(sum(w in KIND for w in c.split()) - sum(w in UNKIND for w in c.split())) for c in texts]
 
 
 def kind_rate(model_dir: str, prompts: list[str], n: int, seed: int) -> tuple[float, list[str]]:
