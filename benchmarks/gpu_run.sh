@@ -8,7 +8,8 @@
 #   OUT=/tmp/x bash benchmarks/gpu_run.sh                       # the real run
 #   OUT=/tmp/x GPU_BENCH_ARGS=--tiny bash benchmarks/gpu_run.sh # smoke run (CPU, fp32)
 #
-# PYTHON picks the interpreter (default python3); GPU_BENCH_TIMEOUT the limit in seconds.
+# PYTHON picks the interpreter (default python3); GPU_BENCH_TIMEOUT the limit in seconds;
+# GPU_BENCH_SCRIPT another benchmark taking --out (benchmarks/checkpointing.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-bench-out}
@@ -88,9 +89,10 @@ main() {
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
   echo "== versions (PYTHONPATH=$PYTHONPATH)"
   versions || return 1
-  echo "== benchmarks/gpu_vs_trl.py --out $OUT ${GPU_BENCH_ARGS:-}"
+  local script=${GPU_BENCH_SCRIPT:-benchmarks/gpu_vs_trl.py}
+  echo "== $script --out $OUT ${GPU_BENCH_ARGS:-}"
   # shellcheck disable=SC2086  # GPU_BENCH_ARGS holds several flags
-  timeout -k 10 "${GPU_BENCH_TIMEOUT:-540}" "$PY" benchmarks/gpu_vs_trl.py --out "$OUT" ${GPU_BENCH_ARGS:-}
+  timeout -k 10 "${GPU_BENCH_TIMEOUT:-540}" "$PY" "$script" --out "$OUT" ${GPU_BENCH_ARGS:-}
   local rc=$?
   [ "$rc" = 124 ] && echo "TIMED OUT after ${GPU_BENCH_TIMEOUT:-540} s: $OUT/results.json holds the rows done"
   echo "== exit $rc"

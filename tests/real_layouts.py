@@ -203,3 +203,14 @@ def byte_level_bpe(style: str, texts: list[str] | None = None, vocab_size: int =
                                                           if s not in (spec["eos"], spec["pad"], spec["bos"])]})
     tok.chat_template = spec["template"]
     return tok
+
+
+def trained_runs(ids: list[int], mask: list[int]) -> list[list[int]]:
+    """Maximal runs of consecutive ids whose loss mask is 1 (the trained spans, in order)."""
+    runs, cur = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            cur.append(i)
+        elif cur:
+            runs, cur = runs + [cur], []
+    return runs + [cur] if cur else runs

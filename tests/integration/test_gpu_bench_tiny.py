@@ -45,3 +45,18 @@ def test_tiny_run_reports_six_rows(tmp_path):
         "grpo": sum(4 * (r["prompt"] + 1 + 8) for r in prompts)}
     table = (out / "results.md").read_text()
     assert table.count("| sft |") == 3 and "x** |" in table  # two rows and the ratio row
+
+
+@pytest.mark.slow
+def test_checkpointing_benchmark_tiny_on_and_off_train_alike(tmp_path):
+    """benchmarks/checkpointing.py --tiny: SFT and DPO through the recipes with gradient checkpointing
+    off and on; in fp32 on the CPU the final losses agree to 1e-6 (bf16 on a GPU only to rounding)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "checkpointing.py"), "--tiny", "--out",
+                          str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = json.loads((tmp_path / "checkpointing.json").read_text())
+    assert [(r["stage"], r["checkpointing"]) for r in rows] == [("sft", False), ("sft", True), ("dpo", False),
+                                                                ("dpo", True)]
+    for off, on in zip(rows[0::2], rows[1::2]):
+        assert on["loss"] == pytest.approx(off["loss"], abs=1e-6) and off["peak_mib"] > 0

@@ -18,6 +18,7 @@ import math
 import pytest
 import torch
 from family_support import CHAT_FAMILIES, FAMILIES, make_family_dir
+from real_layouts import trained_runs
 from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.config import DPOConfig, GRPOConfig, RMConfig, SFTConfig
@@ -104,14 +105,6 @@ def test_packing_equals_padding_on_the_family_data(family):
     torch.testing.assert_close(by_seq(got, seq_got), by_seq(want, seq_want), atol=1e-4, rtol=0)
 
 
-def _trained_runs(ids, mask):
-    runs, cur = [], []
-    for i, m in zip(ids, mask):
-        if m:
-            cur.append(i)
-        elif cur:
-            runs, cur = runs + [cur], []
-    return runs + [cur] if cur else runs
 
 
 @pytest.mark.parametrize("name", CHAT_FAMILIES)
@@ -123,7 +116,7 @@ def test_sft_mask_is_each_assistant_message_and_its_turn_end(name, tmp_path):
     tok = load_tokenizer(make_family_dir(name, tmp_path / name))
     (got,), _ = tokenize_sft([parse_sft({"messages": _chat(QUESTIONS[0], GOOD[0])})], tok, 256)
     want = GOOD[0] + fam.turn_end + ("<|endoftext|>" if name == "phi3" else "")
-    assert [tok.decode(r) for r in _trained_runs(got.input_ids, got.loss_mask)] == [want]
+    assert [tok.decode(r) for r in trained_runs(got.input_ids, got.loss_mask)] == [want]
     # the rendering is the template's, token for token
     whole = tok.apply_chat_template(_chat(QUESTIONS[0], GOOD[0]), tokenize=False)
     assert tok.decode(got.input_ids) == whole
@@ -137,14 +130,14 @@ def test_sft_mask_two_turns(name, tmp_path):
     fam = FAMILIES[name]
     tok = load_tokenizer(make_family_dir(name, tmp_path / name))
     (got,), _ = tokenize_sft([parse_sft({"messages": MULTI})], tok, 256)
-    runs = [tok.decode(r) for r in _trained_runs(got.input_ids, got.loss_mask)]
+    runs = [tok.decode(r) for r in trained_runs(got.input_ids, got.loss_mask)]
     assert runs == [GOOD[0] + fam.turn_end, GOOD[1] + fam.turn_end]
 
 
 def test_sft_mask_two_turns_phi3(tmp_path):
     tok = load_tokenizer(make_family_dir("phi3", tmp_path / "phi3"))
     (got,), _ = tokenize_sft([parse_sft({"messages": MULTI})], tok, 256)
-    runs = [tok.decode(r) for r in _trained_runs(got.input_ids, got.loss_mask)]
+    runs = [tok.decode(r) for r in trained_runs(got.input_ids, got.loss_mask)]
     assert runs == [GOOD[0] + "<|end|>\n", GOOD[1] + "<|end|>\n<|endoftext|>"]
 
 

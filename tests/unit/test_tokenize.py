@@ -7,6 +7,7 @@ below is written out word by word and looked up in its vocabulary (specials: <pa
 
 import pytest
 import torch
+from real_layouts import trained_runs
 
 from rlhfkit.data.formats import parse_preference, parse_sft
 from rlhfkit.data.tokenize import (Tokenized, TokenizedPair, collate_pairs, collate_sft, pack_bins,
@@ -62,15 +63,6 @@ MESSAGES = [
 ]
 
 
-def _runs(ids: list[int], mask: list[int]) -> list[list[int]]:
-    """Maximal runs of consecutive ids whose mask is 1."""
-    runs, cur = [], []
-    for i, m in zip(ids, mask):
-        if m:
-            cur.append(i)
-        elif cur:
-            runs, cur = runs + [cur], []
-    return runs + [cur] if cur else runs
 
 
 def test_messages_masks_exactly_the_assistant_turns_and_their_eos(tok):
@@ -81,7 +73,7 @@ def test_messages_masks_exactly_the_assistant_turns_and_their_eos(tok):
     assert got.input_ids == ids_of(
         tok, "<|system|> be nice <eos> <|user|> how is the soup ? <eos> <|assistant|> it is good . "
              "<eos> <|user|> thanks <eos> <|assistant|> ok <eos>")
-    decoded = [tok.convert_ids_to_tokens(run) for run in _runs(got.input_ids, got.loss_mask)]
+    decoded = [tok.convert_ids_to_tokens(run) for run in trained_runs(got.input_ids, got.loss_mask)]
     assert decoded == [["it", "is", "good", ".", "<eos>"], ["ok", "<eos>"]]
     assert sum(got.loss_mask) == 7 and len(got.loss_mask) == len(got.input_ids)
     assert n_cut == 0

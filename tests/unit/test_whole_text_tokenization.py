@@ -21,7 +21,7 @@ a string prompt ends in a space the whole text joins to the next word ("Answer: 
 
 import pytest
 
-from real_layouts import LAYOUTS, all_texts, byte_level_bpe, write_layouts
+from real_layouts import LAYOUTS, all_texts, byte_level_bpe, trained_runs, write_layouts
 from rlhfkit.data import DataError, Location, load_preference, load_prompts, load_sft, parse_preference
 from rlhfkit.data.tokenize import prompt_ids, split_ids, tokenize_preference, tokenize_sft
 from rlhfkit.models import build_word_tokenizer
@@ -81,14 +81,6 @@ def _check_preference(tok, path, rows):
     return moved
 
 
-def _runs(ids, mask):
-    runs, cur = [], []
-    for i, m in zip(ids, mask):
-        if m:
-            cur.append(i)
-        elif cur:
-            runs, cur = runs + [cur], []
-    return runs + [cur] if cur else runs
 
 
 def _check_sft(tok, path, rows):
@@ -98,7 +90,7 @@ def _check_sft(tok, path, rows):
     for t, row in zip(got, rows):
         assert t.input_ids == whole_chat(tok, row["messages"])
         replies = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
-        runs = _runs(t.input_ids, t.loss_mask)
+        runs = trained_runs(t.input_ids, t.loss_mask)
         assert len(runs) == len(replies)
         for run, reply in zip(runs, replies):  # each trained run is one whole reply (and end of turn)
             assert " ".join(reply.split()) in " ".join(tok.decode(run).split())
