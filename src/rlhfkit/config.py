@@ -150,7 +150,7 @@ class RewardSourceConfig:
     """Reward sources, shared by the online trainers and best-of-N."""
 
     reward_model: str = _f("", "Reward-model folder (from `rlhfkit rm`) used as a reward source.")
-    reward_fn: list[str] = _f([], "Reward functions `path/to/file.py:name` or `module:name`, TRL signature fn(prompts, completions, **columns) -> list[float]; "
+    reward_fn: list[str] = _f([], "Reward functions `path/to/file.py:name` or `module:name`, TRL 1.16 signature fn(prompts, completions, completion_ids, trainer_state, **columns) -> list[float | None]; "
                                   "or an AI judge `judge:URL_OR_FOLDER[;model=NAME][;reference=COLUMN|siblings]` (reward = P(completion beats the reference)).")
     reward_weights: list[float] = _f([], "One weight per reward source (reward_model first, then reward_fn in order); default all 1.")
 
