@@ -23,7 +23,8 @@ def in_process_client(model_dir, guard_path=None, **app_kw):
     from fastapi.testclient import TestClient
 
     from rlhfkit.guard import load_guard
-    from rlhfkit.serve import Server, create_app
+    from rlhfkit.serve import Server
+    from rlhfkit.serve_app import create_app
 
     server = Server(model_dir, "policy", load_guard(guard_path) if guard_path else None, "cpu", 64)
     return TestClient(create_app(server, **app_kw), raise_server_exceptions=False)

@@ -120,9 +120,9 @@ def _run_stage(stage: str, rest: list[str], stages: dict, debug: bool) -> int:
     except (DataError, ConfigError, TrainingError, JudgeError, ValueError, OSError) as e:
         if debug:
             traceback.print_exc()
-        kind = type(e).__name__
-        print(f"rlhfkit {stage}: error: {e}" if kind in ("DataError", "ConfigError", "TrainingError", "JudgeError")
-              else f"rlhfkit {stage}: error: {kind}: {e}", file=sys.stderr)
+        # subclasses too (extras.MissingExtra is a ConfigError): one line without the class name
+        print(f"rlhfkit {stage}: error: {e}" if isinstance(e, (DataError, ConfigError, TrainingError, JudgeError))
+              else f"rlhfkit {stage}: error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"rlhfkit {stage}: interrupted", file=sys.stderr)

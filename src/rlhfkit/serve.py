@@ -27,24 +27,16 @@ word pieces, so a client never receives a chunk the filter has not cleared (no h
 is needed; the first chunk waits for the whole generation). One request generates at a time (a
 lock around the model).
 """
-# No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation of
-# the route functions (a string annotation to a name imported inside create_app would turn into a
-# required query parameter, and every request into a 422).
 
-
-import asyncio
-import json
 import logging
 import random
-import re
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import torch
 
-from .serve_gate import RequestError, RequestGate, api_key_of, json_body
+from .serve_gate import RequestError, api_key_of
 
 log = logging.getLogger("rlhfkit.serve")
 
@@ -220,114 +212,16 @@ class Server:
         return out
 
 
-def _error(e: RequestError):
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse({"error": {"message": str(e), "type": e.kind, "param": e.param, "code": None}},
-                        status_code=e.status)
-
-
-def _pieces(text: str) -> list[str]:
-    """Word pieces (each word with the whitespace before it) for streaming."""
-    return re.findall(r"\s*\S+", text) or ([text] if text else [])
-
-
-def create_app(server: Server, api_key: str = ""):
-    """The FastAPI app; with ``api_key`` every /v1 route needs ``Authorization: Bearer <api_key>``."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import StreamingResponse
-    from starlette.concurrency import run_in_threadpool
-
-    from .serve_schema import AUTH_RESPONSES, openapi_extra
-
-    app = FastAPI(title="rlhfkit serve", version="1")
-    app.state.server = server
-    app.add_middleware(RequestGate, api_key=api_key, max_bytes=server.max_request_bytes)
-
-    @app.get("/v1/models", openapi_extra={"responses": AUTH_RESPONSES})
-    def models():
-        return {"object": "list", "data": [{"id": server.name, "object": "model", "created": server.created,
-                                            "owned_by": "rlhfkit"}]}
-
-    @app.get("/health")
-    def health():
-        return {"status": "ok"}
-
-    async def handle(request: Request, chat: bool):
-        request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        try:
-            req = server.parse(json_body(await request.body()), chat)
-            result = await run_in_threadpool(server.complete, req, request_id)
-        except RequestError as e:
-            log.info("request %s refused: %s", request_id, e)
-            return _error(e)
-        created = int(time.time())
-        usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
-                 "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
-        if not req["stream"]:
-            choice = ({"index": 0, "message": {"role": "assistant", "content": result["text"]}, "logprobs": None,
-                       "finish_reason": result["finish_reason"]} if chat else
-                      {"index": 0, "text": result["text"], "logprobs": None, "finish_reason": result["finish_reason"]})
-            return {"id": request_id, "object": "chat.completion" if chat else "text_completion", "created": created,
-                    "model": server.name, "choices": [choice], "usage": usage}
-        return StreamingResponse(_stream(request_id, created, chat, result, usage, req), media_type="text/event-stream")
-
-    async def _stream(request_id, created, chat, result, usage, req):
-        kind = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(delta: dict | str, finish=None) -> str:
-            choice = ({"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish} if chat else
-                      {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish})
-            return "data: " + json.dumps({"id": request_id, "object": kind, "created": created,
-                                          "model": server.name, "choices": [choice]}) + "\n\n"
-
-        if chat:
-            yield chunk({"role": "assistant", "content": ""})
-        for piece in _pieces(result["text"]):
-            yield chunk({"content": piece} if chat else piece)
-            await asyncio.sleep(0)
-        yield chunk({} if chat else "", result["finish_reason"])
-        if req["include_usage"]:
-            yield "data: " + json.dumps({"id": request_id, "object": kind, "created": created, "model": server.name,
-                                         "choices": [], "usage": usage}) + "\n\n"
-        yield "data: [DONE]\n\n"
-
-    @app.post("/v1/chat/completions", openapi_extra=openapi_extra("ChatRequest", "ChatCompletion"))
-    async def chat_completions(request: Request):
-        return await handle(request, chat=True)
-
-    @app.post("/v1/completions", openapi_extra=openapi_extra("CompletionRequest", "Completion"))
-    async def completions(request: Request):
-        return await handle(request, chat=False)
-
-    _document_models(app, server)
-    return app
-
-
-def _document_models(app, server: Server) -> None:
-    """Put the request models in the OpenAPI document, as components the routes' $refs point to."""
-    base_openapi = app.openapi
-
-    def openapi():
-        if app.openapi_schema is None:
-            from .serve_schema import openapi_components
-
-            schema = base_openapi()
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                openapi_components(server.name, server.max_tokens_limit))
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi
-
-
 def run_serve(cfg) -> dict:
     """Load the model (and guard), then serve until interrupted."""
+    from .config import ConfigError
+    from .extras import require_extra
+
+    require_extra("serve", "fastapi", "uvicorn")
     import uvicorn
 
     from .guard import load_guard
-
-    from .config import ConfigError
+    from .serve_app import create_app
 
     if not (Path(cfg.model) / "config.json").is_file():
         raise ConfigError(f"field 'model': no model folder (config.json) at {cfg.model!r}")

@@ -15,6 +15,7 @@ import os
 import sys
 
 from ..data.errors import DataError
+from ..extras import MissingExtra, require_extra
 
 EXIT_USER_ERROR = 2
 DEFAULT_DB = os.environ.get("RLHFKIT_ANNOTATE_DB", "annotate.db")
@@ -91,20 +92,30 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        # every subcommand opens the database (SQLAlchemy, Alembic); the extra is one install
+        require_extra("annotate")
+    except MissingExtra as e:
+        return _error(args, e)
     from .store import StoreError
 
     try:
         return _run(args)
     except (DataError, StoreError, ValueError, OSError) as e:
-        if args.debug:
-            import traceback
-
-            traceback.print_exc()
-        msg = str(e) if isinstance(e, (DataError, StoreError)) else f"{type(e).__name__}: {e}"
-        print(f"rlhfkit annotate {args.command}: error: {msg}".replace("\n", " "), file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _error(args, e, isinstance(e, (DataError, StoreError, MissingExtra)))
     except KeyboardInterrupt:
         return 130
+
+
+def _error(args, e: Exception, plain: bool = True) -> int:
+    """One stderr line (the traceback too with --debug); exit 2."""
+    if args.debug:
+        import traceback
+
+        traceback.print_exc()
+    msg = str(e) if plain else f"{type(e).__name__}: {e}"
+    print(f"rlhfkit annotate {args.command}: error: {msg}".replace("\n", " "), file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 def _open(args):
@@ -112,6 +123,8 @@ def _open(args):
 
     from .store import Store
 
+    if args.db.startswith(("postgresql:", "postgres:")):
+        require_extra("annotate", "psycopg")
     try:
         return Store(args.db, migrate=True)
     except OperationalError as e:

@@ -105,6 +105,9 @@ class OpenAIJudge:
     def __init__(self, base_url: str, constitution: Constitution, model: str = "", api_key: str | None = None,
                  timeout: float = 60.0, max_retries: int = 4, backoff: float = 1.0, concurrency: int = 8,
                  cache: str | Path | None = None, logprobs: bool = False, max_tokens: int = 4):
+        from ..extras import require_extra
+
+        require_extra("judge", "openai")  # the one-line hint, not a traceback, without rlhfkit[judge]
         import openai
 
         self.base_url, self.constitution = base_url, constitution
