@@ -177,11 +177,11 @@ def test_default_login_limit_is_five_failures_per_name(tmp_path):
 
 
 def test_expired_session_goes_back_to_login(tmp_path, monkeypatch):
-    import rlhfkit.annotate.store as store_module
+    import rlhfkit.annotate.accounts as accounts_module
 
     world = World(tmp_path / "expiry.db")
     assert world.clients["alice"].get("/annotate").status_code == 200
-    monkeypatch.setattr(store_module, "SESSION_TTL", timedelta(seconds=-1))
+    monkeypatch.setattr(accounts_module, "SESSION_TTL", timedelta(seconds=-1))
     c = TestClient(world.app)  # a session created now is already past its expiry
     c.post("/login", data={"name": "alice", "password": PW, "csrf_token": _csrf(c.get("/login").text)})
     r = c.get("/annotate", follow_redirects=False)

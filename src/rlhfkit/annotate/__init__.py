@@ -5,7 +5,8 @@ through a JSON API; labels land in a database (SQLite file or PostgreSQL) whose 
 versions; admins watch agreement and gold accuracy and export TRL-format data for ``rlhfkit rm``
 and ``rlhfkit dpo``.
 
-Modules: ``schema`` (tables), ``store`` (engine, migrations, every read and write),
+Modules: ``schema`` (tables), ``db`` (engine, migrations, errors), ``accounts`` (users, tokens,
+sessions), ``store`` (tasks, assignments, answers: ``Store``, every read and write),
 ``assignment`` (who gets which task), ``agreement`` (pure statistics), ``export`` (TRL rows),
 ``auth`` (passwords, tokens, sessions, CSRF, login limits), ``inputs`` (the request schema of
 API and forms), ``app`` (FastAPI pages and API), ``cli``.

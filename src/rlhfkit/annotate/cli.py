@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         require_extra("annotate")
     except MissingExtra as e:
         return _error(args, e)
-    from .store import StoreError
+    from .db import StoreError
 
     try:
         return _run(args)
@@ -220,7 +220,7 @@ def _export(args, store) -> int:
 
 
 def _stats(args, store) -> int:
-    from .app import stats_payload
+    from .api import stats_payload
 
     print(json.dumps(stats_payload(store), indent=2))
     return 0

@@ -14,7 +14,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .store import storable
+from .db import storable
 
 # The largest id or version either database holds: PostgreSQL's `integer` is 32-bit. Larger values
 # were a 500 (an overflow inside the database driver); the request schema now refuses them (422).

@@ -1,8 +1,7 @@
-"""The annotation database: engine set-up, migrations, and every read and write.
+"""The annotation tasks: import, assignment, answers, and reading it all back (``Store``, built on
+``accounts.Accounts`` and ``db.Database``).
 
-One URL selects the database: a file path or ``sqlite:///FILE`` (the default), or
-``postgresql://user@host/db`` (driven by psycopg 3). Every write is one short transaction, and
-the rules that must survive concurrency live in the database itself:
+The rules that must survive concurrency live in the database itself:
 
 - ``UNIQUE(task_id, user_id)`` on labels: a repeated submission finds the stored label (200)
   instead of adding a second one; on assignments: nobody gets the same task twice.
@@ -10,98 +9,25 @@ the rules that must survive concurrency live in the database itself:
   assigned < overlap`` either takes a slot or touches no row — atomic on both databases. An answer
   whose assignment expired (its slot went back to the queue) takes a slot the same way or is
   refused (``Late``, 409): a task never has more than K labels.
-
-SQLite runs in WAL mode (readers never block the writer) with a busy timeout, and every write
-transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock up front and waits for it,
-instead of failing with "database is locked" when a deferred read transaction later tries to
-write. ``synchronous=FULL``: a label is on disk before its 201 is sent.
 """
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
-from sqlalchemy import and_, create_engine, delete, event, exists, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import and_, delete, exists, func, insert, select, update
 
 from . import assignment
-from .auth import digest, hash_password, new_secret, verify_password
+from .accounts import Accounts
+from .db import Conflict, Forbidden, Invalid, Late, NotFound
 from .records import TaskRecord
-from .schema import CHOICES, ROLES, assignments, labels, metadata, sessions, settings, tasks, users, utcnow
+from .schema import CHOICES, assignments, labels, tasks, users, utcnow
 
-MIGRATIONS = Path(__file__).parent / "migrations"
-SQLITE_BUSY_MS = 30_000
 # Strength of a preference -> `margin` for the Bradley-Terry loss, as in Llama 2 (Touvron et al.
 # 2023, sec. 3.2.2 and table 28): "slightly better" 1/3, "better" 2/3, "significantly better" 1.
 MARGINS = {"slightly_better": 1 / 3, "better": 2 / 3, "much_better": 1.0}
-SESSION_TTL = timedelta(hours=12)
 ASSIGNMENT_TTL = timedelta(hours=2)
-ATTEMPTS = 8  # tries of one request when a concurrent one took the same slot
-
-
-class StoreError(Exception):
-    """A request the store refuses; ``status`` is the HTTP status the API answers with."""
-
-    status = 400
-
-
-class NotFound(StoreError):
-    status = 404
-
-
-class Forbidden(StoreError):
-    status = 403
-
-
-class Conflict(StoreError):
-    status = 409
-
-
-class Invalid(StoreError):
-    status = 422
-
-
-class Late(Conflict):
-    """An answer whose assignment expired and whose task has no free slot left (K labels at most)."""
-
-
-def normalize_url(db: str) -> str:
-    """A file path or URL -> an SQLAlchemy URL (``postgresql://`` is driven by psycopg 3)."""
-    if "://" not in db:
-        return f"sqlite:///{Path(db).expanduser().resolve()}"
-    scheme, rest = db.split("://", 1)
-    if scheme in ("postgresql", "postgres"):
-        return f"postgresql+psycopg://{rest}"
-    return db
-
-
-def make_engine(url: str):
-    if url.startswith("sqlite"):
-        if url in ("sqlite://", "sqlite:///:memory:"):
-            raise ValueError("an in-memory SQLite database is private to one connection; give a file path")
-        engine = create_engine(url, pool_size=8, max_overflow=24, pool_timeout=120,
-                               connect_args={"timeout": SQLITE_BUSY_MS / 1000, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _connect(dbapi_conn, _record):
-            dbapi_conn.isolation_level = None  # transactions are begun by the "begin" hook below
-            cur = dbapi_conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn):
-            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE")
-
-        return engine
-    return create_engine(url, pool_size=10, max_overflow=30, pool_timeout=120, pool_pre_ping=True)
 
 
 def _other(side: str) -> str:
@@ -129,219 +55,8 @@ class ImportReport:
     kind: str
 
 
-class Store:
-    def __init__(self, db: str, migrate: bool = True):
-        self.url = normalize_url(db)
-        self.engine = make_engine(self.url)
-        self._readonly = self.engine.execution_options(readonly=True)
-        self._lock = threading.Lock() if self.url.startswith("sqlite") else None
-        if migrate:
-            self.migrate()
-
-    # ------------------------------------------------------------ plumbing
-
-    @contextmanager
-    def write(self):
-        """A connection in a write transaction (committed on success, rolled back on error).
-
-        SQLite allows one writer at a time. Its busy handler polls with sleeps of up to 100 ms,
-        which gives a long latency tail when dozens of threads wait for the lock, so this process's
-        writers queue on a Python lock instead; the busy timeout still covers other processes
-        (an import while the server runs)."""
-        if self._lock is None:
-            with self.engine.begin() as conn:
-                yield conn
-        else:
-            with self._lock, self.engine.begin() as conn:
-                yield conn
-
-    def read(self):
-        return self._readonly.begin()
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def _alembic(self, conn):
-        from alembic.config import Config
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        cfg.attributes["connection"] = conn
-        return cfg
-
-    def migrate(self, revision: str = "head") -> None:
-        """Bring the schema to ``revision`` (Alembic); run by serve, import, add-user and export."""
-        from alembic import command
-
-        with self.engine.begin() as conn:
-            command.upgrade(self._alembic(conn), revision)
-
-    def downgrade(self, revision: str) -> None:
-        from alembic import command
-
-        with self.engine.begin() as conn:
-            command.downgrade(self._alembic(conn), revision)
-
-    def revision(self) -> str | None:
-        from alembic.runtime.migration import MigrationContext
-
-        with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-
-    def _retry(self, fn):
-        """Run ``fn(conn)`` in a write transaction; again when a concurrent request won a race."""
-        for attempt in range(ATTEMPTS):
-            try:
-                with self.write() as conn:
-                    return fn(conn)
-            except IntegrityError:
-                if attempt == ATTEMPTS - 1:
-                    raise
-            except OperationalError as e:  # PostgreSQL: serialization failure or deadlock
-                transient = "deadlock" in str(e).lower() or "serializ" in str(e).lower()
-                if attempt == ATTEMPTS - 1 or not transient:
-                    raise
-
-    # ------------------------------------------------------------ users
-
-    def add_user(self, name: str, role: str, password: str | None = None) -> tuple[int, str]:
-        """Create a user; returns (id, API token). The token is shown once: only its hash is kept."""
-        name = (name or "").strip()
-        if not name or len(name) > 200 or not storable(name):
-            raise Invalid("a user name needs 1 to 200 characters, none of them NUL")
-        if role not in ROLES:
-            raise Invalid(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-        token = new_secret()
-        row = {"name": name, "role": role, "token_hash": digest(token), "guidelines_seen": 0, "created_at": utcnow(),
-               "password_hash": hash_password(password) if password else None}
-        try:
-            with self.write() as conn:
-                if conn.execute(select(users.c.id).where(users.c.name == name)).first():
-                    raise Conflict(f"a user named {name!r} exists")
-                uid = conn.execute(insert(users).values(**row)).inserted_primary_key[0]
-        except IntegrityError as e:
-            raise Conflict(f"a user named {name!r} exists") from e
-        return uid, token
-
-    def user_by_token(self, token: str):
-        """The active user the token belongs to, or None (read on every request: a revoked token or a
-        deactivated user is refused at once)."""
-        with self.read() as conn:
-            return conn.execute(select(users).where(users.c.token_hash == digest(token), users.c.active)).first()
-
-    def user(self, user_id: int):
-        with self.read() as conn:
-            return conn.execute(select(users).where(users.c.id == user_id)).first()
-
-    def users(self) -> list:
-        with self.read() as conn:
-            return list(conn.execute(select(users).order_by(users.c.id)))
-
-    def login(self, name: str, password: str):
-        """The active user if the password matches; None otherwise (unknown names, names no database
-        can hold and deactivated users cost a hash too, so the timing reveals nothing)."""
-        row = None
-        if storable(name):
-            with self.read() as conn:
-                row = conn.execute(select(users).where(users.c.name == name)).first()
-        ok = verify_password(row.password_hash if row else _dummy_hash(), password)
-        return row if row is not None and row.active and ok else None
-
-    # ------------------------------------------------------------ account changes (CLI; effective at once)
-
-    def _named(self, conn, name: str):
-        row = conn.execute(select(users.c.id).where(users.c.name == name)).first() if storable(name) else None
-        if row is None:
-            raise NotFound(f"no user named {name!r}")
-        return row.id
-
-    def revoke_token(self, name: str) -> str:
-        """Replace the user's API token; the old one is refused from the next request. Returns the new
-        token (shown once; only its hash is kept)."""
-        token = new_secret()
-        with self.write() as conn:
-            conn.execute(update(users).where(users.c.id == self._named(conn, name)).values(token_hash=digest(token)))
-        return token
-
-    def set_password(self, name: str, password: str) -> None:
-        """Set a new browser password and end the user's browser sessions."""
-        if not password:
-            raise Invalid("the new password is empty")
-        hashed = hash_password(password)
-        with self.write() as conn:
-            uid = self._named(conn, name)
-            conn.execute(update(users).where(users.c.id == uid).values(password_hash=hashed))
-            conn.execute(delete(sessions).where(sessions.c.user_id == uid))
-
-    def set_active(self, name: str, active: bool) -> None:
-        """Deactivate (no login, token or session works; the labels stay) or reactivate a user."""
-        with self.write() as conn:
-            uid = self._named(conn, name)
-            conn.execute(update(users).where(users.c.id == uid).values(active=active))
-            if not active:
-                conn.execute(delete(sessions).where(sessions.c.user_id == uid))
-
-    # ------------------------------------------------------------ browser sessions
-
-    def create_session(self, user_id: int) -> tuple[str, str]:
-        """(cookie value, CSRF token) of a new session."""
-        sid, csrf = new_secret(), new_secret()
-        now = utcnow()
-        with self.write() as conn:
-            conn.execute(delete(sessions).where(sessions.c.expires_at < now))
-            conn.execute(insert(sessions).values(id=digest(sid), user_id=user_id, csrf=csrf, created_at=now,
-                                                 expires_at=now + SESSION_TTL))
-        return sid, csrf
-
-    def session(self, sid: str):
-        """(user row, CSRF token) of a live session, or None."""
-        with self.read() as conn:
-            row = conn.execute(select(sessions.c.csrf, sessions.c.expires_at, sessions.c.user_id)
-                               .where(sessions.c.id == digest(sid))).first()
-            if row is None or row.expires_at < utcnow():
-                return None
-            user = conn.execute(select(users).where(users.c.id == row.user_id, users.c.active)).first()
-        return (user, row.csrf) if user else None
-
-    def end_session(self, sid: str) -> None:
-        with self.write() as conn:
-            conn.execute(delete(sessions).where(sessions.c.id == digest(sid)))
-
-    # ------------------------------------------------------------ settings and guidelines
-
-    def setting(self, key: str, default: str | None = None, conn=None) -> str | None:
-        if conn is None:
-            with self.read() as c:
-                return self.setting(key, default, c)
-        row = conn.execute(select(settings.c.value).where(settings.c.key == key)).first()
-        return row.value if row else default
-
-    def _put(self, conn, key: str, value: str) -> None:
-        if conn.execute(update(settings).where(settings.c.key == key).values(value=value)).rowcount == 0:
-            conn.execute(insert(settings).values(key=key, value=value))
-
-    def guidelines(self) -> tuple[str, int]:
-        """(markdown, version); version 0 means none were set."""
-        with self.read() as conn:
-            return self.setting("guidelines", "", conn), int(self.setting("guidelines_version", "0", conn))
-
-    def set_guidelines(self, markdown: str) -> int:
-        """Replace the guidelines; annotators see the new version before their next task."""
-        with self.write() as conn:
-            version = int(self.setting("guidelines_version", "0", conn)) + 1
-            self._put(conn, "guidelines", markdown)
-            self._put(conn, "guidelines_version", str(version))
-        return version
-
-    def acknowledge_guidelines(self, user_id: int, version: int) -> None:
-        """Record that the user read ``version``; only the current version can be acknowledged (an
-        acknowledged future version would let the user skip the next change unread)."""
-        with self.write() as conn:
-            current = int(self.setting("guidelines_version", "0", conn))
-            if version != current:
-                raise Conflict(f"version {version} is not the current guidelines version ({current}): "
-                               f"read version {current}, then acknowledge it")
-            conn.execute(update(users).where(users.c.id == user_id).values(guidelines_seen=version))
+class Store(Accounts):
+    """Every read and write of the annotation database: ``Store(db)`` opens it (and migrates)."""
 
     def gold_rate(self, conn=None) -> float:
         return float(self.setting("gold_rate", "0", conn))
@@ -635,29 +350,3 @@ class Store:
                                  .where(assignments.c.status == "open")).scalar()
         return {"pairs": n_tasks.get("pair", 0), "demonstrations": n_tasks.get("demonstration", 0),
                 "gold_pairs": gold, "tasks_complete": complete, "open_assignments": open_}
-
-
-def storable(text: str) -> bool:
-    """Whether both databases can store ``text``: PostgreSQL refuses NUL characters, and lone
-    surrogates have no UTF-8 encoding."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-_DUMMY: list[str] = []
-
-
-def _dummy_hash() -> str:
-    """A hash to verify against for unknown user names, so a login's timing does not reveal them."""
-    if not _DUMMY:
-        _DUMMY.append(hash_password(new_secret()))
-    return _DUMMY[0]
-
-
-__all__ = ["Store", "StoreError", "NotFound", "Forbidden", "Conflict", "Invalid", "Late", "MARGINS", "normalize_url",
-           "metadata", "storable"]
