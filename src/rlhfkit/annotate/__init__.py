@@ -9,6 +9,7 @@ Modules: ``schema`` (tables), ``db`` (engine, migrations, errors), ``accounts`` 
 sessions), ``store`` (tasks, assignments, answers: ``Store``, every read and write),
 ``assignment`` (who gets which task), ``agreement`` (pure statistics), ``export`` (TRL rows),
 ``auth`` (passwords, tokens, sessions, CSRF, login limits), ``inputs`` (the request schema of
-API and forms), ``app`` (FastAPI pages and API), ``cli``.
+API and forms), ``api`` / ``pages`` / ``admin`` (the FastAPI routers: JSON API, pages, dashboard),
+``app`` (puts them together), ``cli``. Needs the ``annotate`` extra (``rlhfkit.extras``).
 This package never imports torch or a training recipe.
 """
