@@ -1,6 +1,6 @@
 """`rlhfkit lab LEVER` at a reduced size: every sweep runs from the CLI and writes its figure and table.
 
-The effects themselves are measured at full size (README, `rlhfkit lab ...` with defaults); here the
+The effects themselves are measured at full size (docs/lab.md, `rlhfkit lab ...` with defaults); here the
 models are too small to show them, so the checks are on what each lab produces and on the parts that
 do not need a trained model (annotator agreement falls with the flip rate).
 """
