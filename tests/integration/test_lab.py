@@ -45,13 +45,14 @@ def test_noise_lab(small_demo_pipeline, lab_root):
 
 
 def test_kl_lab(small_demo_pipeline, lab_root):
-    # 20 PPO steps: enough for the unpenalised policy to drift (2 steps, the small demo's, are not)
-    rows, _ = _lab(small_demo_pipeline, lab_root, "kl", "--kl_coefs", "0.0", "1.0", "--kl_steps", "20")
+    # 30 PPO steps: enough for the unpenalised policy to drift (after 2, the small demo's, both runs are
+    # still the same: the penalty has had nothing to act on)
+    rows, _ = _lab(small_demo_pipeline, lab_root, "kl", "--kl_coefs", "0.0", "1.0", "--kl_steps", "30")
     assert [r["kl_coef"] for r in rows] == [0.0, 1.0]
     for r in rows:
         assert r["proxy_reward_end"] is not None and r["gold_reward_train_end"] is not None
     # the lever: a strong KL penalty holds the policy near SFT, during training and on held-out prompts
-    # (measured: KL 6.30 vs 0.28 nats at the end of training, 4.26 vs 0.33 held out, after 30 steps)
+    # (measured: 6.30 vs 0.28 nats over the last 6 training steps, 4.26 vs 0.33 on held-out prompts)
     free, held = rows
     assert held["train_kl_end"] < 0.3 * free["train_kl_end"], rows
     assert held["heldout_kl_to_sft"] < 0.3 * free["heldout_kl_to_sft"], rows
