@@ -1,6 +1,6 @@
 """How much GPU memory an RLHF run's models take, before activations: a planner for "will it fit".
 
-    python -m rlhfkit.memory_plan                         # the README's tables (1B, 7B, 13B, 70B)
+    python -m rlhfkit.memory_plan                         # docs/training.md's tables (1B, 7B, 13B, 70B)
     python -m rlhfkit.memory_plan --params 3e9 --algo dpo --lora_r 16 --gpus 4
 
 Bytes per parameter (Rajbhandari et al. 2020, "ZeRO", section 3.1), AdamW:
@@ -145,7 +145,7 @@ def stages_table(shapes: dict[str, Shape], algo: str, gpus: int = 8, lora_r: int
 
 
 def readme_tables() -> str:
-    """The README's "Memory" tables (tests/unit/test_memory_plan.py checks the README holds these)."""
+    """The "Memory" tables of docs/training.md (tests/unit/test_memory_plan.py checks it holds these)."""
     return "\n\n".join([breakdown_table(PRESETS["7B"], "ppo"),
                         stages_table(PRESETS, "ppo"),
                         stages_table(PRESETS, "dpo", extra_rows=(("full, precompute_ref", {"precompute_ref": True}),))])
@@ -154,7 +154,7 @@ def readme_tables() -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m rlhfkit.memory_plan", description=__doc__.split("\n")[0])
     p.add_argument("--params", type=float, default=0, help="Parameter count (e.g. 7e9) or a preset via --preset; "
-                   "none: the README tables for 1B, 7B, 13B, 70B.")
+                   "none: the docs/training.md tables for 1B, 7B, 13B, 70B.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="A known Llama shape instead of --params.")
     p.add_argument("--algo", default="ppo", choices=sorted(ROLES))
     p.add_argument("--lora_r", type=int, default=16, help="LoRA rank to compare full fine-tuning with.")

@@ -5,6 +5,7 @@ words minus unkind words; the preference pairs always prefer the kind review.
 """
 
 import json
+import math
 import subprocess
 import sys
 
@@ -109,7 +110,13 @@ def test_rm_eval_accuracy_calibration_and_categories(world_dir, toy_rm, tmp_path
     assert sum(r["margin"] < 0 for i, r in enumerate(scores) if i % 6 == 0) >= 8
     lo, hi = s["accuracy_ci"]
     assert lo < s["accuracy"] < hi
-    assert sum(b["count"] for b in s["calibration"]) == 120 and 0.0 <= s["ece"] <= 1.0
+    assert sum(b["count"] for b in s["calibration"]) == 120
+    # ECE recomputed from the margins: P(chosen) = sigmoid(margin) and its mirror, 10 equal-width bins
+    probs = [1 / (1 + math.exp(-r["margin"])) for r in scores]
+    probs, hits = probs + [1 - p for p in probs], [1] * 60 + [0] * 60
+    bins = [[(p, h) for p, h in zip(probs, hits) if min(int(p * 10), 9) == b] for b in range(10)]
+    ece = sum(len(b) / 120 * abs(sum(h for _, h in b) / len(b) - sum(p for p, _ in b) / len(b)) for b in bins if b)
+    assert s["ece"] == pytest.approx(ece, abs=1e-6), (s["ece"], ece)
     assert [c["group"] for c in s["per_category"]] == ["even", "odd"] and sum(c["pairs"] for c in s["per_category"]) == 60
 
 

@@ -50,7 +50,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(world, role, mode):
         @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
         def fuzz(case):
             # Not positive_data_acceptance: a schema-valid body may still be refused for the task's state
-            # (a pair answered on the demonstrations route is 422 by design, as the README says).
+            # (a pair answered on the demonstrations route is 422 by design, as docs/annotation.md says).
             response = case.call_and_validate(headers={"Authorization": f"Bearer {tokens[role]}"},
                                               excluded_checks=[positive_data_acceptance])
             calls.append(response.status_code)

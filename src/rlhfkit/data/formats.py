@@ -6,8 +6,9 @@ string prompt with chosen/rejected holding the whole conversation (UltraFeedback
 optional `margin` (or score_chosen - score_rejected with `margin_from_scores`). SFT: {prompt, completion}, {messages} or {text}. Prompt-only:
 {prompt}. Unknown keys (ids, sources, scores) are kept in `extra`.
 
-Validation happens here, at load time, because bad pairs (empty or identical
-responses) otherwise surface as flat or NaN losses hours later (PITFALLS 7, 8).
+Validation happens here, at load time, because bad pairs otherwise surface only hours later: an
+empty response leaves no token to average the loss over (NaN), identical responses give the
+reward-model and DPO losses no gradient (a flat loss). Splitting out an unstated prompt: prompt_split.py.
 The load_* functions stop at the first bad record (`on_bad_record="error"`, the
 library default) or skip and count it in a `LoadReport` ("skip", the trainers' default).
 """
@@ -20,6 +21,7 @@ from typing import Callable
 
 from .errors import DataError
 from .load import Location, json_type, open_records, split_source
+from .prompt_split import prompt_from_prefix, split_implicit, strip_prompt
 from .report import BAD_RECORD_POLICIES, LoadReport
 
 Message = dict  # {"role": str, "content": str}, extra keys (e.g. "name") kept
@@ -176,95 +178,6 @@ def _margin(rec: dict, where, from_scores: bool = False) -> float | None:
     return _number(rec["score_chosen"], where, "score_chosen") - _number(rec["score_rejected"], where, "score_rejected")
 
 
-def _prompt_from_prefix(prompt: str, chosen: list[Message], rejected: list[Message], where):
-    """A string prompt with chosen/rejected holding the whole conversation (as in
-    HuggingFaceH4/ultrafeedback_binarized): the prompt becomes the message prefix both share,
-    whose first user message must be that string. No shared prefix: returned unchanged."""
-    n = 0
-    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-        n += 1
-    if n == 0:
-        return prompt, chosen, rejected
-    if chosen == rejected:
-        raise _err(where, "identical to 'chosen'", "rejected")
-    first_user = next((m["content"] for m in chosen[:n] if m["role"] == "user"), None)
-    if first_user is None or first_user.strip() != prompt.strip():
-        raise _err(where, "differs from the first user message that 'chosen' and 'rejected' start with", "prompt")
-    return chosen[:n], chosen[n:], rejected[n:]
-
-
-def _strip_prompt(prompt: list[Message], completion: list[Message]) -> list[Message]:
-    # Some datasets repeat the prompt turns at the start of each completion;
-    # a completion that starts with the full prompt is the whole conversation.
-    n = len(prompt)
-    return completion[n:] if completion[:n] == prompt else completion
-
-
-def _word_prefix(a: str, b: str) -> int:
-    """Where the shared prompt of texts a and b ends: their longest common prefix, cut back to
-    before the whitespace that precedes the word in which they part.
-
-    A shared partial word ("Th" of "The"/"This") stays in the responses, and so does the
-    separating whitespace (as TRL's ``extract_prompt`` does): "...Assistant: Sure" splits into
-    "...Assistant:" and " Sure", which tokenize like the whole text (" Sure" is one token in
-    byte-level BPE vocabularies; a prompt ending in a space would end in a lone space token).
-    """
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:  # binary search on slice equality: C-speed on multi-megabyte records
-        mid = (lo + hi + 1) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    n = lo
-    while n > 0 and not a[n - 1].isspace():
-        n -= 1
-    while n > 0 and a[n - 1].isspace():
-        n -= 1
-    return n
-
-
-TURN_MARKERS = ("Human:", "Assistant:")  # Anthropic hh-rlhf transcripts
-
-
-def _turn_problem(rest: str, start: bool) -> str | None:
-    """Why a string response cut from a transcript is not one assistant reply, or None: empty,
-    ending in an empty turn marker, or (``start``) starting a new turn."""
-    text = rest.strip()
-    if not text:
-        return "nothing left after removing the prompt shared with the other response"
-    last_line = text.rsplit("\n", 1)[-1].strip()
-    if last_line in TURN_MARKERS:
-        return f"ends with an empty final '{last_line}' turn"
-    marker = next((m for m in TURN_MARKERS if text.startswith(m)), None)
-    if start and marker is not None:
-        return (f"starts a new '{marker}' turn after the shared prompt (the two transcripts part "
-                "before that turn's text)")
-    return None
-
-
-def _split_implicit(chosen, rejected, where):
-    """(prompt, chosen, rejected) from an implicit-prompt pair: the prompt is the shared start."""
-    if isinstance(chosen, list):
-        n = 0
-        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-            n += 1
-    else:
-        n = _word_prefix(chosen, rejected)
-    prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
-    if not prompt:
-        raise _err(where, "no prompt: without a 'prompt' key, 'chosen' and 'rejected' must start "
-                          "with the same prompt", "prompt")
-    for start in (False, True):  # name the empty turn before the turn it shifted the split into
-        for name, rest in (("chosen", chosen), ("rejected", rejected)):
-            if not rest:
-                raise _err(where, "nothing left after removing the prompt shared with the other response", name)
-            problem = _turn_problem(rest, start) if isinstance(rest, str) else None
-            if problem:
-                raise _err(where, problem, name)
-    return prompt, chosen, rejected
-
-
 # ---------------------------------------------------------------- records
 
 
@@ -294,18 +207,18 @@ def parse_preference(rec: dict, where: Location | None = None, margin_from_score
     if "prompt" in rec:
         prompt = _turns(rec["prompt"], where, "prompt")
         if isinstance(prompt, str) and isinstance(chosen, list):
-            prompt, chosen, rejected = _prompt_from_prefix(prompt, chosen, rejected, where)
+            prompt, chosen, rejected = prompt_from_prefix(prompt, chosen, rejected, where)
         hint = " (or drop 'prompt' if chosen/rejected hold the whole conversation)"
         _same_form(prompt, chosen, where, "prompt", "chosen", hint)  # rejected matches chosen already
         if isinstance(prompt, list):
-            chosen, rejected = _strip_prompt(prompt, chosen), _strip_prompt(prompt, rejected)
+            chosen, rejected = strip_prompt(prompt, chosen), strip_prompt(prompt, rejected)
             for name, value in (("chosen", chosen), ("rejected", rejected)):
                 if not value:
                     raise _err(where, "no messages after the prompt", name)
     if chosen == rejected:
         raise _err(where, "identical to 'chosen'", "rejected")
     if "prompt" not in rec:
-        prompt, chosen, rejected = _split_implicit(chosen, rejected, where)
+        prompt, chosen, rejected = split_implicit(chosen, rejected, where)
     if isinstance(chosen, list):
         _check_assistant(chosen, where, "chosen")
         _check_assistant(rejected, where, "rejected")
@@ -322,7 +235,7 @@ def parse_sft(rec: dict, where: Location | None = None) -> SFTExample:
         completion = _turns(rec["completion"], where, "completion")
         _same_form(prompt, completion, where, "prompt", "completion")
         if isinstance(completion, list):
-            completion = _strip_prompt(prompt, completion)
+            completion = strip_prompt(prompt, completion)
             if not completion:
                 raise _err(where, "no messages after the prompt", "completion")
             _check_assistant(completion, where, "completion")
