@@ -54,7 +54,8 @@ def prepare(workdir: Path, prof: dict) -> dict:
 def worker(stage: str, checkpointing: bool, paths: dict, prof: dict, out: Path) -> dict:
     import torch
 
-    from rlhfkit.config import DPOConfig, SFTConfig
+    from rlhfkit.train.dpo import DPOConfig
+    from rlhfkit.train.sft import SFTConfig
     from rlhfkit.train.dpo import run_dpo
     from rlhfkit.train.sft import run_sft
 

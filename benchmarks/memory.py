@@ -67,19 +67,17 @@ def worker(side: str, stage: str, workdir: Path, opts: dict) -> dict:
     vs_trl.BATCH = BATCH
     out = workdir / f"mem-{side}-{stage}-{os.getpid()}"
     if side == "rlhfkit" and stage == "dpo":  # as vs_trl.run_rlhfkit, but opts may turn precompute_ref off
-        from rlhfkit import config as C
-        from rlhfkit.train.dpo import run_dpo
+        from rlhfkit.train.dpo import DPOConfig, run_dpo
 
-        run_dpo(C.DPOConfig(**{"model": paths["model"], "data": paths["pairs"], "output_dir": str(out), "dtype": "float32",
-                               "device": "cpu", "lr_scheduler": "linear", "precompute_ref": True, "beta": 0.1,
-                               **vs_trl.common("dpo", STEPS), **opts}))
+        run_dpo(DPOConfig(**{"model": paths["model"], "data": paths["pairs"], "output_dir": str(out), "dtype": "float32",
+                             "device": "cpu", "lr_scheduler": "linear", "precompute_ref": True, "beta": 0.1,
+                             **vs_trl.common("dpo", STEPS), **opts}))
     elif stage == "ppo":
-        from rlhfkit import config as C
-        from rlhfkit.train.ppo import run_ppo
+        from rlhfkit.train.ppo import PPOConfig, run_ppo
 
-        run_ppo(C.PPOConfig(model=paths["model"], reward_model=paths["model"], data=paths["prompts"],
-                            output_dir=str(out), max_steps=STEPS, batch_size=BATCH, num_generations=1,
-                            max_new_tokens=16, ppo_epochs=1, dtype="float32", device="cpu", **opts))
+        run_ppo(PPOConfig(model=paths["model"], reward_model=paths["model"], data=paths["prompts"],
+                          output_dir=str(out), max_steps=STEPS, batch_size=BATCH, num_generations=1,
+                          max_new_tokens=16, ppo_epochs=1, dtype="float32", device="cpu", **opts))
     else:
         (vs_trl.run_trl if side == "trl" else vs_trl.run_rlhfkit)(stage, paths, out, STEPS, opts)
     return {"side": side, "stage": stage, "opts": opts, "baseline_mib": base, "peak_mib": rss_mib()}

@@ -32,10 +32,9 @@ def worker(size: str, new_tokens: int, workdir: Path, steps: int) -> dict:
     import torch
 
     import roofline
-    from rlhfkit import config as C
     from rlhfkit.data.tokenize import prompt_ids
     from rlhfkit.models import load_causal_lm, load_tokenizer, make_tiny_model_dir
-    from rlhfkit.train.ppo import run_ppo
+    from rlhfkit.train.ppo import PPOConfig, run_ppo
 
     torch.set_num_threads(1)
     paths = vs_trl.prepare(workdir)
@@ -44,7 +43,7 @@ def worker(size: str, new_tokens: int, workdir: Path, steps: int) -> dict:
         texts = [t for p in vs_trl.read_jsonl(paths["pairs"]) for t in p.values()]
         make_tiny_model_dir(model_dir, texts, seed=0, max_positions=256, **SIZES[size])
     out = workdir / f"ppo-{size}-{new_tokens}-{os.getpid()}"
-    cfg = C.PPOConfig(model=str(model_dir), reward_model=str(model_dir), data=paths["prompts"], output_dir=str(out),
+    cfg = PPOConfig(model=str(model_dir), reward_model=str(model_dir), data=paths["prompts"], output_dir=str(out),
                       max_steps=steps, batch_size=16, num_generations=1, max_new_tokens=new_tokens, ppo_epochs=2,
                       mini_batch_size=8, dtype="float32", device="cpu")
     run_ppo(cfg)

@@ -144,7 +144,7 @@ def _pack(model, reward: bool = False) -> bool:
 
 
 def ours_dpo(tok, start, lm, rows) -> tuple[float, dict]:
-    from rlhfkit.config import DPOConfig
+    from rlhfkit.train.dpo import DPOConfig
     from rlhfkit.data.formats import parse_preference
     from rlhfkit.data.tokenize import collate_pairs, tokenize_preference
     from rlhfkit.train.dpo import score_pairs

@@ -130,25 +130,24 @@ def common(stage: str, steps: int, setup: Setup = CPU) -> dict:
 
 def run_rlhfkit(stage: str, paths: dict, out: Path, steps: int, opts: dict, setup: Setup = CPU) -> float:
     """One rlhfkit run; returns its ``train_seconds`` (the rest of the summary is in ``out/summary.json``)."""
-    from rlhfkit import config as C
     from rlhfkit.train import dpo, grpo, rloo, rm, sft
 
     base = dict(model=paths["model"], output_dir=str(out), dtype="bfloat16" if setup.cuda else "float32",
                 device="cuda" if setup.cuda else "cpu", lr_scheduler="linear", **common(stage, steps, setup))
     if stage == "sft":
-        summary = sft.run_sft(C.SFTConfig(data=paths["sft"], **base, **opts))
+        summary = sft.run_sft(sft.SFTConfig(data=paths["sft"], **base, **opts))
     elif stage == "rm":
-        summary = rm.run_rm(C.RMConfig(data=paths["pairs"], **base, **opts))
+        summary = rm.run_rm(rm.RMConfig(data=paths["pairs"], **base, **opts))
     elif stage == "dpo":
-        summary = dpo.run_dpo(C.DPOConfig(data=paths["pairs"], precompute_ref=True, beta=0.1, **base, **opts))
+        summary = dpo.run_dpo(dpo.DPOConfig(data=paths["pairs"], precompute_ref=True, beta=0.1, **base, **opts))
     else:
         base.update(batch_size=setup.rl_prompts, data=paths["prompts"], num_generations=setup.rl_generations,
                     max_new_tokens=setup.rl_new_tokens, reward_fn=[f"{Path(__file__).resolve()}:reward_len"],
                     temperature=1.0)
         if stage == "rloo":  # TRL RLOO: KL (beta 0.05) in the reward
-            summary = rloo.run_rloo(C.RLOOConfig(kl_coef=0.05, kl_in="reward", **base, **opts))
+            summary = rloo.run_rloo(rloo.RLOOConfig(kl_coef=0.05, kl_in="reward", **base, **opts))
         else:  # TRL GRPO with beta 0.04: k3 KL as a loss term
-            summary = grpo.run_grpo(C.GRPOConfig(kl_coef=0.04, kl_in="loss", kl_estimator="k3", **base, **opts))
+            summary = grpo.run_grpo(grpo.GRPOConfig(kl_coef=0.04, kl_in="loss", kl_estimator="k3", **base, **opts))
     return float(summary["train_seconds"])
 
 

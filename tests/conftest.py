@@ -23,7 +23,7 @@ def world_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sft_dir(world_dir, tmp_path_factory):
     """The toy world's SFT model: says kind and unkind reviews about equally often."""
-    from rlhfkit.config import SFTConfig
+    from rlhfkit.train.sft import SFTConfig
     from rlhfkit.train.sft import run_sft
 
     out = tmp_path_factory.mktemp("sft")

@@ -8,17 +8,32 @@ best-of-N policy's KL to the sampling policy is at most log N - (N - 1)/N nats (
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-from .config import BestOfNConfig, dump_config
+from .config import ConfigError, RewardSourceConfig, SamplerRunConfig, dump_config, option
 from .data import load_prompts
 from .data.tokenize import prompt_ids
 from .evaluate.frontier import kl_bound
 from .generation import generate
 from .models import load_causal_lm, load_tokenizer, resolve_device
 from .rewards import make_reward
+
+
+@dataclass
+class BestOfNConfig(RewardSourceConfig, SamplerRunConfig):
+    """Sample N completions per prompt, keep the best by a reward source (rejection sampling)."""
+
+    stage: ClassVar[str] = "best-of-n"
+
+    n: int = option(4, "Completions sampled per prompt.")
+
+    def check(self) -> None:
+        if self.n < 1 or not (self.reward_model or self.reward_fn):
+            raise ConfigError("config: best-of-n needs 'n' >= 1 and a reward source ('reward_model' or 'reward_fn')")
 
 
 def run_best_of_n(cfg: BestOfNConfig) -> dict:

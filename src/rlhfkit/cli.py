@@ -11,54 +11,11 @@ import os
 import sys
 import traceback
 
-USAGE = """usage: rlhfkit STAGE [--config FILE.yaml] [--field value ...]
+from .stages import find, usage
 
-stages:
-  sft     supervised fine-tuning on {prompt, completion}, {messages} or {text} data
-  rm      train a reward model on {prompt, chosen, rejected} pairs
-  dpo     direct preference optimisation (DPO, IPO, robust DPO, hinge) on pairs
-  ppo     PPO with a critic against a reward model and/or reward functions, KL to a reference
-  rloo    REINFORCE leave-one-out (several samples per prompt)
-  grpo    group relative policy optimisation (group-normalised rewards, KL in the loss)
-  best-of-n  sample N completions per prompt and keep the best by a reward source
-  sample-pairs  sample k responses per prompt from a policy into {prompt, response_a, response_b} pairs
-  judge   label {prompt, response_a, response_b} pairs with an AI judge (an OpenAI-compatible URL, a local
-          model or a reward model), both orders, bias statistics -> TRL preference JSONL (RLAIF)
-  merge-lora  merge a LoRA run's adapter folder (any trainer with lora_r > 0) into its base model:
-          a full folder that AutoModelForCausalLM / AutoModelForSequenceClassification loads
-  serve   serve a model through an OpenAI-compatible API (/v1/chat/completions, /v1/completions, streaming)
-          behind optional input/output filters (--guard FILE)
-  pipeline  run stages listed in a YAML file, each feeding the next; finished stages are skipped
-  annotate  collect human preferences: `rlhfkit annotate serve|import|add-user|export|stats|guidelines|migrate`
-  demo    the built-in demo: base -> SFT -> pairs -> simulated annotators -> RM -> DPO and PPO
-          -> gold evaluation -> runs/demo/report.html (a `pipeline` on rlhfkit/configs/demo.yaml)
-  lab LEVER  the lever lab on the demo world: noise | kl | coverage | knowledge; each writes a
-          figure and a table to runs/lab/ (label noise -> RM accuracy -> gold reward; KL strength ->
-          proxy vs gold reward; a category left out of the preferences; a fact pretraining never had)
-  eval    a policy vs a baseline on prompts: win rate with 95% CI, length-controlled win rate, reward,
-          length, KL to the baseline (scored by a reward model or reward functions)
-  frontier  reward (proxy and held-out) vs KL to a baseline across runs/checkpoints, Gao et al. fits
-  rm-eval   a reward model on held-out pairs: accuracy with CI, reliability diagram, per-category accuracy
-  coverage  which evaluation/red-team prompt clusters have few or no preference pairs near them
-  audit   bias probes for a reward source: counterfactual name/gender/age/dialect swaps, length bias
-  noise   label-noise finder: k-fold reward models flag pairs whose out-of-fold margin contradicts the label
-  world-base, world-data, simulate-annotators, gold-eval
-          the demo world's stages, for pipelines of your own
-
-`rlhfkit STAGE --help` lists every field of that stage with its default."""
+USAGE = usage()
 
 EXIT_USER_ERROR = 2
-
-
-def _stages():
-    from .stages import registry
-    from .config import ServeConfig
-    from .serve import run_serve
-    from .world.demo import DemoConfig, run_demo
-    from .world.lab import LabConfig, run_lab
-
-    # serve runs until stopped, so it is no pipeline stage
-    return {**registry(), "demo": (DemoConfig, run_demo), "lab": (LabConfig, run_lab), "serve": (ServeConfig, run_serve)}
 
 
 def _quiet_libraries() -> None:
@@ -87,11 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         return annotate_main(rest)
     debug = "--debug" in rest
     _quiet_libraries()
-    stages = _stages()
-    if stage not in stages and stage != "pipeline":
+    if find(stage) is None:
         print(f"rlhfkit: error: unknown stage {stage!r}\n\n{USAGE}", file=sys.stderr)
         return EXIT_USER_ERROR
-    return _run_stage(stage, rest, stages, debug)
+    return _run_stage(stage, rest, debug)
 
 
 def _end_distributed() -> None:
@@ -102,19 +58,23 @@ def _end_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _run_stage(stage: str, rest: list[str], stages: dict, debug: bool) -> int:
-    from .config import ConfigError, parse_config
+def _run_stage(stage: str, rest: list[str], debug: bool) -> int:
+    from .config import ConfigError
     from .data import DataError
     from .judge import JudgeError
     from .train.loop import TrainingError
 
     try:
         if stage == "pipeline":  # its file lists stages, so it has no config dataclass of its own
-            from .pipeline import main as pipeline_main
+            from .parser import parse_pipeline_args
+            from .pipeline import run_pipeline
 
-            summary = pipeline_main([a for a in rest if a != "--debug"])
+            args = parse_pipeline_args([a for a in rest if a != "--debug"])
+            summary = run_pipeline(args.config, args.output_dir, tuple(args.force))
         else:
-            cls, fn = stages[stage]
+            from .parser import parse_config
+
+            cls, fn = find(stage).load()
             cfg = parse_config(cls, rest, prog=f"rlhfkit {stage}")
             summary = fn(cfg)
     except (DataError, ConfigError, TrainingError, JudgeError, ValueError, OSError) as e:

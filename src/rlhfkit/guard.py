@@ -46,7 +46,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, load_yaml_file
+from .config import ConfigError
+from .config_yaml import load_yaml_file
 
 log = logging.getLogger("rlhfkit.guard")
 FLAGGED_NAMES = ("unsafe", "flagged", "toxic", "harmful")

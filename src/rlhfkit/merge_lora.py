@@ -10,11 +10,29 @@ Chained adapters (a LoRA DPO run started from a LoRA SFT folder) merge in order.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from .config import MergeLoraConfig, dump_config
+from .config import dump_config, option, require
 from .models import (ADAPTER_CONFIG, DTYPES, is_adapter_dir, load_causal_lm, load_reward_model, load_tokenizer,
                      save_model)
+
+
+@dataclass
+class MergeLoraConfig:
+    """Merge a LoRA adapter folder into its base model and write a full Hugging Face folder."""
+
+    stage: ClassVar[str] = "merge-lora"
+
+    model: str = option("", "Adapter folder a LoRA run wrote (adapter_config.json, adapter_model.safetensors) (required).")
+    output_dir: str = option("", "Where the merged model folder (config.json, model.safetensors, tokenizer) goes (required).")
+    dtype: str = option("float32", "Dtype of the merged weights.", choices=["float32", "bfloat16", "float16"])
+    trust_remote_code: bool = option(False, "Allow model code from the base model's folder or hub repo to run.")
+    allow_pickle: bool = option(False, "Allow pickle adapter/base weights; off because unpickling can run code.")
+
+    def check(self) -> None:
+        require(self, "model", "output_dir")
 
 
 def run_merge_lora(cfg: MergeLoraConfig) -> dict:

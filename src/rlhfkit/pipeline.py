@@ -18,7 +18,6 @@ changing a config or rerunning an upstream stage reruns everything downstream, a
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -27,10 +26,12 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError, from_mapping, load_yaml_file
+from .config import ConfigError
+from .config_yaml import from_mapping, load_yaml_file
 
 MARKER = ".rlhfkit-stage.json"
 LOCK = ".rlhfkit-pipeline.lock"
@@ -85,7 +86,7 @@ def _done(out: Path, fingerprint: str) -> dict | None:
 
 
 def run_pipeline(path: str | Path, output_dir: str | None = None, force: tuple[str, ...] = (),
-                 registry: dict[str, tuple[type, Callable]] | None = None) -> dict:
+                 registry: Mapping[str, tuple[type, Callable]] | None = None) -> dict:
     """Run (or skip) every stage in order; returns {stage name: summary}."""
     from .stages import registry as default_registry
 
@@ -151,13 +152,3 @@ def _run_stages(path, spec: dict, stages: dict, root: Path, force: tuple[str, ..
     root.mkdir(parents=True, exist_ok=True)
     (root / "pipeline_summary.json").write_text(json.dumps(summaries, indent=2, default=str))
     return summaries
-
-
-def main(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="rlhfkit pipeline", description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--config", required=True, help="Pipeline YAML file.")
-    parser.add_argument("--output_dir", default=None, help="Overrides the file's output_dir.")
-    parser.add_argument("--force", nargs="*", default=[], help="Stage names to rerun even if unchanged.")
-    parser.add_argument("--debug", action="store_true", help="Show the full traceback on errors.")
-    args = parser.parse_args(argv)
-    return run_pipeline(args.config, args.output_dir, tuple(args.force))

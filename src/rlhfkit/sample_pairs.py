@@ -9,15 +9,30 @@ counted: nothing can be learned from them (and the preference loaders refuse the
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-from .config import SamplePairsConfig, dump_config
+from .config import ConfigError, SamplerRunConfig, dump_config, option
 from .data import load_prompts
 from .data.tokenize import prompt_ids
 from .generation import generate
 from .models import load_causal_lm, load_tokenizer, resolve_device
+
+
+@dataclass
+class SamplePairsConfig(SamplerRunConfig):
+    """Sample k responses per prompt from a policy and write them as pairs to compare."""
+
+    stage: ClassVar[str] = "sample-pairs"
+
+    k: int = option(2, "Responses sampled per prompt (even); written as k/2 pairs {prompt, response_a, response_b}.")
+
+    def check(self) -> None:
+        if self.k < 2 or self.k % 2:
+            raise ConfigError(f"config: field 'k' must be an even number >= 2, got {self.k}")
 
 
 def sample_responses(cfg, k: int) -> tuple[list, list[str]]:

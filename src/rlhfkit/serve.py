@@ -32,11 +32,38 @@ import logging
 import random
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
+from .config import ConfigError, option, require
 from .serve_gate import RequestError, api_key_of
+
+
+@dataclass
+class ServeConfig:
+    """Serve a policy through an OpenAI-compatible API, behind optional input/output filters."""
+
+    stage: ClassVar[str] = "serve"
+
+    model: str = option("", "Model folder to serve (required).")
+    host: str = option("127.0.0.1", "Interface to listen on (0.0.0.0 for every interface; put TLS in front).")
+    port: int = option(8000, "Port to listen on.")
+    guard: str = option("", "Guard YAML with `input` / `output` sections (blocklist, classifier) and a `refusal`; empty: no filters.")
+    served_model_name: str = option("", "Model id clients pass and /v1/models lists; empty means the folder's name.")
+    max_tokens_limit: int = option(1024, "Largest max_tokens a request may ask for.")
+    device: str = option("auto", "auto, cpu, cuda.")
+    trust_remote_code: bool = option(False, "Allow model code from the checkpoint's folder to run.")
+    api_key: str = option("", "Require 'Authorization: Bearer KEY' on every /v1 route; empty: $RLHFKIT_API_KEY, else no key.")
+    max_request_bytes: int = option(0, "Largest request body in bytes (413 beyond); 0: max(1 MiB, 4 x context x 32).")
+
+    def check(self) -> None:
+        require(self, "model")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"config: field 'port' must be 0-65535, got {self.port}")
+
 
 log = logging.getLogger("rlhfkit.serve")
 
@@ -214,7 +241,6 @@ class Server:
 
 def run_serve(cfg) -> dict:
     """Load the model (and guard), then serve until interrupted."""
-    from .config import ConfigError
     from .extras import require_extra
 
     require_extra("serve", "fastapi", "uvicorn")

@@ -33,7 +33,10 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from rlhfkit.config import DPOConfig, PPOConfig, RMConfig, SFTConfig
+from rlhfkit.train.dpo import DPOConfig
+from rlhfkit.train.ppo import PPOConfig
+from rlhfkit.train.rm import RMConfig
+from rlhfkit.train.sft import SFTConfig
 from rlhfkit.train.dpo import run_dpo
 from rlhfkit.train.loop import TrainingError, batch_plan
 from rlhfkit.train.ppo import run_ppo

@@ -224,7 +224,7 @@ def test_default_skips_bad_records_and_reads_the_test_split(tiny_model_dir, tmp_
 
 def test_online_stage_skips_bad_prompts_by_default(world_dir, tmp_path):
     """grpo with the default on_bad_record: the empty prompt is dropped and counted in summary.json."""
-    from rlhfkit.config import GRPOConfig
+    from rlhfkit.train.grpo import GRPOConfig
     from rlhfkit.train.grpo import run_grpo
 
     prompts = tmp_path / "prompts.jsonl"

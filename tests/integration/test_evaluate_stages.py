@@ -23,7 +23,7 @@ def _rows(path):
 
 @pytest.fixture(scope="module")
 def toy_rm(world_dir, sft_dir, tmp_path_factory):
-    from rlhfkit.config import RMConfig
+    from rlhfkit.train.rm import RMConfig
     from rlhfkit.train.rm import run_rm
 
     out = tmp_path_factory.mktemp("toy_rm")
@@ -183,7 +183,7 @@ def unkind(prompts, completions, **kw):
 def test_online_rl_logs_a_heldout_reward_and_warns_when_they_part(world_dir, sft_dir, tmp_path, capsys):
     """RLOO on the kind reward with a held-out reward that is its negative: the held-out reward is
     logged as exactly -reward each step, and as the policy learns kindness the monitor fires."""
-    from rlhfkit.config import RLOOConfig
+    from rlhfkit.train.rloo import RLOOConfig
     from rlhfkit.train.rloo import run_rloo
 
     fn = tmp_path / "heldout.py"

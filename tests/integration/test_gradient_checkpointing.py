@@ -68,7 +68,7 @@ def sft_loss(model, ref):
 
 def dpo_loss(model, ref):
     """DPO (sigmoid, beta 0.1) on 4 pairs: prompt 128 + chosen / rejected 128 tokens, 8 sequences."""
-    from rlhfkit.config import DPOConfig
+    from rlhfkit.train.dpo import DPOConfig
     from rlhfkit.data.tokenize import TokenizedPair, collate_pairs
     from rlhfkit.train.dpo import score_pairs
 
@@ -169,7 +169,11 @@ def test_sampling_never_checkpoints_and_keeps_the_kv_cache(monkeypatch):
 def _recipe(stage: str, world_dir, sft_out, out: Path, **kw) -> tuple[list[dict], dict]:
     from transformers import AutoModelForCausalLM
 
-    from rlhfkit.config import DPOConfig, GRPOConfig, PPOConfig, RMConfig, SFTConfig
+    from rlhfkit.train.dpo import DPOConfig
+    from rlhfkit.train.grpo import GRPOConfig
+    from rlhfkit.train.ppo import PPOConfig
+    from rlhfkit.train.rm import RMConfig
+    from rlhfkit.train.sft import SFTConfig
     from rlhfkit.train.dpo import run_dpo
     from rlhfkit.train.grpo import run_grpo
     from rlhfkit.train.ppo import run_ppo

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from rlhfkit.config import DPOConfig, RLOOConfig, RMConfig
+from rlhfkit.train.dpo import DPOConfig
+from rlhfkit.train.rloo import RLOOConfig
+from rlhfkit.train.rm import RMConfig
 from rlhfkit.world.toy import write_jsonl
 
 from judge_support import kind_judge_reply

@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from rlhfkit.config import DPOConfig, RMConfig
+from rlhfkit.train.dpo import DPOConfig
+from rlhfkit.train.rm import RMConfig
 from rlhfkit.train.dpo import run_dpo
 from rlhfkit.train.rm import run_rm
 from rlhfkit.world import toy
@@ -102,7 +103,7 @@ def test_precompute_ref_gives_the_same_model(world_dir, pipeline, tmp_path):
 def test_padding_free_trains_like_padded_batches(world_dir, pipeline, tmp_path, stage):
     """padding_free: true (packed micro-batches) == false (padded): the same loss at every step.
     Step 1 runs on identical weights; later steps on weights the two runs updated separately."""
-    from rlhfkit.config import SFTConfig
+    from rlhfkit.train.sft import SFTConfig
     from rlhfkit.train.sft import run_sft
 
     def losses(out, padding_free):

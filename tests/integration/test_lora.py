@@ -11,7 +11,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from rlhfkit.config import DPOConfig, GRPOConfig, MergeLoraConfig, PPOConfig, RLOOConfig, RMConfig, SFTConfig
+from rlhfkit.merge_lora import MergeLoraConfig
+from rlhfkit.train.dpo import DPOConfig
+from rlhfkit.train.grpo import GRPOConfig
+from rlhfkit.train.ppo import PPOConfig
+from rlhfkit.train.rloo import RLOOConfig
+from rlhfkit.train.rm import RMConfig
+from rlhfkit.train.sft import SFTConfig
 from rlhfkit.data import load_preference
 from rlhfkit.data.tokenize import collate_pairs, tokenize_preference
 from rlhfkit.merge_lora import run_merge_lora

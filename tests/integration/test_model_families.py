@@ -21,7 +21,10 @@ from family_support import CHAT_FAMILIES, FAMILIES, make_family_dir
 from real_layouts import trained_runs
 from transformers import AutoModelForSequenceClassification
 
-from rlhfkit.config import DPOConfig, GRPOConfig, RMConfig, SFTConfig
+from rlhfkit.train.dpo import DPOConfig
+from rlhfkit.train.grpo import GRPOConfig
+from rlhfkit.train.rm import RMConfig
+from rlhfkit.train.sft import SFTConfig
 from rlhfkit.data.formats import parse_preference, parse_sft
 from rlhfkit.data.tokenize import collate_pairs, collate_sft, tokenize_preference, tokenize_sft
 from rlhfkit.models import (load_causal_lm, load_reward_model, load_tokenizer, packing_works, reward_forward,

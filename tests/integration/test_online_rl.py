@@ -10,7 +10,11 @@ import json
 import pytest
 
 from rlhfkit.best_of_n import kl_bound, run_best_of_n
-from rlhfkit.config import BestOfNConfig, GRPOConfig, PPOConfig, RLOOConfig, RMConfig
+from rlhfkit.best_of_n import BestOfNConfig
+from rlhfkit.train.grpo import GRPOConfig
+from rlhfkit.train.ppo import PPOConfig
+from rlhfkit.train.rloo import RLOOConfig
+from rlhfkit.train.rm import RMConfig
 from rlhfkit.train.grpo import run_grpo
 from rlhfkit.train.ppo import run_ppo
 from rlhfkit.train.rloo import run_rloo

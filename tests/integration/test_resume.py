@@ -103,7 +103,9 @@ def test_lora_stop_then_resume_matches_uninterrupted(world_dir, tmp_path, monkey
     as a model, e.g. for `rlhfkit frontier`), or for PPO's policy + critic the trainable tensors.
     A run stopped at the start of step 6 and resumed from its step-4 checkpoint ends with the
     uninterrupted run's adapter."""
-    from rlhfkit.config import DPOConfig, GRPOConfig, PPOConfig
+    from rlhfkit.train.dpo import DPOConfig
+    from rlhfkit.train.grpo import GRPOConfig
+    from rlhfkit.train.ppo import PPOConfig
     from rlhfkit.models import is_adapter_dir
     from rlhfkit.train import loop, online
     from rlhfkit.train.dpo import run_dpo

@@ -4,7 +4,7 @@ train_prefs, evaluation test_prefs, and margin_from_scores turns the scores into
 
 import json
 
-from rlhfkit.config import RMConfig
+from rlhfkit.train.rm import RMConfig
 from rlhfkit.train.rm import run_rm
 
 

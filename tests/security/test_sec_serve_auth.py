@@ -53,7 +53,7 @@ def test_unauthenticated_request_is_refused_before_its_body_is_read(served_model
 
 
 def test_no_key_means_open_and_the_flag_wins_over_the_env(served_model_dir, monkeypatch):
-    from rlhfkit.config import ServeConfig
+    from rlhfkit.serve import ServeConfig
     from rlhfkit.serve_gate import api_key_of
 
     assert in_process_client(served_model_dir).get("/v1/models").status_code == 200

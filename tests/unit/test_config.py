@@ -16,7 +16,10 @@ import sys
 import pytest
 
 from rlhfkit.cli import USAGE
-from rlhfkit.config import ConfigError, DPOConfig, SFTConfig, dump_config, parse_config
+from rlhfkit.config import ConfigError, dump_config
+from rlhfkit.parser import parse_config
+from rlhfkit.train.dpo import DPOConfig
+from rlhfkit.train.sft import SFTConfig
 
 REQUIRED = "model: base\ndata: prefs.jsonl\noutput_dir: out\n"
 

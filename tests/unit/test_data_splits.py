@@ -193,7 +193,7 @@ def test_ultrafeedback_parquet_shards(tmp_path):
 def test_trainer_data_and_eval_data_from_one_folder(uf_folder):
     from types import SimpleNamespace
 
-    from rlhfkit.config import RMConfig
+    from rlhfkit.train.rm import RMConfig
     from rlhfkit.train.loop import load_data, note_data
 
     cfg = RMConfig(model="m", data=str(uf_folder), eval_data=str(uf_folder), output_dir="o", margin_from_scores=True)
@@ -218,7 +218,9 @@ def test_trainer_data_and_eval_data_from_one_folder(uf_folder):
 
 
 def test_config_fields_are_checked():
-    from rlhfkit.config import ConfigError, RMConfig, from_mapping
+    from rlhfkit.config import ConfigError
+    from rlhfkit.config_yaml import from_mapping
+    from rlhfkit.train.rm import RMConfig
 
     base = {"model": "m", "data": "d", "output_dir": "o"}
     assert from_mapping(RMConfig, base, "x.yaml").on_bad_record == "skip"

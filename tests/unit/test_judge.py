@@ -239,7 +239,7 @@ def test_make_reward_builds_a_judge_source(fake_judge_endpoint):
 
 
 def test_rlhfkit_judge_writes_trl_rows_with_confidence_and_agreement(fake_judge_endpoint, tmp_path):
-    from rlhfkit.config import JudgeConfig
+    from rlhfkit.judge.run import JudgeConfig
     from rlhfkit.data import load_preference
     from rlhfkit.judge.run import run_judge
 
@@ -283,7 +283,7 @@ def test_rlhfkit_judge_with_each_judge_kind(kind, tmp_path, world_dir, fake_judg
     ties, position bias +0.5. The reward model (random head) decides every pair consistently: a
     Bradley-Terry judge has no position preference (bias 0). The endpoint with a two-principle,
     per-principle constitution is asked 2 principles x 2 orders x 3 pairs = 12 times."""
-    from rlhfkit.config import JudgeConfig
+    from rlhfkit.judge.run import JudgeConfig
     from rlhfkit.judge.run import run_judge
     from rlhfkit.models import load_reward_model, load_tokenizer, save_model
 

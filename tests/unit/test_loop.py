@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhfkit.config import SFTConfig
+from rlhfkit.train.sft import SFTConfig
 from rlhfkit.data import load_sft
 from rlhfkit.data.tokenize import collate_sft, tokenize_sft
 from rlhfkit.models import load_causal_lm, load_tokenizer

@@ -15,7 +15,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhfkit.cli import main
-from rlhfkit.config import ConfigError, SFTConfig, parse_config
+from rlhfkit.config import ConfigError
+from rlhfkit.parser import parse_config
+from rlhfkit.train.sft import SFTConfig
 from rlhfkit.models import (adapter_disabled, add_lora, is_adapter_dir, load_causal_lm, load_reward_model,
                             load_tokenizer, make_tiny_model_dir, reward_forward, save_model, target_logprobs)
 

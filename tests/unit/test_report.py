@@ -24,7 +24,7 @@ def test_report_is_self_contained_and_escaped(tmp_path):
 
 
 def test_trailing_mean_hand_derived():
-    from rlhfkit.world.report import _smooth
+    from rlhfkit.world.report import smooth
 
-    assert _smooth([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
-    assert _smooth([2.0, 4.0], window=10) == [2.0, 3.0]
+    assert smooth([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
+    assert smooth([2.0, 4.0], window=10) == [2.0, 3.0]

@@ -15,7 +15,9 @@ from safetensors.torch import load_file
 
 import rlhfkit
 from rlhfkit.cli import main
-from rlhfkit.config import ConfigError, parse_config, SFTConfig
+from rlhfkit.config import ConfigError
+from rlhfkit.parser import parse_config
+from rlhfkit.train.sft import SFTConfig
 from rlhfkit.models import load_reward_model, load_tokenizer
 
 SRC = Path(rlhfkit.__file__).parent
@@ -81,7 +83,7 @@ def test_trust_remote_code_and_allow_pickle_default_to_false_everywhere():
                         checked.append(f"{module.__name__}.{fn.__qualname__}({p.name})")
                         assert p.default is False or p.default is inspect.Parameter.empty, checked[-1]
     # the ones that matter were really found
-    assert {"rlhfkit.config.SFTConfig.allow_pickle", "rlhfkit.models.load_causal_lm(trust_remote_code)",
+    assert {"rlhfkit.train.sft.SFTConfig.allow_pickle", "rlhfkit.models.load_causal_lm(trust_remote_code)",
             "rlhfkit.models.load_causal_lm(allow_pickle)", "rlhfkit.models.load_tokenizer(trust_remote_code)"} <= set(checked)
     assert sum(".trust_remote_code" in c for c in checked) >= 4
 

@@ -271,7 +271,7 @@ def test_dpo_score_pairs_ipo_uses_lengths_when_asked(normalize):
     """``score_pairs`` with loss_type ipo: the loss equals ``losses.dpo_loss`` on the policy's summed
     log-probs with precomputed reference log-probs, with lengths [3, 2] / [2, 4] when
     ipo_normalize_length is on and without them when off."""
-    from rlhfkit.config import DPOConfig
+    from rlhfkit.train.dpo import DPOConfig
     from rlhfkit.losses import dpo_loss
     from rlhfkit.models import tiny_causal_lm
     from rlhfkit.train.dpo import response_logps, score_pairs

@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhfkit.config import (ConfigError, DPOConfig, GRPOConfig, RLOOConfig, RMConfig, SFTConfig, field_names,
-                            parse_config)
+from rlhfkit.config import ConfigError
+from rlhfkit.config_yaml import field_names
+from rlhfkit.parser import parse_config
+from rlhfkit.train.dpo import DPOConfig
+from rlhfkit.train.grpo import GRPOConfig
+from rlhfkit.train.rloo import RLOOConfig
+from rlhfkit.train.rm import RMConfig
+from rlhfkit.train.sft import SFTConfig
 from rlhfkit.trl_names import ALL, TABLE, is_trl_option, markdown_table, names_for
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "trl.md"

@@ -32,9 +32,9 @@ from importlib import resources
 from pathlib import Path
 
 from .. import report
-from ..config import ConfigError, RewardSourceConfig, _f
+from ..config import ConfigError, RewardSourceConfig, option, require
 from ..data import DataError
-from .common import JudgeSourceConfig, check_required, finish, judge_of, pyplot, scorer, write_jsonl
+from .common import JudgeSourceConfig, finish, judge_of, pyplot, scorer, write_jsonl
 
 PADDING = ["I hope this helps.", "Let me know if you have any other questions.", "Thank you for asking."]
 
@@ -44,13 +44,13 @@ class AuditConfig(RewardSourceConfig, JudgeSourceConfig):
     """Counterfactual bias probes (names, demographic terms, dialect) and length bias of a reward source;
     position bias and counterfactual preferences of an AI judge."""
 
-    output_dir: str = _f("", "Where summary.json, probes_scored.jsonl and report.html go (required).")
-    probes: list[str] = _f([], "Probe files of your own (JSONL: axis, prompt, response, swaps, optional groups).")
-    default_probes: bool = _f(True, "Include the probe set shipped with rlhfkit.")
-    length_padding: list[str] = _f(PADDING, "Neutral sentences appended (one, then all) to test the length bias.")
-    n_boot: int = _f(2000, "Bootstrap resamples for the intervals.")
-    seed: int = _f(0, "Bootstrap seed.")
-    device: str = _f("auto", "auto, cpu, cuda.")
+    output_dir: str = option("", "Where summary.json, probes_scored.jsonl and report.html go (required).")
+    probes: list[str] = option([], "Probe files of your own (JSONL: axis, prompt, response, swaps, optional groups).")
+    default_probes: bool = option(True, "Include the probe set shipped with rlhfkit.")
+    length_padding: list[str] = option(PADDING, "Neutral sentences appended (one, then all) to test the length bias.")
+    n_boot: int = option(2000, "Bootstrap resamples for the intervals.")
+    seed: int = option(0, "Bootstrap seed.")
+    device: str = option("auto", "auto, cpu, cuda.")
 
 
 def builtin_probes() -> str:
@@ -211,7 +211,7 @@ def _reward_audit(cfg: AuditConfig, score, rows: list[dict]) -> tuple[dict, list
 def run_audit(cfg: AuditConfig) -> dict:
     from ..models import resolve_device
 
-    check_required(cfg, "output_dir")
+    require(cfg, "output_dir")
     files = ([builtin_probes()] if cfg.default_probes else []) + list(cfg.probes)
     if not files:
         raise ConfigError("config: no probes: set 'probes' or keep 'default_probes' on")

@@ -7,18 +7,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, _f, dump_config
+from ..config import ConfigError, dump_config, option
 
 
 @dataclass
 class JudgeSourceConfig:
     """An AI judge as the scorer of ``eval`` and ``audit`` (``rlhfkit.judge``)."""
 
-    judge: str = _f("", "An AI judge: an OpenAI-compatible `http(s)://HOST/v1` URL, a reward-model folder or a causal-LM "
-                        "folder. In `eval` it decides the win rate (both orders, ties half); in `audit` it adds its "
-                        "position bias and per-axis preferences.")
-    judge_model: str = _f("", "Model name the judge endpoint serves; empty means the first one it lists.")
-    constitution: str = _f("", "YAML file of principles for the judge; empty means the shipped default.")
+    judge: str = option("", "An AI judge: an OpenAI-compatible `http(s)://HOST/v1` URL, a reward-model folder or a causal-LM "
+                            "folder. In `eval` it decides the win rate (both orders, ties half); in `audit` it adds its "
+                            "position bias and per-axis preferences.")
+    judge_model: str = option("", "Model name the judge endpoint serves; empty means the first one it lists.")
+    constitution: str = option("", "YAML file of principles for the judge; empty means the shipped default.")
 
 
 def scorer(cfg, device, required: bool = True):
@@ -48,12 +48,6 @@ def judge_outcomes(verdicts) -> list[float]:
     return [1.0 if v.winner == "a" else 0.0 if v.winner == "b" else 0.5 for v in verdicts]
 
 
-def check_required(cfg, *names: str) -> None:
-    for name in names:
-        if not getattr(cfg, name):
-            raise ConfigError(f"config: field {name!r} is required (set it in the YAML file or with --{name})")
-
-
 def columns_of(examples, repeat: int = 1) -> dict[str, list]:
     """Extra dataset columns as keyword lists for reward functions (TRL style), each prompt's values
     repeated ``repeat`` times; columns some records lack are left out."""
@@ -72,6 +66,7 @@ def text_of(value) -> str:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:
+    """One JSON object a line; returns the path as a string."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows), encoding="utf-8")
     return str(path)

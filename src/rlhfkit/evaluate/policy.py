@@ -7,6 +7,7 @@ can be negative). Sampling is at temperature 1 so the estimate is of the policy 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,11 +31,13 @@ class Samples:
 
 
 def sample_policy(model_dir: str, prompts: list, n: int = 1, max_new_tokens: int = 32, seed: int = 0,
-                  device: str | torch.device = "cpu", max_prompt_length: int = 256) -> Samples:
+                  device: str | torch.device = "cpu", max_prompt_length: int = 256, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0, stop_strings: Sequence[str] = ()) -> Samples:
+    """``n`` samples per prompt; the sampling settings are a ``GenerationConfig``'s (``generation_kwargs``)."""
     tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir).to(device)
     rows = [prompt_ids(tok, p)[-max_prompt_length:] for p in prompts for _ in range(n)]
-    rollout = generate(model, tok, rows, max_new_tokens, temperature=1.0,
-                       generator=torch.Generator(device=device).manual_seed(seed))
+    rollout = generate(model, tok, rows, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       stop_strings=stop_strings, generator=torch.Generator(device=device).manual_seed(seed))
     logps = (rollout.logprobs * rollout.mask).sum(1).float().cpu()
     return Samples(rollout.texts, rollout.mask.sum(1).tolist(), logps, rollout.ended.tolist(), rows, rollout)
 

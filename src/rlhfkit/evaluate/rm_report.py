@@ -18,21 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import report
-from ..config import _f
-from .common import check_required, finish, pyplot, text_of, write_jsonl
+from ..config import option, require
+from .common import finish, pyplot, text_of, write_jsonl
 
 
 @dataclass
 class RMEvalConfig:
     """Held-out accuracy with CI, calibration and per-category accuracy of a reward model."""
 
-    reward_model: str = _f("", "Reward-model folder (from `rlhfkit rm`) (required).")
-    data: str = _f("", "Held-out preference pairs {prompt, chosen, rejected}, optional `category` (required).")
-    output_dir: str = _f("", "Where summary.json, scores.jsonl and report.html go (required).")
-    category_field: str = _f("category", "Column that groups pairs for per-category accuracy (absent: no breakdown).")
-    bins: int = _f(10, "Bins of the reliability diagram.")
-    batch_size: int = _f(32, "Sequences per forward pass.")
-    device: str = _f("auto", "auto, cpu, cuda.")
+    reward_model: str = option("", "Reward-model folder (from `rlhfkit rm`) (required).")
+    data: str = option("", "Held-out preference pairs {prompt, chosen, rejected}, optional `category` (required).")
+    output_dir: str = option("", "Where summary.json, scores.jsonl and report.html go (required).")
+    category_field: str = option("category", "Column that groups pairs for per-category accuracy (absent: no breakdown).")
+    bins: int = option(10, "Bins of the reliability diagram.")
+    batch_size: int = option(32, "Sequences per forward pass.")
+    device: str = option("auto", "auto, cpu, cuda.")
 
 
 def accuracy_table(margins: list[float], groups: list) -> list[dict]:
@@ -76,7 +76,7 @@ def run_rm_eval(cfg: RMEvalConfig) -> dict:
     from ..rewards import RewardModelSource
     from .stats import calibration, wilson_interval
 
-    check_required(cfg, "reward_model", "data", "output_dir")
+    require(cfg, "reward_model", "data", "output_dir")
     pairs = load_preference(cfg.data)
     rm = RewardModelSource(cfg.reward_model, resolve_device(cfg.device), batch_size=cfg.batch_size)
     prompts = [p.prompt for p in pairs]

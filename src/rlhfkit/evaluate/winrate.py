@@ -19,25 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import report
-from ..config import RewardSourceConfig, _f
-from .common import (JudgeSourceConfig, check_required, columns_of, finish, judge_of, judge_outcomes, pyplot, scorer,
+from ..config import GenerationConfig, RewardSourceConfig, option, require
+from .common import (JudgeSourceConfig, columns_of, finish, judge_of, judge_outcomes, pyplot, scorer,
                      text_of, write_jsonl)
 
 
 @dataclass
-class EvalConfig(RewardSourceConfig, JudgeSourceConfig):
+class EvalConfig(RewardSourceConfig, JudgeSourceConfig, GenerationConfig):
     """Win rate of `policy` over `baseline` on prompts (`data`), scored by a reward model or functions, or an AI judge."""
 
-    policy: str = _f("", "Policy folder to evaluate (required).")
-    baseline: str = _f("", "Baseline policy folder (e.g. the SFT model); also the reference of the KL (required).")
-    data: str = _f("", "Prompts: records with a `prompt`; other columns reach reward functions (required).")
-    output_dir: str = _f("", "Where summary.json, samples.jsonl and report.html go (required).")
-    samples_per_prompt: int = _f(1, "Samples per prompt and policy (temperature 1, same seed for both).")
-    max_new_tokens: int = _f(64, "Longest sampled response in tokens.")
-    max_prompt_length: int = _f(256, "Longest prompt in tokens (prompts keep their end).")
-    n_boot: int = _f(2000, "Bootstrap resamples for the confidence intervals.")
-    seed: int = _f(0, "Sampling and bootstrap seed.")
-    device: str = _f("auto", "auto, cpu, cuda.")
+    policy: str = option("", "Policy folder to evaluate (required).")
+    baseline: str = option("", "Baseline policy folder (e.g. the SFT model); also the reference of the KL (required).")
+    data: str = option("", "Prompts: records with a `prompt`; other columns reach reward functions (required).")
+    output_dir: str = option("", "Where summary.json, samples.jsonl and report.html go (required).")
+    samples_per_prompt: int = option(1, "Samples per prompt and policy (temperature 1, same seed for both).")
+    max_prompt_length: int = option(256, "Longest prompt in tokens (prompts keep their end).")
+    n_boot: int = option(2000, "Bootstrap resamples for the confidence intervals.")
+    seed: int = option(0, "Sampling and bootstrap seed.")
+    device: str = option("auto", "auto, cpu, cuda.")
 
 
 def _same_vocab(a: str, b: str) -> bool:
@@ -53,7 +52,7 @@ def evaluate_pair(cfg: EvalConfig) -> tuple[dict, list[dict]]:
     from .policy import kl_to_reference, sample_policy
     from .stats import bootstrap_ci, length_controlled_win_rate, paired_outcomes, win_rate
 
-    check_required(cfg, "policy", "baseline", "data", "output_dir")
+    require(cfg, "policy", "baseline", "data", "output_dir")
     if cfg.samples_per_prompt < 1:
         raise ValueError(f"config: field 'samples_per_prompt' must be >= 1, got {cfg.samples_per_prompt}")
     device = resolve_device(cfg.device)
@@ -65,8 +64,8 @@ def evaluate_pair(cfg: EvalConfig) -> tuple[dict, list[dict]]:
     cols = columns_of(examples, n)
     sides = {}
     for name, folder in (("policy", cfg.policy), ("baseline", cfg.baseline)):
-        s = sample_policy(folder, [ex.prompt for ex in examples], n=n, max_new_tokens=cfg.max_new_tokens,
-                          seed=cfg.seed, device=device, max_prompt_length=cfg.max_prompt_length)
+        s = sample_policy(folder, [ex.prompt for ex in examples], n=n, seed=cfg.seed, device=device,
+                          max_prompt_length=cfg.max_prompt_length, **cfg.generation_kwargs())
         sides[name] = (s, score(prompts, s.texts, **cols).tolist() if score else [None] * len(s.texts))
     (pol, pol_r), (base, base_r) = sides["policy"], sides["baseline"]
     summary = {}

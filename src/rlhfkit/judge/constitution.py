@@ -19,7 +19,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, load_yaml_file
+from ..config import ConfigError
+from ..config_yaml import load_yaml_file
 
 DEFAULT = Path(__file__).parent / "constitutions" / "default.yaml"
 ANSWER = "Answer with a single letter: A or B."

@@ -13,14 +13,53 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from ..config import JudgeConfig
+from ..config import ConfigError, option, require
 from ..data import DataError, read_records
 from ..data.load import json_type
 from . import is_url, make_judge
 from .base import compare, judge_stats
 from .constitution import load_constitution
+
+
+@dataclass
+class JudgeConfig:
+    """Label pairs with an AI judge (RLAIF): both orders, bias statistics, TRL preference rows out."""
+
+    stage: ClassVar[str] = "judge"
+
+    data: str = option("", "Pairs {prompt, response_a, response_b} (what `sample-pairs` writes), or {prompt, chosen, rejected} "
+                           "rows (judged as a=chosen; agreement with that human label is reported); an optional `label` "
+                           "or `gold` field (a, b or tie) is a human label (required).")
+    judge: str = option("", "The judge: an OpenAI-compatible `http(s)://HOST/v1` URL, a reward-model folder, or a causal-LM folder (required).")
+    judge_model: str = option("", "Model name the endpoint serves; empty means the first one it lists.")
+    constitution: str = option("", "YAML file of principles; empty means the shipped default (helpful, honest, harmless).")
+    output: str = option("", "Preference JSONL to write ({prompt, chosen, rejected, confidence, source, ...}); "
+                             "the run's statistics go beside it as OUTPUT.summary.json (required).")
+    output_dir: str = option("", "Folder form (what `rlhfkit pipeline` sets): with `output` empty, rows go to OUTPUT_DIR/prefs.jsonl.")
+    ties: str = option("drop", "Pairs whose two orders disagree: drop them (counted), or keep them in the output as "
+                               "{prompt, response_a, response_b, tie: true, confidence: 0.5} rows.", choices=["drop", "keep"])
+    name: str = option("", "Source name written as `source: judge:NAME`; empty means the judge model's name.")
+    api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the endpoint's API key (\"EMPTY\" when unset).")
+    timeout: float = option(60.0, "Seconds per endpoint request before it counts as failed (and is retried).")
+    max_retries: int = option(4, "Retries per request on timeouts, connection errors, 429 and 5xx (exponential backoff with jitter).")
+    concurrency: int = option(8, "Endpoint requests in flight at once.")
+    cache: str = option("", "Verdict cache (JSONL) for endpoint judges; empty means OUTPUT.cache.jsonl; `none` disables it.")
+    logprobs: bool = option(False, "Ask the endpoint for log-probs of the answer token (graded confidence); off: the letter counts as 1.0.")
+    batch_size: int = option(8, "Pairs per forward pass for local judges.")
+    device: str = option("auto", "auto, cpu, cuda (local judges).")
+    trust_remote_code: bool = option(False, "Allow model code from the judge's folder to run.")
+
+    def check(self) -> None:
+        if not self.output and self.output_dir:
+            self.output = str(Path(self.output_dir) / "prefs.jsonl")
+        require(self, "data", "judge", "output")
+        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0 or self.batch_size < 1:
+            raise ConfigError("config: need concurrency >= 1, max_retries >= 0, timeout > 0, batch_size >= 1")
+
 
 LABELS = ("a", "b", "tie")
 

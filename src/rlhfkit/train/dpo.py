@@ -21,16 +21,41 @@ the dataset's response tokens (an offline proxy: the responses are not samples o
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from ..config import DPOConfig
+from ..config import ConfigError, PaddingFreeConfig, SourceWeightsConfig, TrainConfig, option
 from ..data import load_preference
 from ..data.sources import apply_source_weights
 from ..data.tokenize import check_chat_template, collate_pairs, tokenize_preference
 from ..losses import dpo_loss
 from ..models import adapter_disabled, load_causal_lm, load_tokenizer, packing_works, target_logprobs
 from .loop import Run, Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
+
+
+@dataclass
+class DPOConfig(SourceWeightsConfig, PaddingFreeConfig, TrainConfig):
+    """Direct preference optimisation (and IPO, robust DPO, hinge) on {prompt, chosen, rejected} pairs."""
+
+    stage: ClassVar[str] = "dpo"
+
+    learning_rate: float = option(1e-6, "Peak AdamW learning rate.")
+    ref_model: str = option("", "Reference model folder; empty means the starting `model`.")
+    beta: float = option(0.1, "Strength of the implicit KL to the reference (DPO's beta).")
+    loss_type: str = option("sigmoid", "sigmoid = DPO, ipo, robust = rDPO, hinge = SLiC.",
+                            choices=["sigmoid", "ipo", "robust", "hinge"])
+    label_smoothing: float = option(0.0, "Assumed label-flip rate: cDPO for sigmoid, rDPO's epsilon for robust (TRL 1.16 "
+                                         "ignores it for sigmoid; rlhfkit applies it: see docs/trl.md).")
+    ipo_normalize_length: bool = option(True, "IPO: divide each response's log-ratio by its token count before Azar et al. "
+                                              "eq. 17 (as TRL does; the IPO authors' results use this form). False: eq. 17 "
+                                              "on summed log-ratios, whose gradient grows with response length.")
+    precompute_ref: bool = option(False, "Compute reference log-probs once before training and free the reference model.")
+
+    def check(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError(f"config: field 'beta' must be > 0, got {self.beta}")
 
 
 def response_logps(model, batch) -> torch.Tensor:

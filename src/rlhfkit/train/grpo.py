@@ -10,10 +10,26 @@ while the reward rises): watch ``reward`` and ``kl``.
 
 from __future__ import annotations
 
-from ..config import GRPOConfig
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..config import OnlineConfig, option
 from ..losses import grpo_advantages
 from .online import Algorithm, Experience, run_online
 from .rloo import sequence_rewards
+
+
+@dataclass
+class GRPOConfig(OnlineConfig):
+    """Group relative policy optimisation (Shao et al. 2024): group-normalised rewards, KL in the loss."""
+
+    stage: ClassVar[str] = "grpo"
+
+    num_generations: int = option(4, "Completions sampled per prompt (>= 2).")
+    kl_estimator: str = option("k3", "Per-token KL estimator: k1, k2, k3.", choices=["k1", "k2", "k3"])
+    kl_in: str = option("loss", "Apply the KL as a per-token reward penalty or as a loss term.", choices=["reward", "loss"])
+    kl_coef: float = option(0.04, "KL penalty coefficient (GRPO's beta).")
+    scale_rewards: bool = option(True, "Divide by the group's std (False: Dr. GRPO's unscaled advantages).")
 
 
 def run_grpo(cfg: GRPOConfig) -> dict:

@@ -18,13 +18,34 @@ at all: the cheapest option in memory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
-from ..config import PPOConfig
+from ..config import OnlineConfig, option
 from ..losses import gae, ppo_value_loss, whiten
 from ..models import position_ids_from_mask, save_model, unwrap_peft
 from .loop import load_trained_model
 from .online import Algorithm, Experience, last_token_onehot, run_online
+
+
+@dataclass
+class PPOConfig(OnlineConfig):
+    """PPO with a learned critic (Ouyang et al. 2022; Huang et al. 2024, "The N+ implementation details of RLHF with PPO")."""
+
+    stage: ClassVar[str] = "ppo"
+    min_generations: ClassVar[int] = 1  # the critic is the baseline: no siblings needed
+
+    ppo_epochs: int = option(4, "Passes of clipped-surrogate updates over each batch of samples.")
+    value_model: str = option("", "Critic initialisation: a folder; empty means `reward_model` if set, else the policy.")
+    value_head: str = option("separate", "separate: a critic network of its own; shared: a value head on the policy's backbone.",
+                             choices=["separate", "shared"])
+    gamma: float = option(1.0, "Discount factor.")
+    lam: float = option(0.95, "GAE lambda.")
+    cliprange_value: float = option(0.2, "Value clip range.")
+    vf_coef: float = option(0.1, "Weight of the value loss.")
+    whiten_advantages: bool = option(True, "Whiten advantages over each batch of samples.")
 
 
 class ActorCritic(torch.nn.Module):

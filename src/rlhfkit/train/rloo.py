@@ -9,9 +9,21 @@ reuses the samples safely; with one epoch the ratio is 1 and this is plain REINF
 
 from __future__ import annotations
 
-from ..config import RLOOConfig
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..config import OnlineConfig, option
 from ..losses import rloo_advantages
 from .online import Algorithm, Experience, run_online, sequence_kl
+
+
+@dataclass
+class RLOOConfig(OnlineConfig):
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): each completion's baseline is its siblings' mean reward."""
+
+    stage: ClassVar[str] = "rloo"
+
+    num_generations: int = option(4, "Completions sampled per prompt (>= 2: the siblings are the baseline).")
 
 
 def sequence_rewards(exp: Experience, kl_coef: float, kl_in: str):

@@ -11,7 +11,10 @@ With ``lora_r > 0`` the backbone trains through a LoRA adapter while the score h
 
 from __future__ import annotations
 
-from ..config import RMConfig
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..config import PaddingFreeConfig, SourceWeightsConfig, TrainConfig, option
 from ..data import load_preference
 from ..data.sources import apply_source_weights
 from ..data.tokenize import check_chat_template, collate_pairs, tokenize_preference
@@ -19,6 +22,20 @@ from ..evaluate.stats import wilson_interval
 from ..losses import bradley_terry
 from ..models import load_tokenizer, packed_rewards, packing_works, reward_forward
 from .loop import Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
+
+
+@dataclass
+class RMConfig(SourceWeightsConfig, PaddingFreeConfig, TrainConfig):
+    """Bradley-Terry reward model on {prompt, chosen, rejected} pairs."""
+
+    stage: ClassVar[str] = "rm"
+
+    learning_rate: float = option(1e-4, "Peak AdamW learning rate.")
+    use_margin: bool = option(True, "Subtract a pair's `margin` field in the loss (Llama 2 eq. 2) when present.")
+    margin_from_scores: bool = option(False, "A pair without `margin` takes score_chosen - score_rejected as its margin "
+                                             "(UltraFeedback's columns; a record lacking them is a bad record); used as is, "
+                                             "so mind the scale (UltraFeedback's scores run 1-10).")
+    center_rewards_coef: float = option(0.0, "Weight of mean((r_c + r_r)^2), which keeps rewards centred on 0.")
 
 
 def pair_rewards(model, batch):

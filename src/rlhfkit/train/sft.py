@@ -11,11 +11,23 @@ With ``lora_r > 0`` only a LoRA adapter trains and the output folder holds the a
 
 from __future__ import annotations
 
-from ..config import SFTConfig
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..config import PaddingFreeConfig, TrainConfig, option
 from ..data import load_sft
 from ..data.tokenize import check_chat_template, collate_sft, tokenize_sft
 from ..models import load_tokenizer, packing_works, target_logprobs
 from .loop import Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
+
+
+@dataclass
+class SFTConfig(PaddingFreeConfig, TrainConfig):
+    """Supervised fine-tuning on {prompt, completion}, {messages} or {text} records."""
+
+    stage: ClassVar[str] = "sft"
+
+    completion_only_loss: bool = option(True, "Train only on response tokens (prompt tokens masked out).")
 
 
 def nll_sum(model, batch) -> tuple:

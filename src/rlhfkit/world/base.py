@@ -72,7 +72,7 @@ def build_base(out_dir: str | os.PathLike, seed: int = 0, steps: int = 2000, hid
     never uses (a GAP capital, say) still get an id. A held-out corpus (another seed) gives the
     summary an ``eval_loss``.
     """
-    from ..config import SFTConfig
+    from ..train.sft import SFTConfig
     from ..models import save_model, tiny_causal_lm
     from ..train.sft import run_sft
 

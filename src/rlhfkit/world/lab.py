@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from .. import report
-from ..config import ConfigError, _f
+from ..config import ConfigError, option
 from ..pipeline import load_pipeline, run_pipeline
 from .gold import gold_score
 from .tasks import CATEGORIES, Prompt
@@ -43,15 +43,15 @@ GOLD_FN = "rlhfkit.world.gold:gold_reward"
 class LabConfig:
     """One lever-lab sweep on the demo world (`rlhfkit lab LEVER`)."""
 
-    lever: str = _f("", "noise, kl, coverage or knowledge (may be given as the first argument).")
-    output_dir: str = _f("runs/lab", "Folder shared by all labs: stage folders, <lever>.png/.md/.json.")
-    pipeline: str = _f("", "Pipeline YAML whose stages the lab builds on; empty: the built-in demo.yaml.")
-    flip_rates: list[float] = _f([0.0, 0.1, 0.2, 0.3, 0.4, 0.45], "noise: annotator flip rates to sweep.")
-    best_of: int = _f(16, "noise: N of the best-of-N policy that spends each reward model.")
-    kl_coefs: list[float] = _f([0.0, 0.03, 0.1, 0.3], "kl: PPO KL coefficients to sweep.")
-    kl_steps: int = _f(0, "kl: PPO steps per run; 0 keeps the demo's.")
-    leave_out: str = _f("advice", "coverage: the prompt category left out of the preference data.")
-    force: list[str] = _f([], "Stage names to rerun even if unchanged.")
+    lever: str = option("", "noise, kl, coverage or knowledge (may be given as the first argument).")
+    output_dir: str = option("runs/lab", "Folder shared by all labs: stage folders, <lever>.png/.md/.json.")
+    pipeline: str = option("", "Pipeline YAML whose stages the lab builds on; empty: the built-in demo.yaml.")
+    flip_rates: list[float] = option([0.0, 0.1, 0.2, 0.3, 0.4, 0.45], "noise: annotator flip rates to sweep.")
+    best_of: int = option(16, "noise: N of the best-of-N policy that spends each reward model.")
+    kl_coefs: list[float] = option([0.0, 0.03, 0.1, 0.3], "kl: PPO KL coefficients to sweep.")
+    kl_steps: int = option(0, "kl: PPO steps per run; 0 keeps the demo's.")
+    leave_out: str = option("advice", "coverage: the prompt category left out of the preference data.")
+    force: list[str] = option([], "Stage names to rerun even if unchanged.")
 
 
 def _fmt(value: float) -> str:
@@ -200,7 +200,7 @@ def _tail_mean(values: list[float], share: float = 0.2) -> float:
 
 
 def kl_readout(cfg: LabConfig, root: Path, summaries: dict):
-    from .report import _smooth
+    from .report import smooth
 
     evals = summaries["eval_kl"]
     proxy_key, gold_key = "reward/reward_model:rm", f"reward/{GOLD_FN}"
@@ -213,13 +213,13 @@ def kl_readout(cfg: LabConfig, root: Path, summaries: dict):
         steps, proxy = _series(metrics, proxy_key)
         _, gold = _series(metrics, gold_key)
         _, kl = _series(metrics, "kl")
-        line, = axes[0].plot(steps, _smooth(proxy), label=f"kl_coef {c:g}")
-        axes[1].plot(steps, _smooth(gold), color=line.get_color(), label=f"kl_coef {c:g}")
-        axes[2].plot(_smooth(kl), _smooth(gold), "--", color=line.get_color(), alpha=0.7,
+        line, = axes[0].plot(steps, smooth(proxy), label=f"kl_coef {c:g}")
+        axes[1].plot(steps, smooth(gold), color=line.get_color(), label=f"kl_coef {c:g}")
+        axes[2].plot(smooth(kl), smooth(gold), "--", color=line.get_color(), alpha=0.7,
                      label=f"kl_coef {c:g}, training")
         ev = evals[name]
         axes[2].scatter([ev["kl_to_baseline"]], [ev["gold_reward"]], marker="*", s=80, color=line.get_color())
-        smoothed = _smooth(gold)
+        smoothed = smooth(gold)
         rows.append({"kl_coef": c, "proxy_reward_start": proxy[0] if proxy else None,
                      "proxy_reward_end": _tail_mean(proxy), "gold_reward_train_peak": max(smoothed) if gold else None,
                      "gold_reward_train_end": _tail_mean(gold), "train_kl_end": _tail_mean(kl),

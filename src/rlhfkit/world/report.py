@@ -117,9 +117,9 @@ def overoptimisation(root: Path) -> str:
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.6), squeeze=False)
     for ax, (name, rows) in zip(axes[0], runs.items()):
         steps = [r["step"] for r in rows]
-        ax.plot(steps, _smooth([r[PROXY_KEY] for r in rows]), color="tab:blue", label="training reward (reward model)")
+        ax.plot(steps, smooth([r[PROXY_KEY] for r in rows]), color="tab:blue", label="training reward (reward model)")
         twin = ax.twinx()
-        twin.plot(steps, _smooth([r[HELDOUT_KEY] for r in rows]), color="tab:orange", label="held-out reward (gold)")
+        twin.plot(steps, smooth([r[HELDOUT_KEY] for r in rows]), color="tab:orange", label="held-out reward (gold)")
         for r in rows:
             if r.get("overopt_warning"):
                 ax.axvspan(r["step"] - 0.5, r["step"] + 0.5, color="red", alpha=0.15, lw=0)
@@ -131,7 +131,7 @@ def overoptimisation(root: Path) -> str:
     return report.figure(fig)
 
 
-def _smooth(values: list[float], window: int = 10) -> list[float]:
+def smooth(values: list[float], window: int = 10) -> list[float]:
     """Trailing mean over up to ``window`` values (the first points average what exists)."""
     return [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
             for i in range(len(values))]
@@ -150,7 +150,7 @@ def reward_vs_kl(frontier: list[dict], evals: dict, root: Path) -> str:
         for f in frontier:
             ax.annotate(f"N={f['n']}", (f["kl"], f[key]), fontsize=7, xytext=(3, -9), textcoords="offset points")
         for name, rows in _ppo_runs(root).items():
-            ax.plot(_smooth([r["kl"] for r in rows]), _smooth([r[GOLD_KEY if key == "gold_reward" else PROXY_KEY]
+            ax.plot(smooth([r["kl"] for r in rows]), smooth([r[GOLD_KEY if key == "gold_reward" else PROXY_KEY]
                                                                for r in rows]),
                     "--", alpha=0.8, label=f"{name}, training (10-step mean)")
         ax.set(xlabel="KL to SFT (nats)", ylabel=title, title=f"{title.capitalize()} vs KL")

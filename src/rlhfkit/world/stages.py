@@ -11,7 +11,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import _f, dump_config
+from ..config import GenerationConfig, option
+from ..evaluate.common import finish, write_jsonl
 from ..evaluate.policy import kl_to_reference, sample_policy
 from ..evaluate.stats import win_rate
 from .annotators import SimulatedAnnotator
@@ -20,29 +21,16 @@ from .gold import answer_verdict, gold_score, words
 from .tasks import Prompt, gap_prompts, make_prompts
 
 
-def _jsonl(path: Path, rows: list[dict]) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
-
-
-def _finish(cfg, summary: dict) -> dict:
-    out = Path(cfg.output_dir)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    dump_config(cfg, out / "config.yaml")
-    return summary
-
-
 @dataclass
 class WorldBaseConfig:
     """The world's pretrained base model (built once, cached, copied into output_dir)."""
 
-    output_dir: str = _f("", "Where the base model folder goes.")
-    seed: int = _f(0, "World and initialisation seed.")
-    steps: int = _f(2000, "Pretraining steps on the mixed-quality corpus.")
-    hidden_size: int = _f(128, "Model width.")
-    num_layers: int = _f(2, "Transformer layers.")
-    cache_dir: str = _f("", "Cache folder; empty means $RLHFKIT_CACHE or ~/.cache/rlhfkit.")
+    output_dir: str = option("", "Where the base model folder goes.")
+    seed: int = option(0, "World and initialisation seed.")
+    steps: int = option(2000, "Pretraining steps on the mixed-quality corpus.")
+    hidden_size: int = option(128, "Model width.")
+    num_layers: int = option(2, "Transformer layers.")
+    cache_dir: str = option("", "Cache folder; empty means $RLHFKIT_CACHE or ~/.cache/rlhfkit.")
 
 
 def run_world_base(cfg: WorldBaseConfig) -> dict:
@@ -50,20 +38,20 @@ def run_world_base(cfg: WorldBaseConfig) -> dict:
                          num_layers=cfg.num_layers)
     shutil.copytree(cached, cfg.output_dir, dirs_exist_ok=True)
     base = json.loads((Path(cached) / "summary.json").read_text()) if (Path(cached) / "summary.json").exists() else {}
-    return _finish(cfg, {"cached": cached, "pretrain_loss": base.get("train", {}).get("loss")})
+    return finish(cfg, {"cached": cached, "pretrain_loss": base.get("train", {}).get("loss")})
 
 
 @dataclass
 class WorldDataConfig:
     """Demonstrations, training prompts, held-out prompts and knowledge-gap probes."""
 
-    output_dir: str = _f("", "Where the JSONL files go.")
-    seed: int = _f(0, "World seed.")
-    n_sft: int = _f(2000, "SFT demonstrations.")
-    good_fraction: float = _f(0.4, "Share of demonstrations in the good style; the rest are mixed-quality.")
-    train_prompts_per_category: int = _f(60, "Training prompts per category (pairs and RL).")
-    eval_prompts_per_category: int = _f(20, "Held-out prompts per category (subjects unseen in training).")
-    categories: list[str] = _f([], "Categories to keep in the training prompts (empty: all); eval keeps all.")
+    output_dir: str = option("", "Where the JSONL files go.")
+    seed: int = option(0, "World seed.")
+    n_sft: int = option(2000, "SFT demonstrations.")
+    good_fraction: float = option(0.4, "Share of demonstrations in the good style; the rest are mixed-quality.")
+    train_prompts_per_category: int = option(60, "Training prompts per category (pairs and RL).")
+    eval_prompts_per_category: int = option(20, "Held-out prompts per category (subjects unseen in training).")
+    categories: list[str] = option([], "Categories to keep in the training prompts (empty: all); eval keeps all.")
 
 
 def run_world_data(cfg: WorldDataConfig) -> dict:
@@ -74,11 +62,11 @@ def run_world_data(cfg: WorldDataConfig) -> dict:
     sft = sft_records(cfg.seed, cfg.n_sft, cfg.good_fraction)
     train = make_prompts(cfg.seed, cfg.train_prompts_per_category, categories=keep, split="train")
     held_out = make_prompts(cfg.seed + 1, cfg.eval_prompts_per_category, split="eval")
-    _jsonl(out / "sft.jsonl", sft)
+    write_jsonl(out / "sft.jsonl", sft)
     prompt_file(out / "prompts_train.jsonl", train)
     prompt_file(out / "prompts_eval.jsonl", held_out)
     prompt_file(out / "prompts_gap.jsonl", gap_prompts())
-    return _finish(cfg, {"sft": len(sft), "prompts_train": len(train), "prompts_eval": len(held_out),
+    return finish(cfg, {"sft": len(sft), "prompts_train": len(train), "prompts_eval": len(held_out),
                          "prompts_gap": len(gap_prompts()), "categories": list(keep)})
 
 
@@ -86,14 +74,14 @@ def run_world_data(cfg: WorldDataConfig) -> dict:
 class SimulateAnnotatorsConfig:
     """Label sampled pairs with simulated annotators (Bradley-Terry on the gold score, plus noise)."""
 
-    data: str = _f("", "Pairs JSONL {prompt, response_a, response_b, category, subject, answer} (required).")
-    output_dir: str = _f("", "Where train.jsonl, eval.jsonl and eval_gold.jsonl go.")
-    temperature: float = _f(0.5, "Bradley-Terry temperature on the gold-score difference (0: always the better one).")
-    flip_rate: float = _f(0.1, "Probability that a label is flipped (annotator error).")
-    length_bias: float = _f(0.0, "Added to the logit per extra word of response A over B (a bias for longer answers).")
-    eval_fraction: float = _f(0.2, "Share of pairs held out for evaluation.")
-    exclude_categories: list[str] = _f([], "Prompt categories whose pairs are dropped (a coverage gap, on purpose).")
-    seed: int = _f(0, "Annotator and split seed.")
+    data: str = option("", "Pairs JSONL {prompt, response_a, response_b, category, subject, answer} (required).")
+    output_dir: str = option("", "Where train.jsonl, eval.jsonl and eval_gold.jsonl go.")
+    temperature: float = option(0.5, "Bradley-Terry temperature on the gold-score difference (0: always the better one).")
+    flip_rate: float = option(0.1, "Probability that a label is flipped (annotator error).")
+    length_bias: float = option(0.0, "Added to the logit per extra word of response A over B (a bias for longer answers).")
+    eval_fraction: float = option(0.2, "Share of pairs held out for evaluation.")
+    exclude_categories: list[str] = option([], "Prompt categories whose pairs are dropped (a coverage gap, on purpose).")
+    seed: int = option(0, "Annotator and split seed.")
 
 
 def run_simulate_annotators(cfg: SimulateAnnotatorsConfig) -> dict:
@@ -116,10 +104,10 @@ def run_simulate_annotators(cfg: SimulateAnnotatorsConfig) -> dict:
             c, j = (r["response_a"], r["response_b"]) if ga > gb else (r["response_b"], r["response_a"])
             gold.append({"prompt": r["prompt"], "chosen": c, "rejected": j, "category": r["category"]})
     out = Path(cfg.output_dir)
-    _jsonl(out / "train.jsonl", train)
-    _jsonl(out / "eval.jsonl", held_out)
-    _jsonl(out / "eval_gold.jsonl", gold)
-    return _finish(cfg, {"train_pairs": len(train), "eval_pairs": len(held_out), "eval_gold_pairs": len(gold),
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "eval.jsonl", held_out)
+    write_jsonl(out / "eval_gold.jsonl", gold)
+    return finish(cfg, {"train_pairs": len(train), "eval_pairs": len(held_out), "eval_gold_pairs": len(gold),
                          "skipped_identical": skipped_train + skipped_eval, "excluded_pairs": excluded,
                          "label_gold_agreement": _gold_agreement(train),
                          "ceiling_accuracy": annotator.ceiling_accuracy(held_out)})
@@ -138,20 +126,20 @@ def _gold_agreement(records: list[dict]) -> float | None:
 
 
 @dataclass
-class GoldEvalConfig:
+class GoldEvalConfig(GenerationConfig):
     """Sample each policy on held-out prompts and judge the samples with the gold preference."""
 
-    data: str = _f("", "Held-out prompt JSONL with category/subject/answer columns (required).")
-    output_dir: str = _f("", "Where eval.json and samples.jsonl go.")
-    baseline: str = _f("", "The policy every other is compared with (the SFT model) (required).")
-    policies: list[str] = _f([], "Policies to evaluate as name=folder.")
-    gap_data: str = _f("", "Knowledge-gap probe prompts; empty skips the probe.")
-    samples_per_prompt: int = _f(2, "Samples per prompt and policy (temperature 1).")
-    reward_model: str = _f("", "Reward model for the best-of-N frontier of the baseline (frontier.json); empty skips it.")
-    best_of: list[int] = _f([1, 2, 4, 8, 16], "N values of the best-of-N frontier.")
-    max_new_tokens: int = _f(32, "Longest sampled response in tokens.")
-    seed: int = _f(0, "Sampling seed (the same for every policy, so samples pair up).")
-    device: str = _f("cpu", "cpu or cuda.")
+    data: str = option("", "Held-out prompt JSONL with category/subject/answer columns (required).")
+    output_dir: str = option("", "Where eval.json and samples.jsonl go.")
+    baseline: str = option("", "The policy every other is compared with (the SFT model) (required).")
+    policies: list[str] = option([], "Policies to evaluate as name=folder.")
+    gap_data: str = option("", "Knowledge-gap probe prompts; empty skips the probe.")
+    samples_per_prompt: int = option(2, "Samples per prompt and policy (temperature 1).")
+    reward_model: str = option("", "Reward model for the best-of-N frontier of the baseline (frontier.json); empty skips it.")
+    best_of: list[int] = option([1, 2, 4, 8, 16], "N values of the best-of-N frontier.")
+    max_new_tokens: int = option(32, "Longest sampled response in tokens.")
+    seed: int = option(0, "Sampling seed (the same for every policy, so samples pair up).")
+    device: str = option("cpu", "cpu or cuda.")
 
 
 def _prompts(path: str) -> list[Prompt]:
@@ -163,8 +151,8 @@ def _policy_eval(name: str, folder: str, cfg: GoldEvalConfig, prompts: list[Prom
                  base_scores) -> tuple[dict, list[float], list[str]]:
     """One policy's row of the table, its per-sample gold scores and its sample texts."""
     n = cfg.samples_per_prompt
-    samples = sample_policy(folder, [p.text for p in prompts], n=n, max_new_tokens=cfg.max_new_tokens,
-                            seed=cfg.seed, device=cfg.device)
+    samples = sample_policy(folder, [p.text for p in prompts], n=n, seed=cfg.seed, device=cfg.device,
+                            **cfg.generation_kwargs())
     flat = [p for p in prompts for _ in range(n)]
     scores = [gold_score(p, t) for p, t in zip(flat, samples.texts)]
     row = {"policy": name, "gold_reward": sum(scores) / len(scores),
@@ -182,8 +170,8 @@ def _policy_eval(name: str, folder: str, cfg: GoldEvalConfig, prompts: list[Prom
             row[f"correct/{cat}"] = sum(hits) / len(hits)
     if cfg.gap_data:
         gap = _prompts(cfg.gap_data)
-        texts = sample_policy(folder, [p.text for p in gap], n=n, max_new_tokens=cfg.max_new_tokens,
-                              seed=cfg.seed, device=cfg.device).texts
+        texts = sample_policy(folder, [p.text for p in gap], n=n, seed=cfg.seed, device=cfg.device,
+                              **cfg.generation_kwargs()).texts
         gap_flat = [p for p in gap for _ in range(n)]
         verdicts = [answer_verdict(p, t) for p, t in zip(gap_flat, texts)]
         row["gap_correct"] = verdicts.count("correct") / len(texts)
@@ -204,12 +192,12 @@ def run_gold_eval(cfg: GoldEvalConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     flat = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
-    _jsonl(out / "samples.jsonl", [{"prompt": p.text, "category": p.category, **{k: v[i] for k, v in texts.items()}}
+    write_jsonl(out / "samples.jsonl", [{"prompt": p.text, "category": p.category, **{k: v[i] for k, v in texts.items()}}
                                    for i, p in enumerate(flat)])
     (out / "eval.json").write_text(json.dumps(rows, indent=2))
     if cfg.reward_model:
         (out / "frontier.json").write_text(json.dumps(_frontier(cfg, prompts), indent=2))
-    return _finish(cfg, {r["policy"]: r for r in rows})
+    return finish(cfg, {r["policy"]: r for r in rows})
 
 
 def _frontier(cfg: GoldEvalConfig, prompts: list[Prompt]) -> list[dict]:
@@ -219,18 +207,11 @@ def _frontier(cfg: GoldEvalConfig, prompts: list[Prompt]) -> list[dict]:
     from ..rewards import RewardModelSource
 
     n = max(cfg.best_of)
-    samples = sample_policy(cfg.baseline, [p.text for p in prompts], n=n, max_new_tokens=cfg.max_new_tokens,
-                            seed=cfg.seed + 1, device=cfg.device)
+    samples = sample_policy(cfg.baseline, [p.text for p in prompts], n=n, seed=cfg.seed + 1, device=cfg.device,
+                            **cfg.generation_kwargs())
     flat = [p for p in prompts for _ in range(n)]
     proxy = RewardModelSource(cfg.reward_model, resolve_device(cfg.device))([p.text for p in flat], samples.texts)
     gold = [gold_score(p, t) for p, t in zip(flat, samples.texts)]
     return best_of_n_curve([proxy[i * n:(i + 1) * n].tolist() for i in range(len(prompts))],
                            [gold[i * n:(i + 1) * n] for i in range(len(prompts))], cfg.best_of)
 
-
-WORLD_STAGES = {
-    "world-base": (WorldBaseConfig, run_world_base),
-    "world-data": (WorldDataConfig, run_world_data),
-    "simulate-annotators": (SimulateAnnotatorsConfig, run_simulate_annotators),
-    "gold-eval": (GoldEvalConfig, run_gold_eval),
-}
