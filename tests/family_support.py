@@ -124,7 +124,7 @@ CHAT_FAMILIES = [n for n, f in FAMILIES.items() if f.template is not None]
 
 
 def make_tokenizer(fam: Family):
-    from rlhfkit.models import build_bpe_tokenizer
+    from rlhfkit.tiny_models import build_bpe_tokenizer
 
     texts = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))]
     return build_bpe_tokenizer(texts, bos=fam.bos, eos=fam.eos, pad=fam.pad, unk=fam.unk, specials=fam.specials,

@@ -24,8 +24,8 @@ from transformers import AutoModelForSequenceClassification
 from rlhfkit.config import DPOConfig, GRPOConfig, RMConfig, SFTConfig
 from rlhfkit.data.formats import parse_preference, parse_sft
 from rlhfkit.data.tokenize import collate_pairs, collate_sft, tokenize_preference, tokenize_sft
-from rlhfkit.models import (load_causal_lm, load_reward_model, load_tokenizer, packing_works, reward_forward,
-                            target_logprobs)
+from rlhfkit.logprobs import packing_works, target_logprobs
+from rlhfkit.models import load_causal_lm, load_reward_model, load_tokenizer, reward_forward
 from rlhfkit.train.dpo import run_dpo
 from rlhfkit.train.grpo import run_grpo
 from rlhfkit.train.rm import run_rm

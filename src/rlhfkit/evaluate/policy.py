@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import GenerationConfig
 from ..data.tokenize import prompt_ids
-from ..generation import generate, policy_logprobs, rollout_rows
+from ..logprobs import policy_logprobs
 from ..losses import masked_sum
 from ..models import load_causal_lm, load_tokenizer
+from ..sampling import generate, rollout_rows
 
 
 @dataclass
@@ -33,7 +35,7 @@ def sample_policy(model_dir: str, prompts: list, n: int = 1, max_new_tokens: int
                   device: str | torch.device = "cpu", max_prompt_length: int = 256) -> Samples:
     tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir).to(device)
     rows = [prompt_ids(tok, p)[-max_prompt_length:] for p in prompts for _ in range(n)]
-    rollout = generate(model, tok, rows, max_new_tokens, temperature=1.0,
+    rollout = generate(model, tok, rows, GenerationConfig(max_new_tokens=max_new_tokens, temperature=1.0),
                        generator=torch.Generator(device=device).manual_seed(seed))
     logps = (rollout.logprobs * rollout.mask).sum(1).float().cpu()
     return Samples(rollout.texts, rollout.mask.sum(1).tolist(), logps, rollout.ended.tolist(), rows, rollout)

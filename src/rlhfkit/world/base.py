@@ -47,7 +47,7 @@ def train_tokenizer(texts: list[str], path: str | os.PathLike | None = None):
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from ..models import WORD_SPECIALS, wrap_word_tokenizer
+    from ..tiny_models import WORD_SPECIALS, wrap_word_tokenizer
 
     core = Tokenizer(models.WordLevel(unk_token="<unk>"))
     # Punctuation is split off too, so typed text ("what is 3 plus 4?") tokenizes like the world's.
@@ -73,7 +73,8 @@ def build_base(out_dir: str | os.PathLike, seed: int = 0, steps: int = 2000, hid
     summary an ``eval_loss``.
     """
     from ..config import SFTConfig
-    from ..models import save_model, tiny_causal_lm
+    from ..models import save_model
+    from ..tiny_models import tiny_causal_lm
     from ..train.sft import run_sft
 
     out = Path(out_dir)
