@@ -113,7 +113,7 @@ def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
                       temperature: float = 1.0, pack: bool = True, share_prompts: bool = False):
-    """:func:`policy_logprobs` with less work, for rows from :func:`rollout_rows`: (N, T-1) log-probs
+    """:func:`policy_logprobs` with less work, for rows from ``sampling.rollout_rows``: (N, T-1) log-probs
     at the response positions ``mask`` marks (0 elsewhere) and the (n, V) tempered logits there.
 
     With ``pack`` the rows are packed without padding (``data.tokenize.layout``) and the LM head runs

@@ -15,9 +15,11 @@ demo); sampling takes most of an RLHF step's time, so it is batched and cached:
   prefilled once and their cache rows copied;
 - tokens are drawn by inverse-CDF sampling (``draw``), one uniform per row;
 - a row stops at an end token or when its text contains a stop string. End tokens are decided in
-  one place, ``eos_ids``, so that no stage stops on a different set: the tokenizer's EOS, the model's generation-config EOS and
-  the chat template's end-of-turn token. Finished rows are cut out of the batch (and the cache)
-  once a quarter of it is done, and the loop ends when every row is done.
+  one place, ``eos_ids``, so that every stage stops on the same set: the tokenizer's EOS, the
+  model's generation-config EOS and the chat template's end-of-turn token (a model that ends its
+  turn with a token other than the tokenizer's EOS would otherwise run on to the length limit).
+  Finished rows are cut out of the batch (and the cache) once a quarter of it is done, and the
+  loop ends when every row is done.
 
 Log-probs are those of the full tempered distribution, log softmax(logits / T), *before* top-k /
 top-p truncation (for T == 0, greedy, of softmax(logits)). That is the quantity the trainer

@@ -26,8 +26,8 @@ Kappas and alpha are None where undefined (no items, or chance agreement of 1).
 
 Over-optimisation (``DivergenceMonitor``, used by the online trainers): the training reward keeps
 rising while a held-out reward falls. Goodhart's law in RLHF (Gao et al. 2023, "Scaling laws for
-reward model overoptimization"): past some KL the proxy reward the policy optimises keeps climbing while the true objective turns down.
-A second reward the policy never trains on (another reward model, a judge, a rule) is the
+reward model overoptimization"): past some KL the proxy reward the policy optimises keeps
+climbing while the true objective turns down. A second reward the policy never trains on (another reward model, a judge, a rule) is the
 practical stand-in for the true one. The online trainers score every batch with it, log it as
 ``heldout_reward`` beside ``reward``, and ask :class:`DivergenceMonitor` each step whether the two
 have parted ways.

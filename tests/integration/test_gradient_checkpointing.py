@@ -2,7 +2,7 @@
 
 On a Llama-style model of hidden size 256, 4 layers, 8 sequences of 256 tokens, the SFT, DPO and GRPO
 losses (the recipes' own loss pieces: ``sft.nll_sum`` on a packed batch, ``dpo.score_pairs``,
-``generation.response_logprobs`` + the PPO-clip surrogate + k3 KL) are computed with checkpointing
+``logprobs.response_logprobs`` + the PPO-clip surrogate + k3 KL) are computed with checkpointing
 off and on, from the same weights: every gradient agrees within 1e-6. Peak memory of one forward +
 backward is the rise of the process's resident high-water mark (VmHWM, reset through
 /proc/self/clear_refs just before the step) in a fresh subprocess per setting; torch's CPU allocator

@@ -2,7 +2,7 @@
 
 Llama 3, Qwen2, Mistral, Gemma 2, Gemma 3 (text-only), Phi-3 and GPT-2, each from its real
 configuration class with its published chat template and special tokens (tests/family_support.py).
-Per family: every stage runs 2 steps to a finite loss; the packing probe (``models.packing_works``)
+Per family: every stage runs 2 steps to a finite loss; the packing probe (``logprobs.packing_works``)
 passes, so the runs pack (no fallback message), and a packed forward of the family's real data
 (longer than the sliding windows) equals the padded one; the trained reward model folder loads
 with ``AutoModelForSequenceClassification`` and scores like rlhfkit's own reader; the SFT loss mask

@@ -41,7 +41,7 @@ def train_tokenizer(texts: list[str], path: str | os.PathLike | None = None):
     """A word-level tokenizer trained on ``texts`` with `tokenizers`' ``WordLevelTrainer``.
 
     Specials, their ids (pad 0, unk 1, bos 2, eos 3, then the chat roles), the <bos>
-    post-processor and the chat template come from ``models.wrap_word_tokenizer``, so models from
+    post-processor and the chat template come from ``tiny_models.wrap_word_tokenizer``, so models from
     either tokenizer render chats identically. Words are ordered by frequency (the trainer's
     order), and decoding is an exact inverse on world text.
     """
