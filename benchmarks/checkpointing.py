@@ -35,7 +35,7 @@ def prepare(workdir: Path, prof: dict) -> dict:
     """A word-tokenised Llama and SFT/DPO files whose rows are ~2 x ``words`` tokens long."""
     import random
 
-    from rlhfkit.models import make_tiny_model_dir
+    from rlhfkit.tiny_models import make_tiny_model_dir
 
     rng = random.Random(0)
     text = lambda: " ".join(rng.choice(WORDS) for _ in range(prof["words"]))  # noqa: E731

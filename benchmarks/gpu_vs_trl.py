@@ -94,7 +94,7 @@ def write_data(workdir: Path, prof: dict, seed: int = 0) -> dict:
 
 
 def _word_specials() -> list[str]:
-    from rlhfkit.models import WORD_SPECIALS
+    from rlhfkit.tiny_models import WORD_SPECIALS
 
     return WORD_SPECIALS
 
@@ -104,7 +104,8 @@ def write_model(path: Path, prof: dict) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhfkit.models import build_word_tokenizer, save_model
+    from rlhfkit.models import save_model
+    from rlhfkit.tiny_models import build_word_tokenizer
 
     words = [f"w{i}" for i in range(prof["vocab"] - len(_word_specials()))]
     tok = build_word_tokenizer([" ".join(words)])

@@ -38,7 +38,7 @@ LORA_R = 16
 
 
 def prepare(workdir: Path) -> dict:
-    from rlhfkit.models import make_tiny_model_dir
+    from rlhfkit.tiny_models import make_tiny_model_dir
 
     paths = vs_trl.prepare(workdir)  # data files; the first PAIRS records are used here
     big = workdir / "model-66m"

@@ -33,7 +33,8 @@ def worker(size: str, new_tokens: int, workdir: Path, steps: int) -> dict:
 
     import roofline
     from rlhfkit.data.tokenize import prompt_ids
-    from rlhfkit.models import load_causal_lm, load_tokenizer, make_tiny_model_dir
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.tiny_models import make_tiny_model_dir
     from rlhfkit.train.ppo import PPOConfig, run_ppo
 
     torch.set_num_threads(1)

@@ -59,8 +59,8 @@ def step_rates(model, n_params: int, paths: dict, reps: int) -> dict:
     as 6N per real (non-padding) token. Returns {(stage, layout): (FLOP/s, real tokens)}."""
     from rlhfkit.data import load_preference, load_sft
     from rlhfkit.data.tokenize import collate_pairs, collate_sft, tokenize_preference, tokenize_sft
+    from rlhfkit.logprobs import response_logps
     from rlhfkit.models import load_reward_model, load_tokenizer
-    from rlhfkit.train.dpo import response_logps
     from rlhfkit.train.rm import pair_rewards
     from rlhfkit.train.sft import nll_sum
 

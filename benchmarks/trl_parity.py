@@ -104,8 +104,8 @@ def make_models(workdir: Path) -> tuple:
     Llama, rlhfkit's reward model from it (its new score head drawn once, then copied to both sides),
     and the LM with seeded noise added as the DPO policy, so that its log-ratios to the reference (the
     LM) are not 0 and the loss is not log 2 whatever the code computes."""
-    from rlhfkit.models import (build_bpe_tokenizer, load_causal_lm, load_reward_model, load_tokenizer, save_model,
-                                tiny_causal_lm)
+    from rlhfkit.models import load_causal_lm, load_reward_model, load_tokenizer, save_model
+    from rlhfkit.tiny_models import build_bpe_tokenizer, tiny_causal_lm
 
     texts = [r[k] for r in hh_rows() for k in ("chosen", "rejected")]
     tok = build_bpe_tokenizer(texts * 4, chat_template=CHATML, vocab_size=400, **SPECIALS)
@@ -138,7 +138,7 @@ def grad_rel_diff(ours: dict, theirs: dict) -> float:
 
 
 def _pack(model, reward: bool = False) -> bool:
-    from rlhfkit.models import packing_works
+    from rlhfkit.logprobs import packing_works
 
     return packing_works(model, reward=reward)  # the recipes' default (padding_free) where the model allows it
 

@@ -85,7 +85,7 @@ def make_data(seed: int = 0, n: int = N_PAIRS) -> list[dict]:
 
 def prepare(workdir: Path) -> dict:
     """Write the data files and the model folder once; returns their paths."""
-    from rlhfkit.models import make_tiny_model_dir
+    from rlhfkit.tiny_models import make_tiny_model_dir
 
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {k: workdir / f"{k}.jsonl" for k in ("pairs", "sft", "prompts")}

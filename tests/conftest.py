@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory):
     """The toy world's string-format data and a tiny random-init base model."""
-    from rlhfkit.models import make_tiny_model_dir
+    from rlhfkit.tiny_models import make_tiny_model_dir
     from rlhfkit.world import toy
 
     root = tmp_path_factory.mktemp("world")

@@ -4,7 +4,7 @@ Each family gets its real configuration class (sizes shrunk), its published chat
 (written out here from the model's ``tokenizer_config.json``: Meta-Llama-3-8B-Instruct,
 Qwen2.5-0.5B-Instruct, Mistral-7B-Instruct-v0.1, gemma-2-2b-it, gemma-3-1b-it,
 Phi-3-mini-4k-instruct; GPT-2 has none) and a byte-level BPE tokenizer trained on the spot with
-that family's special tokens (``models.build_bpe_tokenizer``). The published special-token choices
+that family's special tokens (``tiny_models.build_bpe_tokenizer``). The published special-token choices
 are kept, including the absence of a pad token (Llama 3, Mistral, GPT-2: rlhfkit pads with EOS).
 Left out of the templates: Qwen2.5's tool-calling branches and Gemma 3's list-of-parts content
 (images); the string-content paths are as published.
@@ -124,7 +124,7 @@ CHAT_FAMILIES = [n for n, f in FAMILIES.items() if f.template is not None]
 
 
 def make_tokenizer(fam: Family):
-    from rlhfkit.models import build_bpe_tokenizer
+    from rlhfkit.tiny_models import build_bpe_tokenizer
 
     texts = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))]
     return build_bpe_tokenizer(texts, bos=fam.bos, eos=fam.eos, pad=fam.pad, unk=fam.unk, specials=fam.specials,

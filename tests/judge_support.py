@@ -15,7 +15,8 @@ def make_bigram_model_dir(path, table: dict, words: list[str], hidden_size: int 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhfkit.models import build_word_tokenizer, save_model
+    from rlhfkit.models import save_model
+    from rlhfkit.tiny_models import build_word_tokenizer
 
     tok = build_word_tokenizer([" ".join(words)])
     tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}" if chat

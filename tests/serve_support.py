@@ -82,7 +82,8 @@ def make_last_word_classifier(path, words: list[str], flagged: str) -> str:
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from rlhfkit.models import build_word_tokenizer, save_model
+    from rlhfkit.models import save_model
+    from rlhfkit.tiny_models import build_word_tokenizer
 
     tok = build_word_tokenizer([" ".join(words)])
     vocab = len(tok)

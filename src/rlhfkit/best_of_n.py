@@ -18,9 +18,9 @@ from .config import ConfigError, RewardSourceConfig, SamplerRunConfig, dump_conf
 from .data import load_prompts
 from .data.tokenize import prompt_ids
 from .evaluate.frontier import kl_bound
-from .generation import generate
 from .models import load_causal_lm, load_tokenizer, resolve_device
 from .rewards import make_reward
+from .sampling import generate
 
 
 @dataclass
@@ -43,8 +43,7 @@ def run_best_of_n(cfg: BestOfNConfig) -> dict:
     model = load_causal_lm(cfg.model, trust_remote_code=cfg.trust_remote_code).to(device)
     reward = make_reward(cfg.reward_model, cfg.reward_fn, cfg.reward_weights, device, cfg.trust_remote_code)
     rows = [prompt_ids(tokenizer, p.prompt)[-cfg.max_prompt_length:] for p in prompts for _ in range(cfg.n)]
-    rollout = generate(model, tokenizer, rows, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                       top_p=cfg.top_p, stop_strings=cfg.stop_strings, batch_size=cfg.batch_size,
+    rollout = generate(model, tokenizer, rows, cfg, batch_size=cfg.batch_size,
                        generator=torch.Generator(device=device).manual_seed(cfg.seed))
     flat_prompts = [p.prompt for p in prompts for _ in range(cfg.n)]
     scores = reward(flat_prompts, rollout.texts).view(len(prompts), cfg.n)

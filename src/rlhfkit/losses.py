@@ -39,25 +39,27 @@ def token_logprobs(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> torch.
     return logits.gather(-1, targets_BT.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
-def sequence_logprobs(logits_BTV: torch.Tensor, input_ids_BT: torch.Tensor,
-                      loss_mask_BT: torch.Tensor) -> torch.Tensor:
-    """Sum of log p over the tokens a mask selects, for a causal LM.
+def sequence_logprobs(logps_N: torch.Tensor, seq_N: torch.Tensor, num_seqs: int) -> torch.Tensor:
+    """Summed log-probs per sequence: ``logps_N[i]`` (one value per response token, any order)
+    is added to sequence ``seq_N[i]``. Returns ``(num_seqs,)``; a sequence with no token sums to 0.
 
-    Position t's logits predict token t+1, so logits are shifted left against the ids and
-    ``loss_mask_BT[:, t]`` says whether token t is a response token. Returns ``(B,)``.
+    Works for padded and packed batches alike: only the sequence id of each token matters.
     """
-    logps_BT = token_logprobs(logits_BTV[:, :-1], input_ids_BT[:, 1:])
-    return masked_sum(logps_BT, loss_mask_BT[:, 1:], dim=1)
+    return logps_N.new_zeros(num_seqs).index_add(0, seq_N, logps_N)
 
 
-def sft_nll(logps_BT: torch.Tensor, mask_BT: torch.Tensor,
+def sft_nll(logps_BT: torch.Tensor, mask_BT: torch.Tensor | None = None,
             num_tokens: torch.Tensor | float | None = None) -> torch.Tensor:
     """Negative log-likelihood per trained token.
 
-    ``num_tokens`` is the normaliser; pass the token count of the whole optimiser step so that
-    gradient accumulation (and data parallelism) gives the same gradient as one big batch,
-    where a per-micro-batch mean would weight short micro-batches up.
+    ``mask_BT`` marks the trained tokens; None means every value is one (e.g. the (N,) log-probs
+    of the trained tokens alone). ``num_tokens`` is the normaliser; pass the token count of the
+    whole optimiser step so that gradient accumulation (and data parallelism) gives the same
+    gradient as one big batch, where a per-micro-batch mean would weight short micro-batches up.
     """
+    if mask_BT is None:
+        total = logps_BT.sum()
+        return -total / (max(logps_BT.numel(), 1) if num_tokens is None else num_tokens)
     if num_tokens is None:
         num_tokens = mask_BT.sum().clamp(min=1)
     return -masked_sum(logps_BT, mask_BT) / num_tokens

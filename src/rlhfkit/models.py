@@ -25,7 +25,6 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequence
                           AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase)
 
 from .config import ConfigError
-from .losses import token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +316,7 @@ def enable_gradient_checkpointing(model) -> None:
     work as they are (transformers also turns their output's requires-grad on, which is harmless).
     transformers checkpoints only in a training forward with grad enabled; the sampler runs in eval
     mode under ``no_grad``, so generation keeps its KV cache. A training forward drops a layer's
-    cache: callers that carry a cache through a trained forward (``shared_prompt``) must not share.
+    cache, so shared-prompt scoring (which carries one through a trained forward) must not share.
     """
     base = unwrap_peft(model)
     if not getattr(base, "supports_gradient_checkpointing", False):
@@ -371,14 +370,6 @@ def last_token_index(attention_mask_BT: torch.Tensor) -> torch.Tensor:
     return attention_mask_BT.long().sum(-1) - 1
 
 
-def causal_lm_logits(model: PreTrainedModel, input_ids_BT: torch.Tensor,
-                     attention_mask_BT: torch.Tensor) -> torch.Tensor:
-    """(B, T, V) logits; positions come from the mask so left- and right-padded rows agree."""
-    out = model(input_ids=input_ids_BT, attention_mask=attention_mask_BT,
-                position_ids=position_ids_from_mask(attention_mask_BT), use_cache=False)
-    return out.logits
-
-
 def reward_forward(model: PreTrainedModel, input_ids_BT: torch.Tensor,
                    attention_mask_BT: torch.Tensor) -> torch.Tensor:
     """Scalar reward per row, read at the last real token by attention mask. Returns (B,).
@@ -399,54 +390,6 @@ def reward_forward(model: PreTrainedModel, input_ids_BT: torch.Tensor,
     return model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
 
 
-def _split_head(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
-    """(backbone, LM head) when logits are exactly head(backbone's last hidden state), else None
-    (logit soft-capping or scaling after the head, DDP wrappers, ...). A peft wrapper is looked
-    through: its LoRA layers sit inside the backbone, so backbone + head still run the adapter."""
-    model = unwrap_peft(model)
-    cfg = getattr(model, "config", None)
-    if any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in ("final_logit_softcapping", "logit_scale",
-                                                                  "logits_scaling", "output_multiplier_scale")):
-        return None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if head is None or backbone is None or not type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
-        return None
-    return backbone, head
-
-
-def target_logprobs(model: PreTrainedModel, input_ids_BT: torch.Tensor, loss_mask_BT: torch.Tensor,
-                    attention_mask_BT: torch.Tensor | None = None,
-                    position_ids_BT: torch.Tensor | None = None, temperature: float = 1.0,
-                    return_logits: bool = False):
-    """log p(token t | tokens before it) for every token t with ``loss_mask`` 1 (t >= 1), as an (N,)
-    vector in row-major order. Padded batches pass ``attention_mask``; packed ones (see
-    ``data.tokenize.layout``) pass ``position_ids`` and no mask.
-
-    Less work than full logits: the LM head (a V x H matmul per position, and the (B, T, V)
-    tensors after it) runs only at the N positions that predict a trained token, not at prompt or
-    padding positions. Models whose logits are not a plain head over the last hidden state take
-    the full-logits path. Log-probs are of softmax(logits / temperature); with ``return_logits``
-    the (N, V) tempered logits come back too.
-    """
-    if position_ids_BT is None:
-        position_ids_BT = position_ids_from_mask(attention_mask_BT)
-    select_BT = loss_mask_BT[:, 1:].bool()
-    targets_N = input_ids_BT[:, 1:][select_BT]
-    split = _split_head(model)
-    kw = dict(input_ids=input_ids_BT, attention_mask=attention_mask_BT, position_ids=position_ids_BT,
-              use_cache=False)
-    if split is None:
-        logits_NV = model(**kw).logits[:, :-1][select_BT]
-    else:
-        backbone, head = split
-        logits_NV = head(backbone(**kw).last_hidden_state[:, :-1][select_BT])
-    if temperature != 1.0:
-        logits_NV = logits_NV.float() / temperature
-    logps_N = token_logprobs(logits_NV, targets_N)
-    return (logps_N, logits_NV) if return_logits else logps_N
-
-
 def packed_rewards(model: PreTrainedModel, input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor,
                    last_index: torch.Tensor) -> torch.Tensor:
     """Scalar reward of each packed sequence (decoder classifiers with a ``score`` head), read at its
@@ -455,141 +398,3 @@ def packed_rewards(model: PreTrainedModel, input_ids_BT: torch.Tensor, position_
     backbone = getattr(model, model.base_model_prefix)
     hidden_BTH = backbone(input_ids=input_ids_BT, position_ids=position_ids_BT, use_cache=False).last_hidden_state
     return model.score(hidden_BTH.flatten(0, 1)[last_index]).squeeze(-1).float()
-
-
-@torch.no_grad()
-def packing_works(model: PreTrainedModel, reward: bool = False) -> bool:
-    """Whether this model computes packed sequences (position resets, no mask) exactly as padded
-    ones, checked on two short sequences: models that ignore the position resets would let packed
-    sequences attend to each other. Callers fall back to padding when this is False."""
-    from .data.tokenize import layout
-
-    model = unwrap_peft(model)
-    vocab = model.config.vocab_size
-    rows = [[(7 * i + 3) % vocab for i in range(6)], [(5 * i + 11) % vocab for i in range(4)],
-            [(3 * i + 5) % vocab for i in range(2)]]  # packs as [6], [4, 2]
-    masks = [[1] * len(r) for r in rows]
-    dev = next(model.parameters()).device
-    padded = {k: v.to(dev) for k, v in layout(rows, masks, 0, pack=False).items()}
-    packed = {k: v.to(dev) for k, v in layout(rows, masks, 0, pack=True).items()}
-    assert packed["input_ids"].shape[0] == 2
-    was_training = model.training
-    model.eval()
-    try:
-        if reward:
-            if not hasattr(model, "score"):
-                return False
-            want = reward_forward(model, padded["input_ids"], padded["attention_mask"])
-            got = packed_rewards(model, packed["input_ids"], packed["position_ids"], packed["last_index"])
-        else:
-            full = causal_lm_logits(model, padded["input_ids"], padded["attention_mask"])[:, :-1]
-            want = token_logprobs(full[padded["loss_mask"][:, 1:].bool()],
-                                  padded["input_ids"][:, 1:][padded["loss_mask"][:, 1:].bool()])
-            got = target_logprobs(model, packed["input_ids"], packed["loss_mask"],
-                                  position_ids_BT=packed["position_ids"])
-        return got.shape == want.shape and bool(torch.allclose(got.float(), want.float(), atol=1e-4, rtol=1e-4))
-    except Exception:  # a model whose forward rejects the packed form
-        return False
-    finally:
-        model.train(was_training)
-
-
-# --------------------------------------------------------------------------- tiny models for tests
-
-
-WORD_SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>"]
-WORD_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <eos> {% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|> {% endif %}")
-
-
-def wrap_word_tokenizer(core, path: str | os.PathLike | None = None):
-    """A `tokenizers` word-level core (specials first, in ``WORD_SPECIALS`` order) as a fast HF
-    tokenizer: <bos> prepended, words joined by spaces, a simple chat template.
-
-    The decoder keeps " ." as is (no cleanup): decoded samples must re-tokenize to the same ids,
-    since reward models and DPO read sampled text back.
-    """
-    from tokenizers import decoders, processors
-    from transformers import PreTrainedTokenizerFast
-
-    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
-    core.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", core.token_to_id("<bos>"))])
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
-                                  bos_token="<bos>", eos_token="<eos>")
-    tok.add_special_tokens({"additional_special_tokens": WORD_SPECIALS[4:]})
-    tok.chat_template = WORD_CHAT_TEMPLATE
-    if path is not None:
-        tok.save_pretrained(path)
-    return tok
-
-
-def build_word_tokenizer(texts: list[str], path: str | os.PathLike | None = None):
-    """A word-level fast tokenizer over the words of ``texts``, with pad/bos/eos/unk and a chat template.
-
-    Small and deterministic, for tests and the built-in worlds; real runs use the model's own tokenizer.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = sorted({w for t in texts for w in t.split()} - set(WORD_SPECIALS))
-    vocab = {tok: i for i, tok in enumerate(WORD_SPECIALS + words)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return wrap_word_tokenizer(core, path)
-
-
-def tiny_causal_lm(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
-                   max_positions: int = 256, seed: int = 0) -> PreTrainedModel:
-    """A randomly initialised Llama-style model sized for CPU tests."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 4,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-        max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
-
-
-def make_tiny_model_dir(path: str | os.PathLike, texts: list[str], seed: int = 0, **sizes) -> str:
-    """Write a tokenizer + tiny causal LM folder that every stage can load with ``from_pretrained``."""
-    tok = build_word_tokenizer(texts)
-    save_model(tiny_causal_lm(tok, seed=seed, **sizes), tok, path)
-    return str(path)
-
-
-def build_bpe_tokenizer(texts: list[str], bos: str | None = None, eos: str | None = None, pad: str | None = None,
-                        unk: str | None = None, specials: list[str] = (), chat_template: str | None = None,
-                        vocab_size: int = 512, path: str | os.PathLike | None = None):
-    """A byte-level BPE fast tokenizer trained on ``texts`` on the spot, as GPT-2, Llama 3 and Qwen
-    tokenise: words carry their leading space ("Ġword"), and any text encodes (no unknown bytes).
-
-    ``bos`` (when given) is prepended by ``tokenizer(text)``, not by ``add_special_tokens=False``;
-    ``specials`` are the chat-template markers (never split, never merged with text). For tests and
-    benchmarks that need a model family's real template and special tokens on a tiny model.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    named = [t for t in (bos, eos, pad, unk) if t is not None]
-    reserved = list(dict.fromkeys(named + list(specials)))
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=reserved, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    if bos is not None:
-        core.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, core.token_to_id(bos))])
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk)
-    extra = [t for t in specials if t not in named]
-    if extra:
-        tok.add_special_tokens({"additional_special_tokens": extra})
-    tok.chat_template = chat_template
-    if path is not None:
-        tok.save_pretrained(path)
-    return tok

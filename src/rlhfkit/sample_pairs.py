@@ -18,8 +18,8 @@ import torch
 from .config import ConfigError, SamplerRunConfig, dump_config, option
 from .data import load_prompts
 from .data.tokenize import prompt_ids
-from .generation import generate
 from .models import load_causal_lm, load_tokenizer, resolve_device
+from .sampling import generate
 
 
 @dataclass
@@ -42,8 +42,7 @@ def sample_responses(cfg, k: int) -> tuple[list, list[str]]:
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = load_causal_lm(cfg.model, trust_remote_code=cfg.trust_remote_code).to(device)
     rows = [prompt_ids(tokenizer, p.prompt)[-cfg.max_prompt_length:] for p in prompts for _ in range(k)]
-    rollout = generate(model, tokenizer, rows, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                       top_p=cfg.top_p, stop_strings=cfg.stop_strings, batch_size=cfg.batch_size,
+    rollout = generate(model, tokenizer, rows, cfg, batch_size=cfg.batch_size,
                        generator=torch.Generator(device=device).manual_seed(cfg.seed))
     return prompts, rollout.texts
 

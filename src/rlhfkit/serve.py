@@ -3,7 +3,7 @@
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (messages rendered with the model's
 chat template) and ``POST /v1/completions`` (raw prompt), each with ``stream: true`` as
 server-sent events in OpenAI's chunk format ending with ``data: [DONE]``. Sampling reuses
-``generation.generate`` (KV cache, the tokenizer's and template's end tokens, stop strings).
+``sampling.generate`` (KV cache, the tokenizer's and template's end tokens, stop strings).
 
 Supported request fields: ``model``, ``messages`` / ``prompt``, ``max_tokens`` (or
 ``max_completion_tokens``), ``temperature`` (0 = greedy), ``top_p``, ``stop`` (a string or up to 4),
@@ -212,7 +212,8 @@ class Server:
 
     def complete(self, req: dict, request_id: str) -> dict:
         """{text, finish_reason, prompt_tokens, completion_tokens}, with the guard applied."""
-        from .generation import generate
+        from .config import GenerationConfig
+        from .sampling import generate
 
         if self.guard is not None and self.guard.check("input", req["check_text"], request_id).blocked:
             return {"text": self.guard.refusal, "finish_reason": "content_filter", "prompt_tokens": 0,
@@ -221,8 +222,9 @@ class Server:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(req["seed"] % 2**63 if req["seed"] is not None else random.getrandbits(63))
         with self.lock:
-            rollout = generate(self.model, self.tokenizer, [ids], req["max_tokens"], temperature=req["temperature"],
-                               top_p=req["top_p"], stop_strings=req["stop"], generator=generator, batch_size=1)
+            gen = GenerationConfig(max_new_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"],
+                                   stop_strings=req["stop"])
+            rollout = generate(self.model, self.tokenizer, [ids], gen, generator=generator, batch_size=1)
         text = rollout.texts[0]
         if "messages" in req:
             text = text.strip()

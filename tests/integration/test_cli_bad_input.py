@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhfkit.models import make_tiny_model_dir
+from rlhfkit.tiny_models import make_tiny_model_dir
 from rlhfkit.world import toy
 
 GOOD_PAIRS = [json.dumps(r) for r in toy.preference_records(3, seed=0)]

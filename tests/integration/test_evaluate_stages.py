@@ -73,7 +73,7 @@ def test_eval_cli_names_a_missing_field(tmp_path):
 
 def test_frontier_points_and_fits(world_dir, sft_dir, tmp_path):
     from rlhfkit.evaluate.frontier_stage import FrontierConfig, run_frontier
-    from rlhfkit.models import make_tiny_model_dir
+    from rlhfkit.tiny_models import make_tiny_model_dir
     from rlhfkit.world import toy
 
     other = make_tiny_model_dir(tmp_path / "other", toy.vocabulary_texts(), seed=3, hidden_size=128)

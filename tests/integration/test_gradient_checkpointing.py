@@ -2,7 +2,7 @@
 
 On a Llama-style model of hidden size 256, 4 layers, 8 sequences of 256 tokens, the SFT, DPO and GRPO
 losses (the recipes' own loss pieces: ``sft.nll_sum`` on a packed batch, ``dpo.score_pairs``,
-``generation.response_logprobs`` + the PPO-clip surrogate + k3 KL) are computed with checkpointing
+``logprobs.response_logprobs`` + the PPO-clip surrogate + k3 KL) are computed with checkpointing
 off and on, from the same weights: every gradient agrees within 1e-6. Peak memory of one forward +
 backward is the rise of the process's resident high-water mark (VmHWM, reset through
 /proc/self/clear_refs just before the step) in a fresh subprocess per setting; torch's CPU allocator
@@ -24,7 +24,8 @@ import pytest
 import torch
 import transformers.modeling_utils as hf_modeling
 
-from rlhfkit.models import build_word_tokenizer, enable_gradient_checkpointing, tiny_causal_lm
+from rlhfkit.models import enable_gradient_checkpointing
+from rlhfkit.tiny_models import build_word_tokenizer, tiny_causal_lm
 
 pytestmark = pytest.mark.slow
 HIDDEN, LAYERS, SEQ, BATCH = 256, 4, 256, 8
@@ -81,7 +82,7 @@ def dpo_loss(model, ref):
 def grpo_loss(model, ref):
     """One GRPO update's loss on fixed rollouts: 4 prompts x 2 completions, 128 + 128 tokens, packed;
     PPO-clip surrogate with fixed advantages + 0.05 x k3 KL to the reference (kl_in: loss)."""
-    from rlhfkit.generation import response_logprobs
+    from rlhfkit.logprobs import response_logprobs
     from rlhfkit.losses import kl_estimate, masked_mean, ppo_policy_loss
 
     prompts, responses = _ids(BATCH // 2, SEQ // 2, 5), _ids(BATCH, SEQ // 2, 6)
@@ -146,7 +147,8 @@ def test_lora_policy_with_checkpointing(monkeypatch, tmp_path):
 def test_sampling_never_checkpoints_and_keeps_the_kv_cache(monkeypatch):
     """A checkpointed policy in train mode samples exactly what the plain one samples (the KV cache is
     used: a dropped cache would change every token after the first), with no checkpointed call."""
-    from rlhfkit.generation import generate
+    from rlhfkit.config import GenerationConfig
+    from rlhfkit.sampling import generate
 
     counter = CheckpointCounter(monkeypatch)
     tok, off = _model()
@@ -156,7 +158,8 @@ def test_sampling_never_checkpoints_and_keeps_the_kv_cache(monkeypatch):
     outs = []
     for model in (off, on):
         model.train()
-        outs.append(generate(model, tok, prompts, 16, temperature=1.0, generator=torch.Generator().manual_seed(0)))
+        outs.append(generate(model, tok, prompts, GenerationConfig(max_new_tokens=16, temperature=1.0),
+                             generator=torch.Generator().manual_seed(0)))
         assert model.training  # the sampler restores the mode
     assert counter.calls == 0
     assert torch.equal(outs[0].response_ids, outs[1].response_ids)

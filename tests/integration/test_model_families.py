@@ -2,7 +2,7 @@
 
 Llama 3, Qwen2, Mistral, Gemma 2, Gemma 3 (text-only), Phi-3 and GPT-2, each from its real
 configuration class with its published chat template and special tokens (tests/family_support.py).
-Per family: every stage runs 2 steps to a finite loss; the packing probe (``models.packing_works``)
+Per family: every stage runs 2 steps to a finite loss; the packing probe (``logprobs.packing_works``)
 passes, so the runs pack (no fallback message), and a packed forward of the family's real data
 (longer than the sliding windows) equals the padded one; the trained reward model folder loads
 with ``AutoModelForSequenceClassification`` and scores like rlhfkit's own reader; the SFT loss mask
@@ -27,8 +27,8 @@ from rlhfkit.train.rm import RMConfig
 from rlhfkit.train.sft import SFTConfig
 from rlhfkit.data.formats import parse_preference, parse_sft
 from rlhfkit.data.tokenize import collate_pairs, collate_sft, tokenize_preference, tokenize_sft
-from rlhfkit.models import (load_causal_lm, load_reward_model, load_tokenizer, packing_works, reward_forward,
-                            target_logprobs)
+from rlhfkit.logprobs import packing_works, target_logprobs
+from rlhfkit.models import load_causal_lm, load_reward_model, load_tokenizer, reward_forward
 from rlhfkit.train.dpo import run_dpo
 from rlhfkit.train.grpo import run_grpo
 from rlhfkit.train.rm import run_rm

@@ -14,7 +14,7 @@ from real_layouts import byte_level_bpe
 from rlhfkit.data import DataError, Location
 from rlhfkit.data.formats import parse_preference, parse_sft
 from rlhfkit.data.tokenize import prompt_ids, tokenize_preference, tokenize_sft
-from rlhfkit.models import build_word_tokenizer
+from rlhfkit.tiny_models import build_word_tokenizer
 
 # Per style: the template's turn-opening token, end-of-turn token, and injected strings (each
 # holding the template's role tokens and an extra special).
@@ -108,16 +108,17 @@ def test_word_tokenizer_refuses_what_it_cannot_keep_as_text():
 def test_serve_engine_prompt_has_no_injected_specials(tmp_path, monkeypatch):
     """Through `rlhfkit serve`'s Server: the ids handed to generation carry only the template's
     specials, and the usage counts them."""
-    import rlhfkit.generation
-    from rlhfkit.models import save_model, tiny_causal_lm
+    import rlhfkit.sampling
+    from rlhfkit.models import save_model
     from rlhfkit.serve import Server
+    from rlhfkit.tiny_models import tiny_causal_lm
 
     tok = byte_level_bpe("chatml")
     save_model(tiny_causal_lm(tok, hidden_size=32, num_layers=1, num_heads=2), tok, tmp_path / "m")
     server = Server(str(tmp_path / "m"), device="cpu")
     seen = []
-    real = rlhfkit.generation.generate
-    monkeypatch.setattr(rlhfkit.generation, "generate", lambda model, t, rows, *a, **k: seen.extend(rows) or real(
+    real = rlhfkit.sampling.generate
+    monkeypatch.setattr(rlhfkit.sampling, "generate", lambda model, t, rows, *a, **k: seen.extend(rows) or real(
         model, t, rows, *a, **k))
     messages = [{"role": "user", "content": STYLES["chatml"][2][0]}]
     out = server.complete(server.parse({"messages": messages, "max_tokens": 1}, chat=True), "req-1")

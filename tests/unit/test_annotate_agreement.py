@@ -1,19 +1,21 @@
-"""Agreement maths and assignment rules of the annotation server, against numbers derived by hand."""
+"""Agreement maths (``rlhfkit.stats``) and the annotation server's statistics and assignment rules, against
+numbers derived by hand."""
 
 import pytest
 
+from rlhfkit import stats as st
 from rlhfkit.annotate import agreement as ag
 from rlhfkit.annotate.assignment import gold_block_size, gold_due
 
 
 def test_majority_is_a_strict_plurality():
-    assert ag.majority(["a", "a", "b"]) == "a"
-    assert ag.majority(["tie", "tie", "a"]) == "tie"
-    assert ag.majority(["a", "b"]) is None  # top two tie
-    assert ag.majority(["a", "b", "tie"]) is None
-    assert ag.majority([]) is None
-    assert ag.agreement_fraction(["a", "a", "b"]) == pytest.approx(2 / 3)
-    assert ag.agreement_fraction(["a", "b"]) is None
+    assert st.majority(["a", "a", "b"]) == "a"
+    assert st.majority(["tie", "tie", "a"]) == "tie"
+    assert st.majority(["a", "b"]) is None  # top two tie
+    assert st.majority(["a", "b", "tie"]) is None
+    assert st.majority([]) is None
+    assert st.agreement_fraction(["a", "a", "b"]) == pytest.approx(2 / 3)
+    assert st.agreement_fraction(["a", "b"]) is None
 
 
 def test_cohen_kappa_by_hand():
@@ -22,26 +24,26 @@ def test_cohen_kappa_by_hand():
     p_e = (3*3 + 2*3 + 1*0) / 36 = 15/36. kappa = (24/36 - 15/36) / (21/36) = 9/21 = 3/7."""
     x = ["a", "a", "b", "b", "a", "tie"]
     y = ["a", "b", "b", "b", "a", "a"]
-    assert ag.cohen_kappa(x, y) == pytest.approx(3 / 7, abs=1e-12)
-    assert ag.cohen_kappa(y, x) == pytest.approx(3 / 7, abs=1e-12)  # symmetric
-    assert ag.cohen_kappa(x, x) == pytest.approx(1.0)
+    assert st.cohen_kappa(x, y) == pytest.approx(3 / 7, abs=1e-12)
+    assert st.cohen_kappa(y, x) == pytest.approx(3 / 7, abs=1e-12)  # symmetric
+    assert st.cohen_kappa(x, x) == pytest.approx(1.0)
     # Perfect disagreement on balanced labels: p_o = 0, p_e = 1/2 -> kappa = -1.
-    assert ag.cohen_kappa(["a", "b"], ["b", "a"]) == pytest.approx(-1.0)
-    assert ag.cohen_kappa(["a", "a"], ["a", "a"]) is None  # p_e = 1: undefined
-    assert ag.cohen_kappa([], []) is None
+    assert st.cohen_kappa(["a", "b"], ["b", "a"]) == pytest.approx(-1.0)
+    assert st.cohen_kappa(["a", "a"], ["a", "a"]) is None  # p_e = 1: undefined
+    assert st.cohen_kappa([], []) is None
     with pytest.raises(ValueError):
-        ag.cohen_kappa(["a"], ["a", "b"])
+        st.cohen_kappa(["a"], ["a", "b"])
 
 
 def test_fleiss_kappa_by_hand():
     """Items (a a a), (a a b), (b b tie): counts [3,0,0], [2,1,0], [0,2,1].
     P_i = (sum n_ik^2 - 3) / 6 -> 1, 1/3, 1/3; P = 5/9.
     p = (5/9, 3/9, 1/9); P_e = 35/81. kappa = (45/81 - 35/81) / (46/81) = 10/46 = 5/23."""
-    assert ag.fleiss_kappa([[3, 0, 0], [2, 1, 0], [0, 2, 1]]) == pytest.approx(5 / 23, abs=1e-12)
+    assert st.fleiss_kappa([[3, 0, 0], [2, 1, 0], [0, 2, 1]]) == pytest.approx(5 / 23, abs=1e-12)
     # An item with a single label carries no agreement information and changes nothing.
-    assert ag.fleiss_kappa([[3, 0, 0], [2, 1, 0], [0, 2, 1], [0, 1, 0]]) == pytest.approx(5 / 23, abs=1e-12)
-    assert ag.fleiss_kappa([[0, 1, 0]]) is None
-    assert ag.fleiss_kappa([[2, 0, 0], [3, 0, 0]]) is None  # one category throughout: P_e = 1
+    assert st.fleiss_kappa([[3, 0, 0], [2, 1, 0], [0, 2, 1], [0, 1, 0]]) == pytest.approx(5 / 23, abs=1e-12)
+    assert st.fleiss_kappa([[0, 1, 0]]) is None
+    assert st.fleiss_kappa([[2, 0, 0], [3, 0, 0]]) is None  # one category throughout: P_e = 1
 
 
 def test_fleiss_kappa_matches_the_published_example():
@@ -49,26 +51,26 @@ def test_fleiss_kappa_matches_the_published_example():
     5 categories; P = 0.378, P_e = 0.213, kappa = 0.210."""
     table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
              [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
-    assert ag.fleiss_kappa(table) == pytest.approx(0.210, abs=5e-4)
+    assert st.fleiss_kappa(table) == pytest.approx(0.210, abs=5e-4)
 
 
 def test_krippendorff_alpha_by_hand():
     """Two annotators, four items: (a,a) (a,b) (b,b) (a,a). Coincidences o_aa=4, o_ab=o_ba=1,
     o_bb=2; n_a=5, n_b=3, n=8. D_o = 2/8, D_e = 2*5*3/(8*7) = 30/56; alpha = 1 - 7/15 = 8/15."""
     units = {1: {"u": "a", "v": "a"}, 2: {"u": "a", "v": "b"}, 3: {"u": "b", "v": "b"}, 4: {"u": "a", "v": "a"}}
-    assert ag.krippendorff_alpha(units) == pytest.approx(8 / 15, abs=1e-9)
+    assert st.krippendorff_alpha(units) == pytest.approx(8 / 15, abs=1e-9)
     # Missing labels are allowed: a unit with one label adds nothing.
-    assert ag.krippendorff_alpha({**units, 5: {"u": "tie"}}) == pytest.approx(8 / 15, abs=1e-9)
-    assert ag.krippendorff_alpha({1: {"u": "a", "v": "a"}}) is None  # one value: undefined
-    assert ag.krippendorff_alpha({1: {"u": "a"}, 2: {"v": "b"}}) is None  # nothing pairable
+    assert st.krippendorff_alpha({**units, 5: {"u": "tie"}}) == pytest.approx(8 / 15, abs=1e-9)
+    assert st.krippendorff_alpha({1: {"u": "a", "v": "a"}}) is None  # one value: undefined
+    assert st.krippendorff_alpha({1: {"u": "a"}, 2: {"v": "b"}}) is None  # nothing pairable
 
 
 def test_position_bias_counts_left_wins_among_decided_labels():
     # (choice, left): decided labels 4, of which (a, left a) and (b, left b) chose the left one.
     labels = [("a", "a"), ("b", "a"), ("a", "b"), ("tie", "a"), ("b", "b")]
-    assert ag.position_bias(labels) == (0.5, 4)
-    assert ag.position_bias([("a", "a"), ("b", "b"), ("b", "b")]) == (1.0, 3)
-    assert ag.position_bias([("tie", "a")]) == (None, 0)
+    assert st.position_bias(labels) == (0.5, 4)
+    assert st.position_bias([("a", "a"), ("b", "b"), ("b", "b")]) == (1.0, 3)
+    assert st.position_bias([("tie", "a")]) == (None, 0)
 
 
 def test_agreement_with_majority_is_leave_one_out():
@@ -77,12 +79,12 @@ def test_agreement_with_majority_is_leave_one_out():
     u1: 1 of 2, u2: 1 of 1, u3: 0 of 1."""
     units = {"i1": {"u1": "a", "u2": "a", "u3": "b"}, "i2": {"u1": "a", "u2": "b", "u3": "b"},
              "i3": {"u1": "tie", "u2": "tie"}}
-    assert ag.majority_agreement(units) == {"u1": (1, 2), "u2": (1, 1), "u3": (0, 1)}
+    assert st.majority_agreement(units) == {"u1": (1, 2), "u2": (1, 1), "u3": (0, 1)}
 
 
 def test_pairwise_kappas_use_shared_items_only():
     units = {1: {"u": "a", "v": "a", "w": "b"}, 2: {"u": "b", "v": "b"}, 3: {"u": "a", "w": "a"}}
-    got = {tuple(k["annotators"]): (k["kappa"], k["items"]) for k in ag.pairwise_kappas(units)}
+    got = {tuple(k["annotators"]): (k["kappa"], k["items"]) for k in st.pairwise_kappas(units)}
     assert got[("u", "v")] == (pytest.approx(1.0), 2)
     # u, w share items 1 and 3: (a, b) and (a, a). p_o = 1/2; u: a=2, w: a=1 b=1; p_e = 2/4 -> kappa 0.
     assert got[("u", "w")] == (pytest.approx(0.0), 2)

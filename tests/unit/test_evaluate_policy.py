@@ -7,7 +7,7 @@ from rlhfkit.world import toy
 
 
 def test_kl_to_itself_is_zero_and_positive_to_another_model(world_dir, tmp_path):
-    from rlhfkit.models import make_tiny_model_dir
+    from rlhfkit.tiny_models import make_tiny_model_dir
 
     prompts = [toy.prompt_for(i) for i in toy.ITEMS[:6]]
     samples = sample_policy(world_dir["base"], prompts, n=3, max_new_tokens=8, seed=1)

@@ -12,8 +12,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from rlhfkit.generation import Rollout, eos_ids, generate, sample
-from rlhfkit.models import build_word_tokenizer, load_causal_lm, load_tokenizer, make_tiny_model_dir
+from rlhfkit.config import GenerationConfig
+from rlhfkit.models import load_causal_lm, load_tokenizer
+from rlhfkit.sampling import Rollout, eos_ids, generate, sample
+from rlhfkit.tiny_models import build_word_tokenizer, make_tiny_model_dir
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "a cat sat on a mat and then ran home",
          "red green blue yellow purple orange"]
@@ -91,7 +93,7 @@ def test_greedy_equals_hf_generate_with_left_padding(lm):
     rows = _prompt_rows(tok)
     assert len({len(r) for r in rows}) == len(rows), "prompts must differ in length to exercise left padding"
     ends = eos_ids(tok, model)
-    ours = generate(model, tok, rows, max_new_tokens=16, temperature=0.0)
+    ours = generate(model, tok, rows, GenerationConfig(max_new_tokens=16, temperature=0.0))
     ids, mask = _left_pad(rows, tok.pad_token_id)
     hf = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=16,
                         pad_token_id=tok.pad_token_id, eos_token_id=ends)[:, ids.shape[1]:]
@@ -103,8 +105,8 @@ def test_greedy_equals_hf_generate_with_left_padding(lm):
 def test_chunked_equals_one_batch(llama):
     tok, model = llama
     rows = _prompt_rows(tok) + _prompt_rows(tok, ["dog", "purple orange cat sat"])
-    one = generate(model, tok, rows, max_new_tokens=10, temperature=0.0, batch_size=64)
-    chunked = generate(model, tok, rows, max_new_tokens=10, temperature=0.0, batch_size=2)
+    one = generate(model, tok, rows, GenerationConfig(max_new_tokens=10, temperature=0.0), batch_size=64)
+    chunked = generate(model, tok, rows, GenerationConfig(max_new_tokens=10, temperature=0.0), batch_size=2)
     assert torch.equal(one.response_ids, chunked.response_ids) and torch.equal(one.mask, chunked.mask)
     torch.testing.assert_close(one.logprobs, chunked.logprobs, atol=1e-5, rtol=0)
     assert one.prompt_ids == rows and chunked.texts == one.texts
@@ -118,8 +120,9 @@ def test_chunked_equals_one_batch(llama):
 def test_logprobs_equal_full_forward(lm, temperature, top_k, top_p, side):
     tok, model = lm
     gen = torch.Generator().manual_seed(3)
-    rollout = generate(model, tok, _prompt_rows(tok), max_new_tokens=12, temperature=temperature, top_k=top_k,
-                       top_p=top_p, generator=gen)
+    rollout = generate(model, tok, _prompt_rows(tok),
+                       GenerationConfig(max_new_tokens=12, temperature=temperature, top_k=top_k, top_p=top_p),
+                       generator=gen)
     assert rollout.logprobs.dtype == torch.float32
     assert torch.all(rollout.logprobs[rollout.mask == 0] == 0)
     assert torch.all(rollout.logprobs[rollout.mask == 1] < 0)
@@ -129,7 +132,7 @@ def test_logprobs_equal_full_forward(lm, temperature, top_k, top_p, side):
 
 def test_greedy_logprobs_are_untempered(llama):
     tok, model = llama
-    rollout = generate(model, tok, _prompt_rows(tok), max_new_tokens=8, temperature=0.0)
+    rollout = generate(model, tok, _prompt_rows(tok), GenerationConfig(max_new_tokens=8, temperature=0.0))
     torch.testing.assert_close(rollout.logprobs, _reference_logprobs(model, rollout, 1.0, "right"),
                                atol=1e-5, rtol=0)
 
@@ -139,7 +142,7 @@ def test_greedy_logprobs_are_untempered(llama):
 
 def _free_run(tok, model, rows, n=12):
     """Greedy tokens with no end token at all: every row runs the full n steps."""
-    rollout = generate(model, tok, rows, max_new_tokens=n, temperature=0.0, eos_token_ids=[])
+    rollout = generate(model, tok, rows, GenerationConfig(max_new_tokens=n, temperature=0.0), eos_token_ids=[])
     assert rollout.mask.all() and not rollout.ended.any()
     return rollout.response_ids.tolist()
 
@@ -150,7 +153,7 @@ def test_eos_ends_row_and_rows_without_eos_run_to_the_limit(lm):
     free = _free_run(tok, model, rows)
     # An "EOS" that some rows emit (not at step 0) and at least one row never emits.
     eos = next(t for r in free for t in r[1:] if t not in r[0:1] and any(t not in other for other in free))
-    out = generate(model, tok, rows, max_new_tokens=12, temperature=0.0, eos_token_ids=[eos])
+    out = generate(model, tok, rows, GenerationConfig(max_new_tokens=12, temperature=0.0), eos_token_ids=[eos])
     assert out.ended.any() and not out.ended.all()
     for i, tokens in enumerate(free):
         if eos in tokens:
@@ -170,7 +173,7 @@ def test_all_rows_ending_early_stops_the_loop(llama):
     rows = _prompt_rows(tok)
     free = _free_run(tok, model, rows)
     ends = sorted({r[1] for r in free})  # every row's second token ends it
-    out = generate(model, tok, rows, max_new_tokens=12, temperature=0.0, eos_token_ids=ends)
+    out = generate(model, tok, rows, GenerationConfig(max_new_tokens=12, temperature=0.0), eos_token_ids=ends)
     assert out.ended.all()
     longest = max(min(r.index(e) for e in ends if e in r) + 1 for r in free)
     assert out.response_ids.shape == (len(rows), longest) and out.mask.sum(1).max() == longest
@@ -181,7 +184,7 @@ def test_default_end_tokens_include_tokenizer_eos(llama):
     assert tok.eos_token_id in eos_ids(tok, model)
     rows = _prompt_rows(tok)
     free = _free_run(tok, model, rows)
-    out = generate(model, tok, rows, max_new_tokens=12, temperature=0.0)
+    out = generate(model, tok, rows, GenerationConfig(max_new_tokens=12, temperature=0.0))
     for i, tokens in enumerate(free):
         assert bool(out.ended[i]) == (tok.eos_token_id in tokens)
 
@@ -205,7 +208,8 @@ def test_stop_strings_end_rows_and_are_cut_from_texts(llama, span):
     specials = set(tok.all_special_ids)  # a special-token stop string is an end id (tested below)
     at = next(j for j in range(1, 12 - span) if not specials & set(free[0][j:j + span]))
     stop = tok.decode(free[0][at:at + span])  # one word, or two words across a token boundary
-    out = generate(model, tok, rows, max_new_tokens=12, temperature=0.0, stop_strings=[stop], eos_token_ids=[])
+    out = generate(model, tok, rows, GenerationConfig(max_new_tokens=12, temperature=0.0, stop_strings=[stop]),
+                   eos_token_ids=[])
     assert out.ended[0]
     for i, tokens in enumerate(free):
         kept, ended = _expected_stop(tok, tokens, stop)
@@ -219,9 +223,11 @@ def test_stop_strings_end_rows_and_are_cut_from_texts(llama, span):
 def test_special_token_stop_string_acts_as_end_id(llama):
     tok, model = llama
     rows = _prompt_rows(tok)
-    by_id = generate(model, tok, rows, max_new_tokens=12, temperature=0.0, eos_token_ids=[tok.eos_token_id])
-    by_string = generate(model, tok, rows, max_new_tokens=12, temperature=0.0, eos_token_ids=[],
-                         stop_strings=[tok.eos_token])
+    by_id = generate(model, tok, rows, GenerationConfig(max_new_tokens=12, temperature=0.0),
+                     eos_token_ids=[tok.eos_token_id])
+    by_string = generate(model, tok, rows,
+                         GenerationConfig(max_new_tokens=12, temperature=0.0, stop_strings=[tok.eos_token]),
+                         eos_token_ids=[])
     assert torch.equal(by_id.response_ids, by_string.response_ids) and torch.equal(by_id.ended, by_string.ended)
 
 
@@ -233,7 +239,7 @@ def test_seeded_generator_reproduces_and_seeds_differ(llama):
     rows = _prompt_rows(tok) * 2
 
     def run(seed):
-        return generate(model, tok, rows, max_new_tokens=12, temperature=1.0, top_p=0.95,
+        return generate(model, tok, rows, GenerationConfig(max_new_tokens=12, temperature=1.0, top_p=0.95),
                         generator=torch.Generator().manual_seed(seed))
 
     a, b, c = run(7), run(7), run(8)
@@ -245,8 +251,8 @@ def test_seeded_generator_reproduces_and_seeds_differ(llama):
 def test_top_k_1_sampling_equals_greedy(lm):
     tok, model = lm
     rows = _prompt_rows(tok)
-    greedy = generate(model, tok, rows, max_new_tokens=12, temperature=0.0)
-    top1 = generate(model, tok, rows, max_new_tokens=12, temperature=1.0, top_k=1,
+    greedy = generate(model, tok, rows, GenerationConfig(max_new_tokens=12, temperature=0.0))
+    top1 = generate(model, tok, rows, GenerationConfig(max_new_tokens=12, temperature=1.0, top_k=1),
                     generator=torch.Generator().manual_seed(0))
     assert torch.equal(greedy.response_ids, top1.response_ids)
     torch.testing.assert_close(greedy.logprobs, top1.logprobs, atol=1e-6, rtol=0)  # same distribution at T=1
@@ -255,8 +261,8 @@ def test_top_k_1_sampling_equals_greedy(lm):
 def test_tiny_top_p_is_greedy(llama):
     tok, model = llama
     rows = _prompt_rows(tok)
-    greedy = generate(model, tok, rows, max_new_tokens=12, temperature=0.0)
-    nucleus = generate(model, tok, rows, max_new_tokens=12, temperature=1.0, top_p=1e-6,
+    greedy = generate(model, tok, rows, GenerationConfig(max_new_tokens=12, temperature=0.0))
+    nucleus = generate(model, tok, rows, GenerationConfig(max_new_tokens=12, temperature=1.0, top_p=1e-6),
                        generator=torch.Generator().manual_seed(0))
     assert torch.equal(greedy.response_ids, nucleus.response_ids)
 
@@ -299,29 +305,32 @@ def test_sample_strings_and_chat_prompts(llama):
     tok, model = llama
     model.train()
     prompts = ["the quick brown fox", [{"role": "user", "content": "a cat sat"}]] * 3
-    texts = sample(model, tok, prompts, max_new_tokens=6, temperature=1.0, batch_size=4, seed=5)
+    texts = sample(model, tok, prompts, GenerationConfig(max_new_tokens=6, temperature=1.0), batch_size=4, seed=5)
     assert model.training, "train/eval mode must be restored"
     model.eval()
     assert len(texts) == 6 and all(isinstance(t, str) and t == t.strip() for t in texts)
-    assert texts == sample(model, tok, prompts, max_new_tokens=6, temperature=1.0, batch_size=4, seed=5)
+    assert texts == sample(model, tok, prompts, GenerationConfig(max_new_tokens=6, temperature=1.0), batch_size=4,
+                           seed=5)
     assert all(w in tok.get_vocab() for t in texts for w in t.split())
-    greedy = sample(model, tok, prompts, max_new_tokens=6, temperature=0.0)
+    greedy = sample(model, tok, prompts, GenerationConfig(max_new_tokens=6, temperature=0.0))
     assert greedy[0] == greedy[2] and greedy[1] == greedy[3]
 
 
 def test_texts_and_edge_cases(llama):
     tok, model = llama
     rows = _prompt_rows(tok)
-    out = generate(model, tok, rows, max_new_tokens=5, temperature=0.0)
+    out = generate(model, tok, rows, GenerationConfig(max_new_tokens=5, temperature=0.0))
     assert out.texts == tok.batch_decode(_responses(out), skip_special_tokens=True)
     assert out.response_ids.dtype == torch.long and out.mask.dtype == torch.long and out.ended.dtype == torch.bool
-    empty = generate(model, tok, rows, max_new_tokens=0)
+    empty = generate(model, tok, rows, GenerationConfig(max_new_tokens=0))
     assert empty.response_ids.shape == (4, 0) and empty.texts == [""] * 4 and not empty.ended.any()
-    for bad in (dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-1), dict(batch_size=0)):
+    for bad in (dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-1)):
         with pytest.raises(ValueError):
-            generate(model, tok, rows, max_new_tokens=4, **bad)
+            generate(model, tok, rows, GenerationConfig(max_new_tokens=4, **bad))
     with pytest.raises(ValueError):
-        generate(model, tok, [[]], max_new_tokens=4)
+        generate(model, tok, rows, GenerationConfig(max_new_tokens=4), batch_size=0)
+    with pytest.raises(ValueError):
+        generate(model, tok, [[]], GenerationConfig(max_new_tokens=4))
 
 
 # --------------------------------------------------------------------------- 6. the fast paths
@@ -330,7 +339,7 @@ def test_texts_and_edge_cases(llama):
 def test_draw_matches_the_probabilities_and_never_draws_a_zero():
     """Inverse-CDF sampling: 40,000 draws from p = (0.5, 0, 0.2, 0.3, 0) per row. Each count is
     binomial; 5 standard deviations is ~0.5% of n, so a sampler off by 1% of the mass fails."""
-    from rlhfkit.generation import draw
+    from rlhfkit.sampling import draw
 
     p = torch.tensor([0.5, 0.0, 0.2, 0.3, 0.0])
     n = 40_000
@@ -350,8 +359,8 @@ def test_repeated_prompts_prefilled_once_equal_separate_rows(lm):
     tok, model = lm
     rows = _prompt_rows(tok)
     repeated = [r for r in rows for _ in range(3)]
-    once = generate(model, tok, rows, max_new_tokens=12, temperature=0.0)
-    many = generate(model, tok, repeated, max_new_tokens=12, temperature=0.0)
+    once = generate(model, tok, rows, GenerationConfig(max_new_tokens=12, temperature=0.0))
+    many = generate(model, tok, repeated, GenerationConfig(max_new_tokens=12, temperature=0.0))
     for i in range(len(repeated)):
         j = i // 3
         assert torch.equal(many.response_ids[i][many.mask[i].bool()], once.response_ids[j][once.mask[j].bool()])
@@ -362,7 +371,7 @@ def test_repeated_prompts_prefilled_once_equal_separate_rows(lm):
 def test_preallocated_cache_equals_concatenating_cache(llama):
     """Decode steps through the in-place cache give the logits the stock concatenating cache gives,
     including after rows are dropped (batch_select_indices)."""
-    from rlhfkit.generation import _new_cache
+    from rlhfkit.kv_cache import new_cache
 
     import inspect
 
@@ -371,7 +380,7 @@ def test_preallocated_cache_equals_concatenating_cache(llama):
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = []
     for capacity in (0, ids.shape[1] + 4):
-        cache, m, step = _new_cache(model, capacity), mask, ids
+        cache, m, step = new_cache(model, capacity), mask, ids
         logits = []
         with torch.no_grad():
             for t in range(4):
@@ -385,5 +394,5 @@ def test_preallocated_cache_equals_concatenating_cache(llama):
                     m, step, logits = m[keep], step[keep], [x[keep] for x in logits]
                 m = torch.cat([m, m.new_ones(len(m), 1)], 1)
         out.append(torch.stack(logits))
-    assert type(_new_cache(model, 8).layers[0]).__name__ == "_PreallocatedLayer"
+    assert type(new_cache(model, 8).layers[0]).__name__ == "PreallocatedLayer"
     torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=0)

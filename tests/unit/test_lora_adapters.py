@@ -16,10 +16,12 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from rlhfkit.cli import main
 from rlhfkit.config import ConfigError
+from rlhfkit.logprobs import target_logprobs
 from rlhfkit.parser import parse_config
 from rlhfkit.train.sft import SFTConfig
 from rlhfkit.models import (adapter_disabled, add_lora, is_adapter_dir, load_causal_lm, load_reward_model,
-                            load_tokenizer, make_tiny_model_dir, reward_forward, save_model, target_logprobs)
+                            load_tokenizer, reward_forward, save_model)
+from rlhfkit.tiny_models import make_tiny_model_dir
 
 VOCAB = ["how is the soup ? it good bad . very fresh and tasty cold stale the tea was"]
 ROWS = [[2, 7, 8, 9, 10, 11, 12, 13], [2, 14, 15, 16, 17, 0, 0, 0]]
@@ -156,8 +158,7 @@ def test_lora_fields_default_to_off_and_all_linear():
 def test_lora_policy_and_its_reference_take_the_fast_paths(tiny_dir):
     """The online engine's packed and shared-prompt log-prob paths see through the peft wrapper,
     adapter on (the policy) and off (its reference), instead of falling back to the slow paths."""
-    from rlhfkit.models import packing_works
-    from rlhfkit.shared_prompt import prompt_sharing_works
+    from rlhfkit.logprobs import packing_works, prompt_sharing_works
 
     lora = _lora_lm(tiny_dir)
     assert packing_works(lora) and prompt_sharing_works(lora)

@@ -27,16 +27,11 @@ def test_token_logprobs():
     torch.testing.assert_close(got, t([[-0.2876821, -1.3862944]]), **TOL)
 
 
-def test_sequence_logprobs_shifts_and_masks():
-    """Every position has logits [0, ln 3]. ids = [0, 1, 0]: position 0 predicts id 1
-    (ln 0.75 = -0.2876821), position 1 predicts id 0 (ln 0.25 = -1.3862944).
-    mask [0, 1, 1] (both predicted tokens are response) -> -1.6739764;
-    mask [0, 0, 1] (only the last) -> -1.3862944."""
-    logits = t([[[0.0, math.log(3.0)]] * 3] * 2)
-    ids = torch.tensor([[0, 1, 0], [0, 1, 0]])
-    mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
-    got = losses.sequence_logprobs(logits, ids, mask)
-    torch.testing.assert_close(got, t([-1.6739764, -1.3862944]), **TOL)
+def test_sequence_logprobs_sums_by_sequence_id():
+    """Per-token log-probs [-0.5, -1, -2, -4] of sequences [0, 0, 2, 0] (3 sequences): sequence 0
+    sums -0.5 - 1 - 4 = -5.5, sequence 1 has no token -> 0, sequence 2 -> -2."""
+    got = losses.sequence_logprobs(t([-0.5, -1.0, -2.0, -4.0]), torch.tensor([0, 0, 2, 0]), 3)
+    torch.testing.assert_close(got, t([-5.5, 0.0, -2.0]), **TOL)
 
 
 def test_sft_nll_token_mean_and_global_normaliser():
@@ -46,6 +41,15 @@ def test_sft_nll_token_mean_and_global_normaliser():
     mask = t([[1, 1, 0], [1, 0, 0]])
     assert losses.sft_nll(logps, mask).item() == pytest.approx(1.1666667, abs=1e-6)
     assert losses.sft_nll(logps, mask, num_tokens=7).item() == pytest.approx(0.5, abs=1e-7)
+
+
+def test_sft_nll_without_mask_counts_every_value():
+    """The (N,) log-probs of trained tokens alone, [-1, -2, -0.5]: sum -3.5 over 3 tokens -> 1.1666667;
+    with the step's token count 7 -> 0.5; with normaliser 1 -> the summed NLL 3.5."""
+    logps = t([-1.0, -2.0, -0.5])
+    assert losses.sft_nll(logps).item() == pytest.approx(1.1666667, abs=1e-6)
+    assert losses.sft_nll(logps, num_tokens=7).item() == pytest.approx(0.5, abs=1e-7)
+    assert losses.sft_nll(logps, num_tokens=1).item() == pytest.approx(3.5, abs=1e-7)
 
 
 def test_sft_nll_accumulation_equals_one_batch():

@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from rlhfkit.models import (build_word_tokenizer, causal_lm_logits, last_token_index, load_causal_lm,
-                            load_reward_model, load_tokenizer, make_tiny_model_dir,
-                            position_ids_from_mask, resolve_dtype, reward_forward, save_model,
-                            tiny_causal_lm, to_right_padding)
+from rlhfkit.logprobs import causal_lm_logits
+from rlhfkit.models import (last_token_index, load_causal_lm, load_reward_model, load_tokenizer, position_ids_from_mask,
+                            resolve_dtype, reward_forward, save_model, to_right_padding)
+from rlhfkit.tiny_models import build_word_tokenizer, make_tiny_model_dir, tiny_causal_lm
 
 TOL = dict(rtol=0, atol=1e-5)
 VOCAB = ["how is the soup ? it good bad . very fresh and tasty cold stale the tea was"]
@@ -304,7 +304,7 @@ def test_load_causal_lm_refuses_pickle_unless_allowed(tiny_dir, tmp_path):
 def test_bpe_tokenizer_space_prefixed_words_whole_specials_bos_on_request(tmp_path):
     """build_bpe_tokenizer: words carry their leading space ('Ġ'), template markers stay one token,
     BOS only with add_special_tokens, any text round-trips (byte-level), and the folder reloads."""
-    from rlhfkit.models import build_bpe_tokenizer
+    from rlhfkit.tiny_models import build_bpe_tokenizer
 
     tok = build_bpe_tokenizer(["the soup is hot", "the tea is cold"] * 20, bos="<s>", eos="</s>",
                               specials=["<|im_start|>"], chat_template="{{ messages[0]['content'] }}",

@@ -98,8 +98,9 @@ def test_entropy_at_response_positions_equals_full_masked_mean():
 def test_response_logprobs_packed_equals_policy_logprobs():
     """Packed rows, LM head at response positions (fast path) == full logits on padded rows
     (reference path), values and gradients, at a temperature != 1."""
-    from rlhfkit.generation import Rollout, policy_logprobs, response_logprobs, rollout_rows
-    from rlhfkit.models import build_word_tokenizer, tiny_causal_lm
+    from rlhfkit.logprobs import policy_logprobs, response_logprobs
+    from rlhfkit.sampling import Rollout, rollout_rows
+    from rlhfkit.tiny_models import build_word_tokenizer, tiny_causal_lm
 
     tok = build_word_tokenizer(["a b c d e f g h i j k l m n o p"])
     model = tiny_causal_lm(tok, seed=7)

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from rlhfkit.evaluate.overopt import DivergenceMonitor, change_z
+from rlhfkit.stats import DivergenceMonitor, change_z
 
 
 def test_change_z_hand_value():

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from rlhfkit.data.tokenize import Tokenized, TokenizedPair, collate_pairs, collate_sft
+from rlhfkit.logprobs import causal_lm_logits, packing_works, response_logps, target_logprobs
 from rlhfkit.losses import token_logprobs
-from rlhfkit.models import (build_word_tokenizer, causal_lm_logits, packed_rewards, packing_works,
-                            reward_forward, target_logprobs, tiny_causal_lm)
-from rlhfkit.train.dpo import response_logps
+from rlhfkit.models import packed_rewards, reward_forward
+from rlhfkit.tiny_models import build_word_tokenizer, tiny_causal_lm
 from rlhfkit.train.sft import nll_sum
 
 WORDS = "a b c d e f g h i j k l m n o p q r s t u v w x y z".split()

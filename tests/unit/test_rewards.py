@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rlhfkit.rewards import FunctionSource, RewardModelSource, WeightedSum, load_function, make_reward
+from rlhfkit.reward_model import RewardModelSource
+from rlhfkit.rewards import FunctionSource, WeightedSum, load_function, make_reward
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from rlhfkit.generation import Rollout, policy_logprobs, response_logprobs, rollout_rows
-from rlhfkit.models import build_word_tokenizer, tiny_causal_lm
-from rlhfkit.shared_prompt import plan, prompt_sharing_works, shared_prompt_logprobs
+from rlhfkit.logprobs import plan, policy_logprobs, prompt_sharing_works, response_logprobs, shared_prompt_logprobs
+from rlhfkit.sampling import Rollout, rollout_rows
+from rlhfkit.tiny_models import build_word_tokenizer, tiny_causal_lm
 
 TOK = build_word_tokenizer(["a b c d e f g h i j k l m n o p"])
 # Three prompts; the first two sampled three times each, the third once (RLOO/GRPO-style groups).
@@ -81,7 +81,7 @@ def test_shared_equals_plain_values_and_gradients(model):
 
 
 def test_response_logprobs_shares_only_when_it_saves_work(model, monkeypatch):
-    import rlhfkit.shared_prompt as sp
+    import rlhfkit.logprobs as sp
 
     ids, attn, mask = _rows()
     take = [0, 1, 2, 0, 3, 4, 5, 3]  # 4 rows each of prompts 0 and 1: shared 2 x 7 + 8 x 4 = 46 of 65 tokens

@@ -1,6 +1,6 @@
 import pytest
 
-from rlhfkit.evaluate.stats import wilson_interval
+from rlhfkit.stats import wilson_interval
 
 
 def test_wilson_interval_hand_values():
@@ -19,7 +19,7 @@ def test_wilson_interval_edges():
 
 def test_win_rate_counts_ties_as_half():
     """scores vs baseline: win, tie, loss, win -> (1 + 0.5 + 0 + 1) / 4 = 0.625."""
-    from rlhfkit.evaluate.stats import win_rate
+    from rlhfkit.stats import win_rate
 
     got = win_rate([3, 1, 0, 2], [1, 1, 5, 0])
     assert got["winrate"] == 0.625 and got["n"] == 4
@@ -32,7 +32,7 @@ def test_win_rate_counts_ties_as_half():
 def test_bootstrap_ci_shrinks_with_n_and_covers_the_mean():
     """For 0/1 outcomes with p = 0.7 the 95% interval is about +-1.96 sqrt(0.21 / n):
     +-0.0898 at n = 100, +-0.0284 at n = 1000 (normal approximation)."""
-    from rlhfkit.evaluate.stats import bootstrap_ci
+    from rlhfkit.stats import bootstrap_ci
 
     small = bootstrap_ci([1] * 70 + [0] * 30)
     large = bootstrap_ci([1] * 700 + [0] * 300)
@@ -49,7 +49,7 @@ def test_bootstrap_win_rate_interval_covers_the_true_rate_at_the_stated_rate():
     nominal rate +-3 s.e.; an interval a third too narrow (coverage ~0.83) would fail."""
     import numpy as np
 
-    from rlhfkit.evaluate.stats import win_rate
+    from rlhfkit.stats import win_rate
 
     rng = np.random.default_rng(123)
     hits = 0
@@ -65,7 +65,7 @@ def test_length_controlled_win_rate_removes_a_pure_length_advantage():
     raw win rate 13/20 = 0.65. sd(d) = sqrt(1 - 0.6^2) = 0.8, so x = +-tanh(1.25), symmetric, and the
     two-point logistic fit is exact: a + b x = logit(0.75), a - b x = logit(0.25) -> a = 0, so the
     length-controlled rate sigmoid(a) = 0.5 (up to the tiny ridge on b)."""
-    from rlhfkit.evaluate.stats import length_controlled_win_rate, logistic_fit
+    from rlhfkit.stats import length_controlled_win_rate, logistic_fit
 
     outcomes = [1] * 12 + [0] * 4 + [1] + [0] * 3
     lengths = [11] * 16 + [9] * 4
@@ -87,7 +87,7 @@ def test_length_controlled_win_rate_removes_a_pure_length_advantage():
 def test_calibration_hand_values():
     """probs 0.1, 0.15 (bin 1: conf 0.125, freq 0.5), 0.8 (bin 8: 0.8, 1), 0.9 (bin 9: 0.9, 1):
     ECE = 2/4 * 0.375 + 1/4 * 0.2 + 1/4 * 0.1 = 0.2625."""
-    from rlhfkit.evaluate.stats import calibration
+    from rlhfkit.stats import calibration
 
     got = calibration([0.1, 0.15, 0.8, 0.9], [0, 1, 1, 1], bins=10)
     assert [(b["count"], b["confidence"], b["accuracy"]) for b in got["bins"]] == [
@@ -98,7 +98,7 @@ def test_calibration_hand_values():
 
 def test_slope_ci_exact_line_and_noise():
     """y = 2x + 1 exactly: slope 2 in every resample, correlation 1."""
-    from rlhfkit.evaluate.stats import slope_ci
+    from rlhfkit.stats import slope_ci
 
     got = slope_ci([1, 2, 3, 4, 5], [3, 5, 7, 9, 11], n_boot=200)
     assert got["slope"] == pytest.approx(2.0) and got["corr"] == pytest.approx(1.0)

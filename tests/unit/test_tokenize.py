@@ -10,9 +10,9 @@ import torch
 from real_layouts import trained_runs
 
 from rlhfkit.data.formats import parse_preference, parse_sft
-from rlhfkit.data.tokenize import (Tokenized, TokenizedPair, collate_pairs, collate_sft, pack_bins,
-                                   tokenize_preference, tokenize_sft)
-from rlhfkit.models import build_word_tokenizer
+from rlhfkit.data.tokenize import (Tokenized, TokenizedPair, collate_pairs, collate_sft, pack_bins, tokenize_preference,
+                                   tokenize_sft)
+from rlhfkit.tiny_models import build_word_tokenizer
 
 WORDS = ("how is the soup ? it good . fine and warm hot very cold bad be nice ok thanks "
          "one two three four five six seven eight nine ten")
@@ -271,10 +271,11 @@ def test_dpo_score_pairs_ipo_uses_lengths_when_asked(normalize):
     """``score_pairs`` with loss_type ipo: the loss equals ``losses.dpo_loss`` on the policy's summed
     log-probs with precomputed reference log-probs, with lengths [3, 2] / [2, 4] when
     ipo_normalize_length is on and without them when off."""
+    from rlhfkit.logprobs import response_logps
     from rlhfkit.train.dpo import DPOConfig
     from rlhfkit.losses import dpo_loss
-    from rlhfkit.models import tiny_causal_lm
-    from rlhfkit.train.dpo import response_logps, score_pairs
+    from rlhfkit.tiny_models import tiny_causal_lm
+    from rlhfkit.train.dpo import score_pairs
 
     tok = build_word_tokenizer([WORDS])
     model = tiny_causal_lm(tok, seed=0).eval()

@@ -24,7 +24,7 @@ import pytest
 from real_layouts import LAYOUTS, all_texts, byte_level_bpe, trained_runs, write_layouts
 from rlhfkit.data import DataError, Location, load_preference, load_prompts, load_sft, parse_preference
 from rlhfkit.data.tokenize import prompt_ids, split_ids, tokenize_preference, tokenize_sft
-from rlhfkit.models import build_word_tokenizer
+from rlhfkit.tiny_models import build_word_tokenizer
 
 TOKENIZERS = ("word", "chatml", "llama3")
 BIG = 4096  # no truncation

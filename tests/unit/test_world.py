@@ -301,7 +301,7 @@ def test_corpus_styles_are_uniform():
 def test_trained_tokenizer_round_trips_the_corpus(tmp_path):
     from transformers import AutoTokenizer
 
-    from rlhfkit.models import build_word_tokenizer
+    from rlhfkit.tiny_models import build_word_tokenizer
 
     texts = base.corpus(0, 2000)
     tok = base.train_tokenizer(texts + [" ".join(tasks.vocabulary())], tmp_path / "tok")

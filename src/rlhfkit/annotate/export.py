@@ -22,7 +22,8 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .agreement import agreement_fraction, compute_stats, majority
+from ..stats import agreement_fraction, majority
+from .agreement import compute_stats
 
 MODES = ("majority", "per_annotator", "demonstrations")
 SOURCE = "human"

@@ -101,7 +101,7 @@ def counterfactuals(probes: list[dict]) -> list[dict]:
 def axis_effects(rows: list[dict], reward_sd: float, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """Per axis: counterfactual pairs, mean r(A) - r(B) with a 95% bootstrap CI, the standardised
     effect (mean / ``reward_sd``) and whether the interval excludes 0."""
-    from .stats import bootstrap_ci
+    from ..stats import bootstrap_ci
 
     out = []
     for axis in dict.fromkeys(r["axis"] for r in rows):
@@ -134,7 +134,7 @@ def _figure(effects: list[dict], length: dict, lengths: list[int], rewards: list
 def judge_audit(judge, rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     """Position bias and per-axis counterfactual preference of a judge (see the module docstring)."""
     from ..judge import compare, judge_stats
-    from .stats import bootstrap_ci
+    from ..stats import bootstrap_ci
 
     n = len(rows)
     prompts = [r["prompt_a"] for r in rows] + [r["prompt_b"] for r in rows]
@@ -168,7 +168,7 @@ def _reward_audit(cfg: AuditConfig, score, rows: list[dict]) -> tuple[dict, list
     """Counterfactual and length effects under a reward source: summary figures and report sections."""
     import statistics
 
-    from .stats import bootstrap_ci, slope_ci
+    from ..stats import bootstrap_ci, slope_ci
 
     n = len(rows)
     rewards = score([r["prompt_a"] for r in rows] + [r["prompt_b"] for r in rows],

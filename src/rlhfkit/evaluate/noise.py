@@ -99,7 +99,7 @@ def _train_fold(cfg: NoiseConfig, train_path: Path, out: Path) -> dict:
 
 def out_of_fold_margins(cfg: NoiseConfig, pairs: list, rows: list[dict], out: Path) -> tuple[list[float], list[dict]]:
     from ..models import resolve_device
-    from ..rewards import RewardModelSource
+    from ..reward_model import RewardModelSource
 
     margins = [math.nan] * len(pairs)
     fold_summaries = []

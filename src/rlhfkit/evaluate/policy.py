@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import GenerationConfig
 from ..data.tokenize import prompt_ids
-from ..generation import generate, policy_logprobs, rollout_rows
+from ..logprobs import policy_logprobs
 from ..losses import masked_sum
 from ..models import load_causal_lm, load_tokenizer
+from ..sampling import generate, rollout_rows
 
 
 @dataclass
@@ -36,8 +38,9 @@ def sample_policy(model_dir: str, prompts: list, n: int = 1, max_new_tokens: int
     """``n`` samples per prompt; the sampling settings are a ``GenerationConfig``'s (``generation_kwargs``)."""
     tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir).to(device)
     rows = [prompt_ids(tok, p)[-max_prompt_length:] for p in prompts for _ in range(n)]
-    rollout = generate(model, tok, rows, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       stop_strings=stop_strings, generator=torch.Generator(device=device).manual_seed(seed))
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           stop_strings=list(stop_strings))
+    rollout = generate(model, tok, rows, gen, generator=torch.Generator(device=device).manual_seed(seed))
     logps = (rollout.logprobs * rollout.mask).sum(1).float().cpu()
     return Samples(rollout.texts, rollout.mask.sum(1).tolist(), logps, rollout.ended.tolist(), rows, rollout)
 

@@ -37,7 +37,7 @@ class RMEvalConfig:
 
 def accuracy_table(margins: list[float], groups: list) -> list[dict]:
     """Per group value: pairs, accuracy (margin > 0) and its 95% Wilson interval."""
-    from .stats import wilson_interval
+    from ..stats import wilson_interval
 
     rows = []
     for g in sorted(set(groups), key=str):
@@ -73,8 +73,8 @@ def _figure(cal: dict, cats: list[dict], margins: list[float]):
 def run_rm_eval(cfg: RMEvalConfig) -> dict:
     from ..data import load_preference
     from ..models import resolve_device
-    from ..rewards import RewardModelSource
-    from .stats import calibration, wilson_interval
+    from ..reward_model import RewardModelSource
+    from ..stats import calibration, wilson_interval
 
     require(cfg, "reward_model", "data", "output_dir")
     pairs = load_preference(cfg.data)

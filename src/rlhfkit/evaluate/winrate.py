@@ -49,8 +49,8 @@ def evaluate_pair(cfg: EvalConfig) -> tuple[dict, list[dict]]:
     """The summary figures and the per-sample rows (no files written)."""
     from ..data import load_prompts
     from ..models import resolve_device
+    from ..stats import bootstrap_ci, length_controlled_win_rate, paired_outcomes, win_rate
     from .policy import kl_to_reference, sample_policy
-    from .stats import bootstrap_ci, length_controlled_win_rate, paired_outcomes, win_rate
 
     require(cfg, "policy", "baseline", "data", "output_dir")
     if cfg.samples_per_prompt < 1:

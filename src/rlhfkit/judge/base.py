@@ -104,9 +104,9 @@ def judge_winrate(judge: Judge, prompts: Sequence, a: Sequence, b: Sequence) -> 
 
 
 def _length(x) -> int:
-    from .constitution import _text
+    from .constitution import response_text
 
-    return len(_text(x))
+    return len(response_text(x))
 
 
 def judge_stats(verdicts: Sequence[Verdict], a: Sequence, b: Sequence,
@@ -115,7 +115,7 @@ def judge_stats(verdicts: Sequence[Verdict], a: Sequence, b: Sequence,
 
     ``human[i]`` is "a", "b", "tie" or None (unlabelled).
     """
-    from ..annotate.agreement import cohen_kappa
+    from ..stats import cohen_kappa
 
     first_wins, decided = 0, 0
     for v in verdicts:

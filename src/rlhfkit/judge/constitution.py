@@ -81,7 +81,7 @@ def _conversation(prompt) -> str:
     return str(prompt)
 
 
-def _text(response) -> str:
+def response_text(response) -> str:
     """A response as text: a string, or the content of an assistant message list."""
     if isinstance(response, list):
         return "\n".join(m["content"] for m in response if m.get("role") == "assistant") or _conversation(response)
@@ -93,6 +93,6 @@ def render(prompt, first, second, principles: tuple[Principle, ...]) -> str:
     lines = ["You are comparing two responses to the same request.",
              "Judge them by " + ("this principle:" if len(principles) == 1 else "these principles:")]
     lines += [f"- {p.name}: {p.text}" for p in principles]
-    lines += ["", "[Request]", _conversation(prompt), "", "[Response A]", _text(first), "",
-              "[Response B]", _text(second), "", f"Which response is better? {ANSWER}"]
+    lines += ["", "[Request]", _conversation(prompt), "", "[Response A]", response_text(first), "",
+              "[Response B]", response_text(second), "", f"Which response is better? {ANSWER}"]
     return "\n".join(lines)

@@ -51,7 +51,8 @@ class LMJudge:
 
     @torch.no_grad()
     def prob_first(self, items: list[JudgeItem]) -> list[float]:
-        from ..models import causal_lm_logits, last_token_index
+        from ..logprobs import causal_lm_logits
+        from ..models import last_token_index
 
         out: list[float] = []
         pad = self.tokenizer.pad_token_id
@@ -85,16 +86,16 @@ def answer_token_ids(tokenizer, answers: tuple[str, str], where: str) -> tuple[i
 class RewardModelJudge:
     def __init__(self, path: str, constitution: Constitution, device: torch.device | str = "cpu",
                  batch_size: int = 32, trust_remote_code: bool = False):
-        from ..rewards import RewardModelSource
+        from ..reward_model import RewardModelSource
 
         self.name = Path(path).name
         self.constitution = Constitution(constitution.principles, constitution.name, per_principle=False)
         self.source = RewardModelSource(path, torch.device(device), batch_size, trust_remote_code)
 
     def prob_first(self, items: list[JudgeItem]) -> list[float]:
-        from .constitution import _text
+        from .constitution import response_text
 
         prompts = [it.prompt for it in items]
-        first = self.source(prompts, [_text(it.first) for it in items])
-        second = self.source(prompts, [_text(it.second) for it in items])
+        first = self.source(prompts, [response_text(it.first) for it in items])
+        second = self.source(prompts, [response_text(it.second) for it in items])
         return [1 / (1 + math.exp(-d)) for d in (first - second).tolist()]

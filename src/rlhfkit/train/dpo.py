@@ -11,7 +11,7 @@ else from ``ref_model``, which is then freed): only the policy is in memory whil
 the same result since the reference is frozen. Without it the reference runs alongside, under
 ``torch.no_grad``. With LoRA (``lora_r > 0``) the reference is the policy with its adapter switched
 off (``models.adapter_disabled``): exactly the starting weights, and never a second copy. With ``padding_free`` (the default) the 2B sequences of a micro-batch are packed
-without padding and the LM head runs only at response positions (``models.target_logprobs``).
+without padding and the LM head runs only at response positions (``logprobs.target_logprobs``).
 
 Logged per step: the implicit rewards of chosen and rejected responses, their margin, reward
 accuracy, summed log-probs, and ``kl``: the per-token k1 estimate log pi - log ref averaged over
@@ -30,8 +30,9 @@ from ..config import ConfigError, PaddingFreeConfig, SourceWeightsConfig, TrainC
 from ..data import load_preference
 from ..data.sources import apply_source_weights
 from ..data.tokenize import check_chat_template, collate_pairs, tokenize_preference
+from ..logprobs import packing_works, response_logps
 from ..losses import dpo_loss
-from ..models import adapter_disabled, load_causal_lm, load_tokenizer, packing_works, target_logprobs
+from ..models import adapter_disabled, load_causal_lm, load_tokenizer
 from .loop import Run, Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
 
 
@@ -56,15 +57,6 @@ class DPOConfig(SourceWeightsConfig, PaddingFreeConfig, TrainConfig):
     def check(self) -> None:
         if self.beta <= 0:
             raise ConfigError(f"config: field 'beta' must be > 0, got {self.beta}")
-
-
-def response_logps(model, batch) -> torch.Tensor:
-    """Summed log-probs of each sequence's response tokens, (2B,): chosen then rejected, from a
-    padded or packed batch (the per-token values summed by sequence id)."""
-    logps_N = target_logprobs(model, batch["input_ids"], batch["loss_mask"], batch.get("attention_mask"),
-                              batch.get("position_ids"))
-    seq_N = batch["seq_id"][:, 1:][batch["loss_mask"][:, 1:].bool()]
-    return logps_N.new_zeros(len(batch["last_index"])).index_add(0, seq_N, logps_N)
 
 
 def response_lengths(batch) -> torch.Tensor:

@@ -43,12 +43,12 @@ from transformers import TrainerState
 
 from ..data import load_prompts
 from ..data.tokenize import check_chat_template, prompt_ids
-from ..generation import generate, response_logprobs, rollout_rows
 from ..kl import make_kl_controller
+from ..logprobs import packing_works, prompt_sharing_works, response_logprobs
 from ..losses import kl_estimate, masked_mean, masked_sum, ppo_policy_loss
-from ..models import adapter_disabled, load_causal_lm, load_tokenizer, packing_works
+from ..models import adapter_disabled, load_causal_lm, load_tokenizer
 from ..rewards import RewardFunctionError, completion_ids, make_reward
-from ..shared_prompt import prompt_sharing_works
+from ..sampling import generate, rollout_rows
 from ..tracking import MetricsLogger
 from .loop import (Run, TrainingError, _fault_hook, _grad_norm, _reduce, _skip_bad_step, batch_plan, check_engine,
                    finish, inner, load_checkpoint, load_data, load_trained_model, make_optimizer, my_share, note_data,
@@ -224,8 +224,7 @@ def collect(eng: Engine, step: int, indices: list[int]) -> Experience:
     prompt_idx = [i for i in indices for _ in range(cfg.num_generations)]
     rows = [eng.prompt_rows[i] for i in prompt_idx]
     t0 = time.perf_counter()
-    rollout = generate(eng.policy, eng.tokenizer, rows, cfg.max_new_tokens, temperature=cfg.temperature,
-                       top_k=cfg.top_k, top_p=cfg.top_p, stop_strings=cfg.stop_strings,
+    rollout = generate(eng.policy, eng.tokenizer, rows, cfg,
                        generator=_seeded(cfg.seed, step, 1, run.device, run.accelerator.process_index),
                        batch_size=max(len(rows), 1))
     t1 = time.perf_counter()
@@ -404,7 +403,7 @@ def run_online(cfg, stage: str, algo: Algorithm) -> dict:
                  share=cfg.share_prompts and cfg.num_generations > 1 and prompt_sharing_works(policy)
                  and prompt_sharing_works(ref), max_steps=total, steps_per_epoch=steps_per_epoch)
     if cfg.heldout_reward_model or cfg.heldout_reward_fn:
-        from ..evaluate.overopt import DivergenceMonitor
+        from ..stats import DivergenceMonitor
 
         eng.heldout = make_reward(cfg.heldout_reward_model, cfg.heldout_reward_fn, [], run.device, cfg.trust_remote_code)
         eng.monitor = DivergenceMonitor(cfg.overopt_window, cfg.overopt_z, state.get("overopt"))

@@ -18,9 +18,10 @@ from ..config import PaddingFreeConfig, SourceWeightsConfig, TrainConfig, option
 from ..data import load_preference
 from ..data.sources import apply_source_weights
 from ..data.tokenize import check_chat_template, collate_pairs, tokenize_preference
-from ..evaluate.stats import wilson_interval
+from ..logprobs import packing_works
 from ..losses import bradley_terry
-from ..models import load_tokenizer, packed_rewards, packing_works, reward_forward
+from ..models import load_tokenizer, packed_rewards, reward_forward
+from ..stats import wilson_interval
 from .loop import Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
 
 

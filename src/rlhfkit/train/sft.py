@@ -17,7 +17,9 @@ from typing import ClassVar
 from ..config import PaddingFreeConfig, TrainConfig, option
 from ..data import load_sft
 from ..data.tokenize import check_chat_template, collate_sft, tokenize_sft
-from ..models import load_tokenizer, packing_works, target_logprobs
+from ..logprobs import batch_logprobs, packing_works
+from ..losses import sft_nll
+from ..models import load_tokenizer
 from .loop import Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
 
 
@@ -31,10 +33,10 @@ class SFTConfig(PaddingFreeConfig, TrainConfig):
 
 
 def nll_sum(model, batch) -> tuple:
-    """(summed NLL, number of predicted response tokens) of a padded or packed batch."""
-    logps_N = target_logprobs(model, batch["input_ids"], batch["loss_mask"], batch.get("attention_mask"),
-                              batch.get("position_ids"))
-    return -logps_N.sum(), logps_N.numel()
+    """(summed NLL, number of predicted response tokens) of a padded or packed batch: ``losses.sft_nll``
+    with normaliser 1; the trainer divides by the optimiser step's token count."""
+    logps_N = batch_logprobs(model, batch)
+    return sft_nll(logps_N, num_tokens=1), logps_N.numel()
 
 
 def run_sft(cfg: SFTConfig) -> dict:

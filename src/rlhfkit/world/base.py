@@ -41,13 +41,13 @@ def train_tokenizer(texts: list[str], path: str | os.PathLike | None = None):
     """A word-level tokenizer trained on ``texts`` with `tokenizers`' ``WordLevelTrainer``.
 
     Specials, their ids (pad 0, unk 1, bos 2, eos 3, then the chat roles), the <bos>
-    post-processor and the chat template come from ``models.wrap_word_tokenizer``, so models from
+    post-processor and the chat template come from ``tiny_models.wrap_word_tokenizer``, so models from
     either tokenizer render chats identically. Words are ordered by frequency (the trainer's
     order), and decoding is an exact inverse on world text.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from ..models import WORD_SPECIALS, wrap_word_tokenizer
+    from ..tiny_models import WORD_SPECIALS, wrap_word_tokenizer
 
     core = Tokenizer(models.WordLevel(unk_token="<unk>"))
     # Punctuation is split off too, so typed text ("what is 3 plus 4?") tokenizes like the world's.
@@ -72,8 +72,9 @@ def build_base(out_dir: str | os.PathLike, seed: int = 0, steps: int = 2000, hid
     never uses (a GAP capital, say) still get an id. A held-out corpus (another seed) gives the
     summary an ``eval_loss``.
     """
+    from ..models import save_model
+    from ..tiny_models import tiny_causal_lm
     from ..train.sft import SFTConfig
-    from ..models import save_model, tiny_causal_lm
     from ..train.sft import run_sft
 
     out = Path(out_dir)

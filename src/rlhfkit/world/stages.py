@@ -14,7 +14,7 @@ from pathlib import Path
 from ..config import GenerationConfig, option
 from ..evaluate.common import finish, write_jsonl
 from ..evaluate.policy import kl_to_reference, sample_policy
-from ..evaluate.stats import win_rate
+from ..stats import win_rate
 from .annotators import SimulatedAnnotator
 from .base import cached_base, prompt_file, sft_records
 from .gold import answer_verdict, gold_score, words
@@ -204,7 +204,7 @@ def _frontier(cfg: GoldEvalConfig, prompts: list[Prompt]) -> list[dict]:
     """Best-of-N from the baseline, picked by the reward model, scored by the reward model and gold."""
     from ..evaluate.frontier import best_of_n_curve
     from ..models import resolve_device
-    from ..rewards import RewardModelSource
+    from ..reward_model import RewardModelSource
 
     n = max(cfg.best_of)
     samples = sample_policy(cfg.baseline, [p.text for p in prompts], n=n, seed=cfg.seed + 1, device=cfg.device,

@@ -99,9 +99,10 @@ def kind_reward(prompts: list, completions: list[str], **columns) -> list[float]
 
 def kind_rate(model_dir: str, prompts: list[str], n: int, seed: int) -> tuple[float, list[str]]:
     """Fraction of sampled responses the gold preference calls kind; and the samples."""
-    from ..generation import sample
+    from ..config import GenerationConfig
     from ..models import load_causal_lm, load_tokenizer
+    from ..sampling import sample
 
     tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir)
-    texts = sample(model, tok, prompts * n, max_new_tokens=12, temperature=1.0, seed=seed)
+    texts = sample(model, tok, prompts * n, GenerationConfig(max_new_tokens=12, temperature=1.0), seed=seed)
     return sum(map(is_kind, texts)) / len(texts), texts

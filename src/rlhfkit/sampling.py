@@ -1,7 +1,7 @@
 """Batched sampling from a causal LM with a KV cache: tokens, log-probs, masks and texts.
 
 One decoding loop serves every stage that samples (PPO / RLOO / GRPO rollouts, evaluation, the
-demo); generation is most of an RLHF step's time (PITFALLS 1), so it is batched and cached:
+demo); sampling takes most of an RLHF step's time, so it is batched and cached:
 
 - all prompts run together in chunks of ``batch_size`` rows (sorted by length, so a chunk carries
   little padding), left-padded;
@@ -9,36 +9,39 @@ demo); generation is most of an RLHF step's time (PITFALLS 1), so it is batched 
   every decode step, so left padding never shifts positions; models with absolute positions
   (GPT-2) give wrong tokens otherwise;
 - a ``DynamicCache`` holds keys and values, in buffers allocated once per chunk
-  (``_PreallocatedLayer``); each decode step feeds one token per row and extends the attention
+  (``kv_cache.PreallocatedLayer``); each decode step feeds one token per row and extends the attention
   mask by one column;
 - identical prompts in a chunk (RLOO/GRPO sample ``num_generations`` copies of each) are
   prefilled once and their cache rows copied;
 - tokens are drawn by inverse-CDF sampling (``draw``), one uniform per row;
 - a row stops at an end token or when its text contains a stop string. End tokens are decided in
-  one place, ``eos_ids`` (PITFALLS 5): the tokenizer's EOS, the model's generation-config EOS and
-  the chat template's end-of-turn token. Finished rows are cut out of the batch (and the cache)
-  once a quarter of it is done, and the loop ends when every row is done.
+  one place, ``eos_ids``, so that every stage stops on the same set: the tokenizer's EOS, the
+  model's generation-config EOS and the chat template's end-of-turn token (a model that ends its
+  turn with a token other than the tokenizer's EOS would otherwise run on to the length limit).
+  Finished rows are cut out of the batch (and the cache) once a quarter of it is done, and the
+  loop ends when every row is done.
 
 Log-probs are those of the full tempered distribution, log softmax(logits / T), *before* top-k /
 top-p truncation (for T == 0, greedy, of softmax(logits)). That is the quantity the trainer
 recomputes with a plain forward pass, so PPO's ratio pi_theta / pi_old starts at exactly 1;
 truncation only changes which tokens get drawn.
 
-``sample`` (prompts in, texts out) is the small interface the demo and evaluation use.
+The sampling knobs (``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``stop_strings``)
+travel as one ``config.GenerationConfig``. ``sample`` (prompts in, texts out) is the small
+interface the demo and evaluation use; ``rollout_rows`` turns a rollout into training rows.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .data.tokenize import layout
+from .config import GenerationConfig
 from .data.tokenize import prompt_ids as _prompt_ids
-from .losses import token_logprobs
-from .models import causal_lm_logits, position_ids_from_mask, target_logprobs, unwrap_peft
+from .kv_cache import forward_params, new_cache
+from .models import position_ids_from_mask, unwrap_peft
 
 
 @dataclass
@@ -152,16 +155,9 @@ def draw(probs_BV: torch.Tensor, generator: torch.Generator | None = None) -> to
     return torch.searchsorted(cdf_BV, u_B1, right=True).squeeze(1).clamp_(max=probs_BV.shape[1] - 1)
 
 
-def _forward_params(model) -> set[str]:
-    params = set(inspect.signature(model.forward).parameters)
-    if not params & {"cache", "past_key_values"} and hasattr(model, "get_base_model"):  # PEFT wrapper
-        return _forward_params(model.get_base_model())
-    return params
-
-
 def _forward_fn(model) -> Callable:
     """model(ids, mask, positions, cache) -> (B, V) logits of the last position only."""
-    params = _forward_params(model)
+    params = forward_params(model)
     cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
     keep = next(({k: 1} for k in ("logits_to_keep", "num_logits_to_keep") if k in params), {})
 
@@ -171,86 +167,6 @@ def _forward_fn(model) -> Callable:
         return out.logits[:, -1]
 
     return forward
-
-
-def _new_cache(model, capacity: int = 0):
-    """A ``DynamicCache``; with ``capacity`` its full-attention layers write into buffers of that many
-    positions (:class:`_PreallocatedLayer`) instead of concatenating a new tensor every step."""
-    from transformers import DynamicCache
-
-    try:
-        cache = DynamicCache(config=model.config)  # sliding-window layers get their own cache type
-    except TypeError:  # transformers 4.x
-        return DynamicCache()
-    layers = getattr(cache, "layers", None)
-    if capacity and layers and _PreallocatedLayer is not None:
-        for i, layer in enumerate(layers):
-            if type(layer) is _DynamicLayer:  # exactly the plain layer: subclasses keep their own update
-                layers[i] = _PreallocatedLayer(capacity)
-    return cache
-
-
-try:  # transformers >= 4.56 builds caches from per-layer objects
-    from transformers.cache_utils import DynamicLayer as _DynamicLayer
-except ImportError:  # pragma: no cover - older transformers: plain DynamicCache
-    _DynamicLayer = None
-
-
-if _DynamicLayer is not None:
-    class _PreallocatedLayer(_DynamicLayer):
-        """A ``DynamicLayer`` whose keys and values live in (B, H, capacity, D) buffers.
-
-        ``DynamicLayer.update`` concatenates: each decode step copies the whole cache into a freshly
-        allocated tensor, quadratic in the length, and on CPU each large allocation page-faults anew
-        (63% of a decode loop's time in a profile of the 2.8M-parameter benchmark model). Here a step
-        writes one column in place and ``keys`` / ``values`` are views of the filled prefix, so
-        attention sees exactly what the concatenating layer would give it.
-        """
-
-        def __init__(self, capacity: int):
-            super().__init__()
-            self.capacity = capacity
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                self._k = self._v = None
-                self.length = 0
-            end = self.length + key_states.shape[-2]
-            if self._k is None or end > self._k.shape[-2]:
-                self._resize(max(end, self.capacity), key_states, value_states)
-            self._k[:, :, self.length:end] = key_states
-            self._v[:, :, self.length:end] = value_states
-            self.length = end
-            self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
-            return self.keys, self.values
-
-        def _resize(self, capacity: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-            """New buffers of ``capacity`` positions (keys and values may differ in head size)."""
-            k = key_states.new_empty(*key_states.shape[:2], capacity, key_states.shape[-1])
-            v = value_states.new_empty(*value_states.shape[:2], capacity, value_states.shape[-1])
-            if self._k is not None:
-                k[:, :, :self.length], v[:, :, :self.length] = self.keys, self.values
-            self._k, self._v = k, v
-
-        def get_seq_length(self) -> int:
-            return self.length if self.is_initialized else 0
-
-        def crop(self, tokens_to_remove: int) -> None:
-            if tokens_to_remove < 0 and self.get_seq_length() > 0:
-                self.length = max(self.length + tokens_to_remove, 0)
-                self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
-
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if self.get_seq_length() > 0:
-                self._k, self._v = self._k[indices], self._v[indices]
-                self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            if self.get_seq_length() > 0:
-                self.batch_select_indices(torch.arange(self._k.shape[0], device=self._k.device).repeat_interleave(repeats))
-else:  # pragma: no cover
-    _PreallocatedLayer = None
 
 
 class _StopStrings:
@@ -286,7 +202,7 @@ def _decode_chunk(forward, pick, rows: list[list[int]], max_new_tokens: int, end
     ended_B = torch.zeros(B, dtype=torch.bool, device=device)
     generated: list[list[int]] = [[] for _ in range(B)]  # host copy, only for stop strings
 
-    cache = _new_cache(model, width + max_new_tokens)
+    cache = new_cache(model, width + max_new_tokens)
     first, inverse = _unique_rows(rows)
     if len(first) < B:  # e.g. RLOO/GRPO's num_generations copies of each prompt: prefill each once
         keep = torch.tensor(first, device=device)
@@ -343,26 +259,28 @@ def _unique_rows(rows: list[list[int]]) -> tuple[list[int], list[int]]:
     return first, inverse
 
 
-def _check(max_new_tokens: int, temperature: float, top_k: int, top_p: float, batch_size: int) -> None:
-    if max_new_tokens < 0 or temperature < 0 or top_k < 0 or batch_size < 1 or not 0.0 < top_p <= 1.0:
+def _check(gen: GenerationConfig, batch_size: int) -> None:
+    n, t, k, p = gen.max_new_tokens, gen.temperature, gen.top_k, gen.top_p
+    if n < 0 or t < 0 or k < 0 or batch_size < 1 or not 0.0 < p <= 1.0:
         raise ValueError("need max_new_tokens >= 0, temperature >= 0, top_k >= 0, 0 < top_p <= 1, batch_size >= 1; "
-                         f"got {max_new_tokens}, {temperature}, {top_k}, {top_p}, {batch_size}")
+                         f"got {n}, {t}, {k}, {p}, {batch_size}")
 
 
-def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, stop_strings: Sequence[str] = (),
+def generate(model, tokenizer, prompt_ids: list[list[int]], gen: GenerationConfig, *,
              eos_token_ids: Sequence[int] | None = None, generator: torch.Generator | None = None,
              batch_size: int = 64) -> Rollout:
-    """Sample up to ``max_new_tokens`` tokens after each prompt (unpadded id lists).
+    """Sample up to ``gen.max_new_tokens`` tokens after each prompt (unpadded id lists).
 
-    ``temperature == 0`` is greedy. ``top_k`` / ``top_p`` truncate the distribution tokens are drawn
+    ``gen`` holds the sampling knobs (any ``GenerationConfig``, e.g. a stage config that extends
+    it): ``temperature == 0`` is greedy. ``top_k`` / ``top_p`` truncate the distribution tokens are drawn
     from, never the one log-probs are reported under (see the module docstring). ``eos_token_ids``
     defaults to ``eos_ids(tokenizer, model)``; a stop string that is exactly one special token
     (e.g. ``"<|im_end|>"``) counts as an end id, since decoded texts skip special tokens.
     ``generator`` (on the model's device) makes sampling reproducible. Tensors come back on the
     model's device. The model runs in eval mode under ``no_grad``; its train/eval mode is restored.
     """
-    _check(max_new_tokens, temperature, top_k, top_p, batch_size)
+    _check(gen, batch_size)
+    max_new_tokens, stop_strings = gen.max_new_tokens, gen.stop_strings
     if any(len(r) == 0 for r in prompt_ids):
         raise ValueError("every prompt needs at least one token (add BOS or use the chat template)")
     model = unwrap_peft(model)  # a LoRA policy: the model with its adapter layers, for the cache-aware forward
@@ -378,7 +296,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
 
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    forward, pick = _forward_fn(model), _picker(temperature, top_k, top_p, generator)
+    forward, pick = _forward_fn(model), _picker(gen.temperature, gen.top_k, gen.top_p, generator)
     was_training = model.training
     model.eval()
     try:
@@ -409,14 +327,13 @@ def _cut(text: str, stop_strings: Sequence[str]) -> str:
     return text[:min([i for s in stop_strings if (i := text.find(s)) >= 0], default=len(text))]
 
 
-def sample(model, tokenizer, prompts: list, max_new_tokens: int = 32, temperature: float = 1.0,
-           top_p: float = 1.0, batch_size: int = 32, seed: int = 0) -> list[str]:
+def sample(model, tokenizer, prompts: list, gen: GenerationConfig, *, batch_size: int = 32,
+           seed: int = 0) -> list[str]:
     """One completion per prompt (string or chat messages), decoded without special tokens, stripped."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     rows = [_prompt_ids(tokenizer, p) for p in prompts]
-    rollout = generate(model, tokenizer, rows, max_new_tokens, temperature=temperature, top_p=top_p,
-                       generator=generator, batch_size=batch_size)
+    rollout = generate(model, tokenizer, rows, gen, generator=generator, batch_size=batch_size)
     return [t.strip() for t in rollout.texts]
 
 
@@ -437,44 +354,3 @@ def rollout_rows(prompt_rows: list[list[int]], rollout: Rollout, pad_id: int) ->
         mask[i, len(p) - 1:len(p) - 1 + n] = 1
         old[i, len(p) - 1:len(p) - 1 + n] = rollout.logprobs[i, :n].float().cpu()
     return ids, attn, mask, old
-
-
-def policy_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0):
-    """(N, T-1) log-probs of the next tokens at ``temperature``, and the (N, T-1, V) logits."""
-    logits = causal_lm_logits(model, input_ids, attention_mask)[:, :-1].float() / temperature
-    return token_logprobs(logits, input_ids[:, 1:]), logits
-
-
-def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
-                      temperature: float = 1.0, pack: bool = True, share_prompts: bool = False):
-    """:func:`policy_logprobs` with less work, for rows from :func:`rollout_rows`: (N, T-1) log-probs
-    at the response positions ``mask`` marks (0 elsewhere) and the (n, V) tempered logits there.
-
-    With ``pack`` the rows are packed without padding (``data.tokenize.layout``) and the LM head runs
-    only at response positions (``models.target_logprobs``); the values are scattered back into the
-    shifted (N, T-1) layout, differentiably. With ``share_prompts`` (for models where
-    ``shared_prompt.prompt_sharing_works``), rows that repeat a prompt compute it once when that
-    saves work (``shared_prompt``).
-    """
-    if share_prompts:
-        from .shared_prompt import plan, shared_prompt_logprobs
-
-        split = plan(input_ids, attention_mask, mask)
-        out = shared_prompt_logprobs(model, split, tuple(mask.shape), temperature) if split else None
-        if out is not None:
-            return out
-    lengths = attention_mask.sum(1).tolist()
-    ids_cpu, mask_cpu = input_ids.cpu(), mask.cpu()
-    rows = [ids_cpu[i, :n].tolist() for i, n in enumerate(lengths)]
-    loss_masks = [[0] + mask_cpu[i, :n - 1].long().tolist() for i, n in enumerate(lengths)]
-    batch = {k: v.to(input_ids.device) for k, v in layout(rows, loss_masks, 0, pack).items()}
-    logps_n, logits_nV = target_logprobs(model, batch["input_ids"], batch["loss_mask"], batch.get("attention_mask"),
-                                         batch.get("position_ids"), temperature=temperature, return_logits=True)
-    select = batch["loss_mask"][:, 1:].bool()
-    row_n = batch["seq_id"][:, 1:][select]
-    if pack:
-        col_n = batch["position_ids"][:, 1:][select] - 1
-    else:
-        col_n = torch.arange(select.shape[1], device=select.device).expand_as(select)[select]
-    out = torch.zeros(mask.shape, dtype=logps_n.dtype, device=logps_n.device)
-    return out.index_put((row_n, col_n), logps_n), logits_nV
