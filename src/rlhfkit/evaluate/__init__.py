@@ -1,5 +1,5 @@
 """Evaluation and audits: win rates, reward vs KL, reward-model report, coverage, bias audit, label noise.
 
 Each stage is a config dataclass + a function in its own module, listed in ``rlhfkit.stages``. This
-package imports none of them, so a trainer that uses ``evaluate.stats`` loads no stage.
+package imports none of them; the statistics they share live on the ground floor (``rlhfkit.stats``).
 """
