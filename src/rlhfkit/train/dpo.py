@@ -30,7 +30,8 @@ from ..data.sources import apply_source_weights
 from ..data.tokenize import check_chat_template, collate_pairs, tokenize_preference
 from ..losses import dpo_loss
 from ..models import adapter_disabled, load_causal_lm, load_tokenizer, packing_works, target_logprobs
-from .loop import Run, Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
+from .checkpoint import finish
+from .loop import Run, Task, eval_batches, load_data, load_trained_model, note_data, start_run, train
 
 
 def response_logps(model, batch) -> torch.Tensor:

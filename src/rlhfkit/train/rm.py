@@ -18,7 +18,8 @@ from ..data.tokenize import check_chat_template, collate_pairs, tokenize_prefere
 from ..evaluate.stats import wilson_interval
 from ..losses import bradley_terry
 from ..models import load_tokenizer, packed_rewards, packing_works, reward_forward
-from .loop import Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
+from .checkpoint import finish
+from .loop import Task, eval_batches, load_data, load_trained_model, note_data, start_run, train
 
 
 def pair_rewards(model, batch):

@@ -15,7 +15,8 @@ from ..config import SFTConfig
 from ..data import load_sft
 from ..data.tokenize import check_chat_template, collate_sft, tokenize_sft
 from ..models import load_tokenizer, packing_works, target_logprobs
-from .loop import Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
+from .checkpoint import finish
+from .loop import Task, eval_batches, load_data, load_trained_model, note_data, start_run, train
 
 
 def nll_sum(model, batch) -> tuple:
