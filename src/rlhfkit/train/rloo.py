@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..config import RLOOConfig
 from ..losses import rloo_advantages
 from .online import end_step, finish_online, mean_of_processes, start_online, update
-from .rollout import Experience, KLPenalty, collect, experience_metrics
+from .rollout import Experience, KLPenalty, collect, experience_metrics, sequence_advantage_metrics
 
 
 def advantages(cfg: RLOOConfig, exp: Experience, kl: KLPenalty) -> dict:
@@ -20,9 +20,7 @@ def advantages(cfg: RLOOConfig, exp: Experience, kl: KLPenalty) -> dict:
     rewards = kl.sequence_rewards(exp)
     adv = rloo_advantages(rewards.view(-1, cfg.num_generations)).reshape(-1)
     exp.advantages = adv[:, None] * exp.mask
-    # nanmean: a completion no reward source scored (NaN) is left out; its advantage is 0
-    return {"total_reward": float(rewards.nanmean()), "non_score_reward": float((rewards - exp.scores).nanmean()),
-            "advantage_std": float(adv.std())}
+    return sequence_advantage_metrics(exp, rewards, adv)
 
 
 def run_rloo(cfg: RLOOConfig) -> dict:

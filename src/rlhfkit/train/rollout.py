@@ -93,6 +93,13 @@ class KLPenalty:
         return self.coef * kl_loss, kl_loss.item()
 
 
+def sequence_advantage_metrics(exp: Experience, rewards: torch.Tensor, adv: torch.Tensor) -> dict:
+    """RLOO's and GRPO's figures of one step: (N,) sequence ``rewards`` and advantages ``adv``.
+    nanmean: a completion no reward source scored (NaN) is left out; its advantage is 0."""
+    return {"total_reward": float(rewards.nanmean()), "non_score_reward": float((rewards - exp.scores).nanmean()),
+            "advantage_std": float(adv.std())}
+
+
 @torch.no_grad()
 def entropy(logits_NV: torch.Tensor) -> float:
     """Mean entropy of the (N, V) logits of the response positions (the only ones computed)."""
