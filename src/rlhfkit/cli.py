@@ -62,7 +62,7 @@ def _run_stage(stage: str, rest: list[str], debug: bool) -> int:
     from .config import ConfigError
     from .data import DataError
     from .judge import JudgeError
-    from .train.loop import TrainingError
+    from .train.distributed import TrainingError
 
     try:
         if stage == "pipeline":  # its file lists stages, so it has no config dataclass of its own

@@ -4,8 +4,8 @@ Each process starts its interpreter, torch and transformers once for all the sta
 seconds a launch on two cores), instead of once per stage. Each stage runs as
 ``rlhfkit STAGE --config CONFIG`` does (``rlhfkit.cli.main``); its exit code is written to
 RESULTS_DIR/NAME.rank-R.rc, and the next stage runs whatever it returned, so a stage expected to
-fail can come before others. ``=KILL_AT`` sets RLHFKIT_TEST_KILL_AT_STEP for that stage (it must come
-last: the kill ends the launch).
+fail can come before others. ``=KILL_AT`` kills that stage at the start of 0-based step KILL_AT
+(``tests/kill_support.py``; it must come last: the kill ends the launch).
 """
 
 import os
@@ -14,11 +14,14 @@ from pathlib import Path
 
 from rlhfkit.cli import _end_distributed, main
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for kill_support
+from kill_support import install  # noqa: E402
+
 results, rank = Path(sys.argv[1]), os.environ.get("RANK", "0")
 for spec in sys.argv[2:]:
     stage, config, *kill = spec.split("=")
     if kill:
-        os.environ["RLHFKIT_TEST_KILL_AT_STEP"] = kill[0]
+        install("step", int(kill[0]))
     rc = main([stage, "--config", config])
     (results / f"{Path(config).stem}.rank-{rank}.rc").write_text(str(rc))
 _end_distributed()  # as `rlhfkit` does at exit: gloo's threads may abort an undismantled group

@@ -8,7 +8,7 @@ move each weight by about the learning rate (1e-3) in the direction of its gradi
 the shards overlapped (both ranks reading the same 4 examples) or DDP did not sync (each rank
 stepping on its own 4), the step's gradient would be that of other data, the signs of many
 coordinates would differ, and those weights would end ~1e-3 apart. Verified by breaking the
-code on purpose: with ``loop.my_share`` handing both ranks the first share, SFT ends 5.0e-3 away;
+code on purpose: with ``distributed.my_share`` handing both ranks the first share, SFT ends 5.0e-3 away;
 with the loss computed on the bare module instead of through the DDP wrapper (no gradient sync),
 SFT, RM and DPO end 5.0e-3 away; this test fails on each. In practice the sums are exact:
 (2 g1 + 2 g2) / 2 in float is g1 + g2, so the difference is 0.
@@ -38,7 +38,7 @@ from rlhfkit.train.ppo import PPOConfig
 from rlhfkit.train.rm import RMConfig
 from rlhfkit.train.sft import SFTConfig
 from rlhfkit.train.dpo import run_dpo
-from rlhfkit.train.loop import TrainingError, batch_plan
+from rlhfkit.train.distributed import TrainingError, batch_plan
 from rlhfkit.train.ppo import run_ppo
 from rlhfkit.train.rm import run_rm
 from rlhfkit.train.sft import run_sft

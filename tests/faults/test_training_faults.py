@@ -19,7 +19,7 @@ from rlhfkit.train.sft import SFTConfig
 from rlhfkit.data import load_sft
 from rlhfkit.data.tokenize import collate_sft, tokenize_sft
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.train import loop
+from rlhfkit.train import checkpoint, loop
 from rlhfkit.train.sft import nll_sum
 
 
@@ -103,7 +103,7 @@ def test_absurd_learning_rate_stops_the_cli_naming_the_last_good_checkpoint(worl
     errors = [line for line in r.stderr.splitlines() if "error" in line]
     assert len(errors) == 1, r.stderr[-2000:]
     assert "consecutive steps had a non-finite loss or gradient" in errors[0]
-    latest = loop.latest_checkpoint(out)
+    latest = checkpoint.latest_checkpoint(out)
     assert latest is not None and f"the last good checkpoint is {latest}" in errors[0]
     assert "stopped at step" in errors[0] and "lower learning_rate" in errors[0]
     assert not (out / "model.safetensors").exists() and not (out / "summary.json").exists()
@@ -125,7 +125,7 @@ def test_absurd_learning_rate_stops_an_online_run(world_dir, tmp_path, capsys):
     assert rc == 2, err[-2000:]
     line = [x for x in err.splitlines() if "error" in x]
     assert len(line) == 1 and "non-finite loss or gradient" in line[0], err[-2000:]
-    assert f"the last good checkpoint is {loop.latest_checkpoint(out)}" in line[0]
+    assert f"the last good checkpoint is {checkpoint.latest_checkpoint(out)}" in line[0]
     assert not (out / "model.safetensors").exists()
 
 
@@ -145,7 +145,7 @@ def test_checkpoint_write_error_is_one_line_and_keeps_the_previous_checkpoint(wo
             raise OSError(code, os.strerror(code), str(f))
         return real_save(obj, f, *a, **kw)
 
-    monkeypatch.setattr(loop.torch, "save", failing_save)
+    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
     args = _sft_args(world_dir, out, "--max_steps", "6", "--save_steps", "2", "--learning_rate", "1e-3")
     rc = main(args)
     err = capsys.readouterr().err
@@ -177,8 +177,7 @@ def test_final_model_write_error_is_one_line_naming_the_last_checkpoint(world_di
     def full_disk(*a, **kw):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "model.safetensors"))
 
-    monkeypatch.setattr(loop, "save_model", full_disk)  # loop's own name: checkpoints of an HF model use it too
-    monkeypatch.setattr(loop, "PreTrainedModel", type(None))  # so checkpoints take the plain-module path
+    monkeypatch.setattr(checkpoint, "write_final_model", full_disk)  # the final folder only, not the checkpoints
     rc = main(_sft_args(world_dir, out, "--max_steps", "4", "--save_steps", "2", "--learning_rate", "1e-3"))
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err

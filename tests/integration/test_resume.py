@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +18,12 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 
 
-def _cli(stage, args, env_extra=None):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "rlhfkit", stage, *args], env=env,
+KILL = str(Path(__file__).parents[1] / "kill_support.py")  # runs the CLI with a kill callback installed
+
+
+def _cli(stage, args, kill=()):
+    launch = [KILL, *kill] if kill else ["-m", "rlhfkit"]
+    return subprocess.run([sys.executable, *launch, stage, *args], env=dict(os.environ),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -51,7 +55,7 @@ def test_sigkill_then_resume_matches_uninterrupted(world_dir, tmp_path, stage):
 
     ckpts = killed / "checkpoints"
     # 1. SIGKILL halfway through writing the step-4 checkpoint (weights written, trainer state not)
-    crash = _cli(stage, _args(world_dir, stage, killed), {"RLHFKIT_TEST_KILL_IN_CHECKPOINT": "4"})
+    crash = _cli(stage, _args(world_dir, stage, killed), ("--kill-in-checkpoint", "4"))
     assert crash.returncode == -signal.SIGKILL
     assert not (killed / "model.safetensors").exists()
     assert sorted(p.name for p in ckpts.iterdir()) == [".tmp-step-0000004", "step-0000002"]
@@ -61,7 +65,7 @@ def test_sigkill_then_resume_matches_uninterrupted(world_dir, tmp_path, stage):
 
     # 2. resume (from step 2, the intact one), then SIGKILL at the start of a step drawn at random
     kill_at = random.Random(f"kill-{stage}").randint(3, 7)  # 0-based: steps 0 .. kill_at-1 are done
-    crash = _cli(stage, _args(world_dir, stage, killed) + ["--resume", "true"], {"RLHFKIT_TEST_KILL_AT_STEP": str(kill_at)})
+    crash = _cli(stage, _args(world_dir, stage, killed) + ["--resume", "true"], ("--kill-at-step", str(kill_at)))
     assert crash.returncode == -signal.SIGKILL, crash.stderr[-2000:]
     assert f"resumed from {ckpts / 'step-0000002'} (step 2)" in crash.stdout + crash.stderr
     saved = [s for s in (2, 4, 6) if s <= kill_at][-2:]  # save_steps 2, save_total_limit 2
@@ -107,7 +111,7 @@ def test_lora_stop_then_resume_matches_uninterrupted(world_dir, tmp_path, monkey
     from rlhfkit.train.grpo import GRPOConfig
     from rlhfkit.train.ppo import PPOConfig
     from rlhfkit.models import is_adapter_dir
-    from rlhfkit.train import loop, online
+    from rlhfkit.train import step as step_driver
     from rlhfkit.train.dpo import run_dpo
     from rlhfkit.train.grpo import run_grpo
     from rlhfkit.train.ppo import run_ppo
@@ -122,14 +126,14 @@ def test_lora_stop_then_resume_matches_uninterrupted(world_dir, tmp_path, monkey
             fn(cls(data=world_dir["prompts"], batch_size=4, num_generations=2, max_new_tokens=8,
                    reward_fn=["rlhfkit.world.toy:kind_reward"], **common))
 
-    def stop_at_step_5(step, variable="RLHFKIT_TEST_KILL_AT_STEP"):
-        if variable == "RLHFKIT_TEST_KILL_AT_STEP" and step == 5:
-            raise _Stop
+    class StopAtStep5(step_driver.StepCallback):
+        def on_step_begin(self, step):
+            if step == 5:
+                raise _Stop
 
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     run(straight)
-    monkeypatch.setattr(loop, "_fault_hook", stop_at_step_5)
-    monkeypatch.setattr(online, "_fault_hook", stop_at_step_5)
+    monkeypatch.setattr(step_driver, "callbacks", [StopAtStep5()])
     with pytest.raises(_Stop):
         run(stopped)
     folder = stopped / "checkpoints" / "step-0000004"

@@ -10,7 +10,7 @@ from rlhfkit.train.sft import SFTConfig
 from rlhfkit.data import load_sft
 from rlhfkit.data.tokenize import collate_sft, tokenize_sft
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.train import loop
+from rlhfkit.train import checkpoint, distributed, loop
 from rlhfkit.train.sft import nll_sum, run_sft
 from rlhfkit.world.toy import write_jsonl
 
@@ -18,23 +18,23 @@ from rlhfkit.world.toy import write_jsonl
 def test_step_indices_cover_each_epoch_once_and_reshuffle():
     n, bs = 10, 3
     steps_per_epoch = n // bs  # 3 steps, 9 examples used, 1 left over each epoch
-    epoch0 = [i for s in range(3) for i in loop.step_indices(s, n, bs, steps_per_epoch, seed=7)]
-    epoch1 = [i for s in range(3, 6) for i in loop.step_indices(s, n, bs, steps_per_epoch, seed=7)]
+    epoch0 = [i for s in range(3) for i in distributed.step_indices(s, n, bs, steps_per_epoch, seed=7)]
+    epoch1 = [i for s in range(3, 6) for i in distributed.step_indices(s, n, bs, steps_per_epoch, seed=7)]
     assert len(set(epoch0)) == 9 and len(set(epoch1)) == 9
     assert epoch0 != epoch1
-    assert loop.step_indices(4, n, bs, steps_per_epoch, seed=7) == loop.step_indices(4, n, bs, steps_per_epoch, seed=7)
+    assert distributed.step_indices(4, n, bs, steps_per_epoch, seed=7) == distributed.step_indices(4, n, bs, steps_per_epoch, seed=7)
 
 
 def test_batch_plan():
     cfg = SFTConfig(model="m", data="d.jsonl", output_dir="o", batch_size=8, micro_batch_size=2, epochs=2.5)
-    assert loop.batch_plan(20, cfg, world=1) == (2, 5, 2)        # 20 // 8 = 2 steps/epoch, ceil(2.5 * 2)
-    assert loop.batch_plan(20, cfg, world=2) == (2, 5, 2)
+    assert distributed.batch_plan(20, cfg, world=1) == (2, 5, 2)        # 20 // 8 = 2 steps/epoch, ceil(2.5 * 2)
+    assert distributed.batch_plan(20, cfg, world=2) == (2, 5, 2)
     cfg.max_steps = 7
-    assert loop.batch_plan(20, cfg, world=1)[1] == 7
-    with pytest.raises(loop.TrainingError, match="fewer than batch_size"):
-        loop.batch_plan(5, cfg, world=1)
-    with pytest.raises(loop.TrainingError, match="not divisible"):
-        loop.batch_plan(20, cfg, world=3)
+    assert distributed.batch_plan(20, cfg, world=1)[1] == 7
+    with pytest.raises(distributed.TrainingError, match="fewer than batch_size"):
+        distributed.batch_plan(5, cfg, world=1)
+    with pytest.raises(distributed.TrainingError, match="not divisible"):
+        distributed.batch_plan(20, cfg, world=3)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_checkpoints_are_atomic_pruned_and_logged(world_dir, varied_sft, tmp_pat
     # 32 examples / batch 4 = 8 steps an epoch: step 4 is epoch 0, batch 4
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (4, 0, 4)
     (tmp_path / "checkpoints" / ".tmp-step-0000009").mkdir()  # a write cut short by a kill
-    assert loop.latest_checkpoint(tmp_path).name == "step-0000004"
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step-0000004"
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert {"loss", "lr", "grad_norm", "tokens_per_second"} <= set(rows[0])
@@ -106,7 +106,7 @@ def test_non_finite_loss_is_skipped_then_stops(world_dir, varied_sft, tmp_path):
 
     task = loop.Task(model=model, examples=examples, collate=lambda b: collate_sft(b, tok.pad_token_id),
                      loss_fn=loss_fn, units=lambda ex: sum(ex.loss_mask[1:]))
-    with pytest.raises(loop.TrainingError) as err:
+    with pytest.raises(distributed.TrainingError) as err:
         loop.train(run, task)
     assert "stopped at step 5" in str(err.value)
     assert "step-0000004" in str(err.value)
@@ -128,4 +128,4 @@ def test_partial_batch_left_out_is_said_once(world_dir, varied_sft, tmp_path, ca
     lines = [x for x in capsys.readouterr().out.splitlines() if "left out" in x]
     assert lines == ["[rlhfkit sft] last partial batch: 4 of 20 examples are left out of each epoch (steps use whole "
                      "batches of 16; the data is reshuffled every epoch)"]
-    assert loop.partial_batch_note(32, 16) == ""
+    assert distributed.partial_batch_note(32, 16) == ""

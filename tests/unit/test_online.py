@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhfkit.train.online import Experience, RunningMoments, _score, last_token_onehot, sequence_kl
+from rlhfkit.train.rollout import Experience, RunningMoments, last_token_onehot, score, sequence_kl
 
 
 def test_last_token_onehot():
@@ -43,7 +43,7 @@ def _engine(**cfg):
 def test_missing_eos_penalty_and_clip():
     """raw [1, 5, -4]; rows 0 and 2 hit max_new_tokens without EOS: -2 each -> [-1, 5, -6];
     clip at 3 -> [-1, 3, -3]. The raw scores are kept for logging."""
-    raw, scores = _score(_engine(missing_eos_penalty=2.0, reward_clip=3.0), [0, 1, 2], ["a", "b", "c"],
+    raw, scores = score(_engine(missing_eos_penalty=2.0, reward_clip=3.0), [0, 1, 2], ["a", "b", "c"],
                          torch.tensor([False, True, False]))
     assert raw.tolist() == [1.0, 5.0, -4.0]
     assert scores.tolist() == [-1.0, 3.0, -3.0]
@@ -51,7 +51,7 @@ def test_missing_eos_penalty_and_clip():
 
 def test_normalize_reward():
     """[1, 5, -4]: mean 2/3, unbiased std sqrt(((1/3)^2 + (13/3)^2 + (14/3)^2) / 2) = 4.5092498."""
-    _, scores = _score(_engine(normalize_reward=True), [0, 1, 2], ["a", "b", "c"], torch.tensor([True] * 3))
+    _, scores = score(_engine(normalize_reward=True), [0, 1, 2], ["a", "b", "c"], torch.tensor([True] * 3))
     expected = (torch.tensor([1.0, 5.0, -4.0]) - 2 / 3) / 4.5092498
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-5)
 
@@ -74,7 +74,7 @@ def test_heldout_reward_is_scored_on_the_same_samples_and_never_enters_the_score
 
     eng = _engine()
     eng.heldout, eng.heldout_reward = heldout, 0.0
-    raw, scores = _score(eng, [0, 1, 2], ["a", "b", "c"], torch.tensor([True] * 3))
+    raw, scores = score(eng, [0, 1, 2], ["a", "b", "c"], torch.tensor([True] * 3))
     assert seen["args"] == (["p0", "p1", "p2"], ["a", "b", "c"])
     assert eng.heldout_reward == 20.0
     torch.testing.assert_close(scores, _engine().reward(["p0", "p1", "p2"], ["a", "b", "c"]).float())
@@ -84,14 +84,14 @@ def test_entropy_at_response_positions_equals_full_masked_mean():
     """The fast entropy (log-softmax of the response positions' logits only) against the reference
     path (log-softmax over every position, then a masked mean)."""
     from rlhfkit.losses import masked_mean
-    from rlhfkit.train.online import _entropy
+    from rlhfkit.train.rollout import entropy
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 6, 17, generator=g) * 3
     mask = torch.tensor([[0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]], dtype=torch.float32)
     logp = torch.log_softmax(logits, -1)
     want = float(masked_mean(-(logp.exp() * logp).sum(-1), mask))
-    assert abs(_entropy(logits[mask.bool()]) - want) < 1e-6
+    assert abs(entropy(logits[mask.bool()]) - want) < 1e-6
     assert want > 0.5  # 17-way distributions from N(0, 9) logits are far from one-hot
 
 
@@ -140,7 +140,7 @@ def test_score_passes_completion_ids_and_trainer_state_and_keeps_unscored_nan():
     eng = _engine(normalize_reward=True)
     eng.reward = _Recorder()
     state = TrainerState(global_step=4, max_steps=9)
-    raw, scores = _score(eng, [0, 1, 2], ["a", "b", "c"], torch.tensor([True] * 3),
+    raw, scores = score(eng, [0, 1, 2], ["a", "b", "c"], torch.tensor([True] * 3),
                          completion_ids=[[5], [6, 7], [8]], trainer_state=state)
     assert eng.reward.kwargs["completion_ids"] == [[5], [6, 7], [8]]
     assert eng.reward.kwargs["trainer_state"].global_step == 4
@@ -152,7 +152,7 @@ def test_score_passes_completion_ids_and_trainer_state_and_keeps_unscored_nan():
 def test_a_failing_reward_function_names_the_prompt_record(tmp_path):
     """The source's one-line error plus where the prompt the example answered came from."""
     from rlhfkit.rewards import make_reward
-    from rlhfkit.train.loop import TrainingError
+    from rlhfkit.train.distributed import TrainingError
 
     path = tmp_path / "r.py"
     path.write_text("def f(prompts, completions, **kw):\n    return [1.0 / (c != 'x') for c in completions]\n")
@@ -160,7 +160,7 @@ def test_a_failing_reward_function_names_the_prompt_record(tmp_path):
     eng.reward = make_reward("", [f"{path}:f"], [], torch.device("cpu"))
     eng.prompts = [SimpleNamespace(prompt=f"p{i}", extra={}, where=f"prompts.jsonl:{i + 1}") for i in range(3)]
     with pytest.raises(TrainingError) as err:
-        _score(eng, [2, 0, 1], ["a", "x", "c"], torch.tensor([True] * 3))
+        score(eng, [2, 0, 1], ["a", "x", "c"], torch.tensor([True] * 3))
     msg = str(err.value)
     assert "\n" not in msg and f"{path}:f" in msg and "ZeroDivisionError" in msg and "example 1 of 3" in msg
     assert "prompts.jsonl:1" in msg, msg

@@ -33,7 +33,8 @@ from ..data.tokenize import check_chat_template, collate_pairs, tokenize_prefere
 from ..logprobs import packing_works, response_logps
 from ..losses import dpo_loss
 from ..models import adapter_disabled, load_causal_lm, load_tokenizer
-from .loop import Run, Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
+from .checkpoint import finish
+from .loop import Run, Task, eval_batches, load_data, load_trained_model, note_data, start_run, train
 
 
 @dataclass

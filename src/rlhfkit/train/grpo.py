@@ -15,8 +15,16 @@ from typing import ClassVar
 
 from ..config import OnlineConfig, option
 from ..losses import grpo_advantages
-from .online import Algorithm, Experience, run_online
-from .rloo import sequence_rewards
+from .online import end_step, finish_online, mean_of_processes, start_online, update
+from .rollout import Experience, KLPenalty, collect, experience_metrics, sequence_advantage_metrics
+
+
+def advantages(cfg: GRPOConfig, exp: Experience, kl: KLPenalty) -> dict:
+    """Fills ``exp.advantages``: each completion's reward normalised within its group, on every token."""
+    rewards = kl.sequence_rewards(exp)
+    adv = grpo_advantages(rewards.view(-1, cfg.num_generations), scale=cfg.scale_rewards).reshape(-1)
+    exp.advantages = adv[:, None] * exp.mask
+    return sequence_advantage_metrics(exp, rewards, adv)
 
 
 @dataclass
@@ -33,12 +41,14 @@ class GRPOConfig(OnlineConfig):
 
 
 def run_grpo(cfg: GRPOConfig) -> dict:
-    def advantages(exp: Experience, kl_coef: float) -> dict:
-        rewards = sequence_rewards(exp, kl_coef, cfg.kl_in)
-        adv = grpo_advantages(rewards.view(-1, cfg.num_generations), scale=cfg.scale_rewards).reshape(-1)
-        exp.advantages = adv[:, None] * exp.mask
-        # nanmean: a completion no reward source scored (NaN) is left out; its advantage is 0
-        return {"total_reward": float(rewards.nanmean()), "non_score_reward": float((rewards - exp.scores).nanmean()),
-                "advantage_std": float(adv.std())}
-
-    return run_online(cfg, "grpo", Algorithm("grpo", advantages))
+    eng = start_online(cfg, "grpo")
+    with eng.driver.running() as steps:
+        for step in steps:
+            eng.driver.begin(step)
+            exp = collect(eng, step)  # sample, score, reference log-probs and KL
+            metrics = experience_metrics(eng, exp, step)
+            kl = eng.kl_penalty()  # KL as a loss term by default (kl_in: loss, kl_estimator: k3)
+            metrics.update(mean_of_processes(eng, advantages(cfg, exp, kl)))
+            metrics.update(update(eng, exp, step, kl))
+            end_step(eng, step, exp, metrics)
+    return finish_online(eng)

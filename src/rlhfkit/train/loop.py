@@ -1,38 +1,22 @@
-"""The training loop every offline recipe shares: batching, accumulation, clipping, the
-non-finite guard, logging, evaluation, and exact checkpoint/resume.
+"""The training loop every offline recipe shares: batching, accumulation, logging, evaluation.
 
 A recipe (sft.py, rm.py, dpo.py) loads its models and data, defines ``loss_fn`` for one
 micro-batch and ``evaluate`` for the held-out set, and hands them to :func:`train`. The loop is
 plain PyTorch on `accelerate` (device placement, DDP, autocast); no ``transformers.Trainer``.
+Each optimiser step goes through the step driver (``step.StepDriver``: accumulation, clipping,
+the non-finite guard, checkpoints), the same one the online trainers use.
 
 Batching contract: ``batch_size`` examples per optimiser step across all processes, in
-``micro_batch_size`` pieces per process. ``loss_fn`` gets the step's total number of units
-(response tokens for SFT, pairs for RM/DPO) and divides its *sum* by it, so 4 x 2 accumulation,
-1 x 8 and 2 processes x 4 all produce the same gradient.
-
-Data parallelism (``torchrun`` / ``accelerate launch``): every process computes the same global
-batch of indices and takes its own contiguous share (rank r: positions [r*B/W, (r+1)*B/W)), so
-shards never overlap and nothing is dropped. The recipe's loss and evaluation run *inside* the
-prepared model's forward (:class:`ForwardFn`): DDP only all-reduces gradients, and FSDP only
-gathers parameters, for work done through the wrapper's forward, while the recipes call
-sub-modules (backbone, head) directly. Metrics are summed over processes; only the main process
-writes files, and a write error there stops every process with its message (no one is left
-waiting at a barrier).
-
-Data order is a pure function of (seed, epoch): step s of epoch e reads positions
-[s*B, (s+1)*B) of a permutation seeded by seed + e. A checkpoint therefore needs only the step
-number to restore the data position exactly.
+``micro_batch_size`` pieces per process (``distributed.batch_plan``). ``loss_fn`` gets the step's
+total number of units (response tokens for SFT, pairs for RM/DPO) and divides its *sum* by it, so
+4 x 2 accumulation, 1 x 8 and 2 processes x 4 all produce the same gradient. Metrics are summed
+over processes; only the main process writes files.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import random
-import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -40,26 +24,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, broadcast_object_list
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-from safetensors.torch import save_model as save_module
-from transformers import PreTrainedModel
 from tqdm.auto import tqdm
 
 from ..config import dump_config
 from ..data import LoadReport
 from ..data.report import bad_record_summary
-from ..models import (ADAPTER_WEIGHTS, add_lora, check_model_path, enable_gradient_checkpointing, is_peft,
-                      load_causal_lm, load_reward_model, resolve_device, resolve_dtype, save_model)
-from ..tracking import MetricsLogger
-
-CHECKPOINTS = "checkpoints"
-TRAINABLE_ONLY = "trainable-only"  # checkpoint metadata: frozen (LoRA base) weights are not in the file
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on; the message says why and what was kept."""
+from ..models import (add_lora, check_model_path, enable_gradient_checkpointing, load_causal_lm, load_reward_model,
+                      resolve_device, resolve_dtype)
+from .distributed import batch_plan, check_engine, my_share, partial_batch_note, reduce_sums, step_indices
+from .step import StepDriver
 
 
 @dataclass
@@ -144,92 +117,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class ForwardFn(torch.nn.Module):
-    """Holds the trained module and runs a function of it as ``forward``: ``wrapped(fn, *args)``
-    returns ``fn(module, *args)``. Wrapped by ``accelerator.prepare``, a recipe's whole loss (which
-    calls backbones and heads directly, several forward passes deep) becomes one forward of the
-    DDP/FSDP module, so DDP's reducer expects this backward and FSDP gathers the root's parameters.
-    On one process it adds nothing but the call."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.module = module
-        # FSDP's transformer auto-wrap policy reads the layer classes to shard from here
-        self._no_split_modules = getattr(module, "_no_split_modules", None)
-
-    def forward(self, fn: Callable, *args):
-        return fn(self.module, *args)
-
-
-def prepare(run: Run, module: torch.nn.Module, optimizer):
-    """(prepared ForwardFn around ``module``, prepared optimiser); ``inner`` gets ``module`` back."""
-    return run.accelerator.prepare(ForwardFn(module), optimizer)
-
-
-def inner(run: Run, prepared) -> torch.nn.Module:
-    """The trained module inside a prepared :class:`ForwardFn` (the same object the recipe built)."""
-    return run.accelerator.unwrap_model(prepared).module
-
-
 # --------------------------------------------------------------------------- batching
-
-
-def batch_plan(n_examples: int, cfg, world: int) -> tuple[int, int, int]:
-    """(steps per epoch, total steps, micro-batch size per process)."""
-    if n_examples < cfg.batch_size:
-        raise TrainingError(f"{cfg.data}: {n_examples} training examples is fewer than batch_size "
-                            f"{cfg.batch_size}; lower batch_size or add data")
-    if cfg.batch_size % world:
-        raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes: batch_size "
-                            f"is global (split evenly across processes); use a multiple of {world}")
-    steps_per_epoch = n_examples // cfg.batch_size
-    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    micro = min(cfg.micro_batch_size or cfg.batch_size, cfg.batch_size // world)
-    return steps_per_epoch, total, micro
-
-
-def partial_batch_note(n_examples: int, batch_size: int) -> str:
-    """The log line for the examples an epoch leaves out ("" when the batch divides the data).
-
-    Steps are whole batches, unlike TRL's data loader, which keeps the last partial one: data order
-    is then a pure function of (seed, epoch) and the step, which makes resuming exact, and every step's
-    gradient has the same scale. Said once, so that no example is dropped without a word."""
-    left = n_examples % batch_size
-    return "" if not left else (f"last partial batch: {left} of {n_examples} examples are left out of each epoch "
-                                f"(steps use whole batches of {batch_size}; the data is reshuffled every epoch)")
-
-
-def check_engine(run: Run, share: int, micro: int) -> None:
-    """Refuse what the engine in use cannot do, naming the field, before any compute is spent.
-
-    DeepSpeed steps its optimiser inside ``accelerator.backward`` unless accelerate's own
-    accumulation counter says otherwise, so this loop's manual accumulation would step after every
-    micro-batch: require one micro-batch per process and step. FSDP and DeepSpeed shard the
-    optimiser state across processes, which the exact checkpoints here (written by the main
-    process) do not gather: refuse save_steps and resume under them.
-    """
-    kind, cfg = run.accelerator.distributed_type, run.cfg
-    if kind == DistributedType.DEEPSPEED and micro != share:
-        raise TrainingError(f"micro_batch_size {micro}: under DeepSpeed set micro_batch_size to batch_size / "
-                            f"processes = {share} (gradient accumulation is not supported with DeepSpeed here)")
-    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED) and (cfg.save_steps or cfg.resume):
-        raise TrainingError(f"save_steps / resume: checkpoints are not supported under {kind.value} yet (it shards the "
-                            "optimiser state; the final model is saved); use DDP for runs that need checkpoints")
-
-
-def step_indices(step: int, n_examples: int, batch_size: int, steps_per_epoch: int, seed: int) -> list[int]:
-    """The global batch of example indices for optimiser step ``step`` (see module docstring)."""
-    epoch, pos = divmod(step, steps_per_epoch)
-    perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch))
-    return perm[pos * batch_size:(pos + 1) * batch_size].tolist()
-
-
-def my_share(run: Run, indices: list) -> list:
-    """This process's contiguous slice of a global batch: rank r of W takes [r*B/W, (r+1)*B/W),
-    so the shards cover the batch exactly once (``batch_plan`` checks that W divides B)."""
-    share = len(indices) // run.accelerator.num_processes
-    rank = run.accelerator.process_index
-    return indices[rank * share:(rank + 1) * share]
 
 
 def to_device(batch: dict, device) -> dict:
@@ -294,43 +182,28 @@ def train(run: Run, task: Task) -> dict:
         run.print(partial_batch_note(len(task.examples), cfg.batch_size))
     check_engine(run, cfg.batch_size // acc.num_processes, micro)
     optimizer, scheduler = make_optimizer(task.model, cfg, total)
-    model, optimizer = prepare(run, task.model, optimizer)
-    run.prepared = model
-    state = {"bad_steps": 0, "skipped_steps": 0}
-    if cfg.resume:
-        run.start_step = load_checkpoint(run, task.model, optimizer, scheduler, state)
-    logger = MetricsLogger(run.output_dir, cfg.report_to, run.is_main,
-                           resume_step=run.start_step if cfg.resume else None, run_name=f"rlhfkit-{run.stage}")
-    bar = tqdm(total=total, initial=run.start_step, disable=not run.is_main, desc=run.stage, dynamic_ncols=True)
-    last, tokens_seen, step = {}, 0, run.start_step
-    try:
-        for step in range(run.start_step, total):
-            _fault_hook(step)
+    driver = StepDriver.start(run, task.model, optimizer, scheduler, total, task.progress_keys)
+    model, state = driver.model, driver.state
+    last, tokens_seen = {}, 0
+    evaluate = (lambda: _evaluate(task, model)) if task.evaluate else None
+    with driver.running() as steps:
+        for step in steps:
+            driver.begin(step)
             model.train()
             t0 = time.perf_counter()
-            metrics, ntok = _one_step(run, task, model, optimizer, step, steps_per_epoch, micro, state)
-            scheduler.step()
+            metrics, ntok = _one_step(run, task, driver, step, steps_per_epoch, micro)
             tokens_seen += ntok
-            metrics.update(lr=scheduler.get_last_lr()[0], tokens_per_second=ntok / (time.perf_counter() - t0),
+            metrics.update(lr=driver.scheduler.get_last_lr()[0], tokens_per_second=ntok / (time.perf_counter() - t0),
                            skipped_steps=state["skipped_steps"])
             last = metrics
             done = step + 1
-            if done % cfg.logging_steps == 0 or done == total:
-                logger.log(done, metrics)
-            if task.evaluate and cfg.eval_steps and done % cfg.eval_steps == 0 and done != total:
-                logger.log(done, _evaluate(task, model))
-            if cfg.save_steps and done % cfg.save_steps == 0 and done != total:
-                state["epoch"], state["batch_in_epoch"] = divmod(done, steps_per_epoch)  # data position
-                save_checkpoint(run, task.model, optimizer, scheduler, done, state)
-            bar.update(1)
-            bar.set_postfix({k: f"{metrics[k]:.4g}" for k in task.progress_keys if k in metrics})
-        bar.close()
+            # the data position, for the checkpoint
+            driver.end_step(done, metrics, evaluate,
+                            lambda: dict(zip(("epoch", "batch_in_epoch"), divmod(done, steps_per_epoch))))
         train_seconds = time.perf_counter() - run.clock_start
         final_eval = _evaluate(task, model) if task.evaluate else {}
         if final_eval:
-            logger.log(total, final_eval)
-    finally:
-        logger.close()
+            driver.logger.log(total, final_eval)
     return {"steps": total, "train_seconds": round(train_seconds, 3), "resumed_from_step": run.start_step,
             "skipped_steps": state["skipped_steps"], "train": last, **final_eval,
             "tokens_per_second": round(tokens_seen / max(train_seconds, 1e-9), 1)}
@@ -344,267 +217,30 @@ def _evaluate(task: Task, model) -> dict:
         return model(task.evaluate)
 
 
-def _one_step(run: Run, task: Task, model, optimizer, step: int, steps_per_epoch: int, micro: int,
-              state: dict) -> tuple[dict, int]:
-    """Forward/backward over this process's micro-batches, clip, guard, optimiser step."""
-    cfg, acc = run.cfg, run.accelerator
-    world = acc.num_processes
+def _one_step(run: Run, task: Task, driver: StepDriver, step: int, steps_per_epoch: int,
+              micro: int) -> tuple[dict, int]:
+    """Forward/backward over this process's micro-batches, then the driver's guarded optimiser step."""
+    cfg = run.cfg
     indices = step_indices(step, len(task.examples), cfg.batch_size, steps_per_epoch, cfg.seed)
     units = float(sum(task.units(task.examples[i]) for i in indices))
     mine = my_share(run, indices)
     chunks = [mine[i:i + micro] for i in range(0, len(mine), micro)]
-    sums: dict[str, float] = {}
     ntok = 0
-    for k, chunk in enumerate(chunks):
+
+    def load(chunk: list) -> dict:
+        nonlocal ntok
         batch = to_device(task.collate([task.examples[i] for i in chunk]), run.device)
         ntok += int(batch["num_tokens"]) if "num_tokens" in batch else int(batch["attention_mask"].sum())
-        sync = acc.no_sync(model) if k < len(chunks) - 1 and world > 1 else nullcontext()
-        with sync, acc.autocast():
-            loss, metrics = model(task.loss_fn, batch, units)
-            # DDP averages gradients over processes; the loss is a share of the global sum.
-            acc.backward(loss * world)
-        for name, v in metrics.items():
-            sums[name] = sums.get(name, 0.0) + float(v)
+        return batch
+
+    sums = driver.accumulate(chunks, lambda module, batch: task.loss_fn(module, batch, units), load)
     sums["_tokens"] = float(ntok)
-    sums = _reduce(acc, sums)
+    sums = reduce_sums(run.accelerator, sums)
     ntok = int(sums.pop("_tokens"))  # every process's tokens, for tokens_per_second
     for name, (num, den) in task.ratios.items():
         sums[name] = sums.pop(num) / max(sums.pop(den), 1.0)
-    grad_norm = _grad_norm(acc, model, cfg.max_grad_norm)
-    if not (math.isfinite(sums.get("loss", 0.0)) and math.isfinite(grad_norm)):
-        _skip_bad_step(run, optimizer, step, state)
-    else:
-        optimizer.step()
-        state["bad_steps"] = 0
-    optimizer.zero_grad(set_to_none=True)
-    sums["grad_norm"] = grad_norm
+    driver.optimizer_step(step, sums, guard=("loss",))
     return sums, ntok
-
-
-def _reduce(acc: Accelerator, sums: dict) -> dict:
-    """Sum each metric over processes (one all-reduce); the same dict comes back everywhere."""
-    if acc.num_processes == 1 or not sums:
-        return sums
-    keys = sorted(sums)  # the same order on every process, whatever order each built its dict in
-    t = acc.reduce(torch.tensor([sums[k] for k in keys], device=acc.device, dtype=torch.float64), "sum")
-    total = dict(zip(keys, t.tolist()))
-    return {k: total[k] for k in sums}
-
-
-def _grad_norm(acc: Accelerator, model, max_norm: float) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    if max_norm > 0:
-        norm = acc.clip_grad_norm_(params, max_norm)
-        if norm is not None:  # None under DeepSpeed, which clips (gradient_clipping) inside its step
-            return float(norm)
-    return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
-
-
-def _skip_bad_step(run: Run, optimizer, step: int, state: dict) -> None:
-    """A non-finite loss or gradient: drop this step's update, count it, stop after too many in a row."""
-    state["bad_steps"] += 1
-    state["skipped_steps"] += 1
-    run.print(f"step {step + 1}: non-finite loss or gradient; update skipped "
-              f"({state['bad_steps']} in a row, limit {run.cfg.max_bad_steps})")
-    if state["bad_steps"] >= run.cfg.max_bad_steps:
-        good = latest_checkpoint(run.output_dir)
-        where = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
-        raise TrainingError(f"stopped at step {step + 1}: {state['bad_steps']} consecutive steps had a "
-                            f"non-finite loss or gradient (lower learning_rate, check the data); {where}")
-
-
-def _fault_hook(step: int, variable: str = "RLHFKIT_TEST_KILL_AT_STEP") -> None:
-    """Test hook for the kill-and-resume tests: SIGKILL this process at the start of a step
-    (``RLHFKIT_TEST_KILL_AT_STEP``) or halfway through writing a checkpoint
-    (``RLHFKIT_TEST_KILL_IN_CHECKPOINT``, the checkpoint's step)."""
-    target = os.environ.get(variable)
-    if target is not None and int(target) == step:
-        os.kill(os.getpid(), 9)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint; half-written ones (``.tmp-*``) are never picked."""
-    root = Path(output_dir) / CHECKPOINTS
-    done = sorted(root.glob("step-*")) if root.exists() else []
-    return done[-1] if done else None
-
-
-def save_checkpoint(run: Run, model, optimizer, scheduler, step: int, state: dict) -> Path | None:
-    """Write model, optimiser, scheduler, RNG states and the step to a temporary folder, then
-    rename it into place: a kill mid-write leaves the previous checkpoint untouched. The main
-    process writes (processes hold identical weights and optimiser states under DDP); the others
-    learn whether it succeeded. The RNG states are the main process's and every process restores
-    them: all processes are seeded alike, data order comes from seeded generators, and online
-    sampling seeds by (seed, step, rank), so nothing a resume must reproduce differs by rank."""
-    root = run.output_dir / CHECKPOINTS
-    final, tmp = root / f"step-{step:07d}", root / f".tmp-step-{step:07d}"
-
-    def write() -> None:
-        previous = latest_checkpoint(run.output_dir)
-        try:
-            _write_checkpoint(run, model, optimizer, scheduler, step, state, root, tmp, final)
-        except OSError as e:  # a full disk, a read-only folder: say so, keep the previous checkpoint
-            shutil.rmtree(tmp, ignore_errors=True)
-            kept = f"the last good checkpoint is {previous}" if previous else "no checkpoint was written yet"
-            raise TrainingError(f"could not write checkpoint {final} at step {step}: {e}; {kept}") from e
-        for old in sorted(root.glob("step-*"))[:-max(run.cfg.save_total_limit, 1)]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    on_main(run, write)
-    return final if run.is_main else None
-
-
-def on_main(run: Run, write: Callable[[], Any]) -> None:
-    """Run ``write`` on the main process only, then tell every process whether it failed.
-
-    This replaces a bare barrier: with one, a full disk on the main process would raise there while
-    the others waited at the barrier until the collective timeout (30 minutes by default). The
-    broadcast is itself the synchronisation point, so the others stop at once with the message.
-    """
-    error, failure = None, None
-    if run.is_main:
-        try:
-            write()
-        except Exception as e:  # noqa: BLE001 - re-raised below, after the others have heard of it
-            error, failure = f"{type(e).__name__}: {e}" if not isinstance(e, TrainingError) else str(e), e
-    if run.accelerator.num_processes > 1:
-        error = broadcast_object_list([error])[0]
-    if failure is not None:
-        raise failure
-    if error is not None:
-        raise TrainingError(f"process {run.accelerator.process_index}: stopping because the main process failed "
-                            f"to write: {error}")
-
-
-def _write_checkpoint(run: Run, model, optimizer, scheduler, step: int, state: dict, root: Path, tmp: Path,
-                      final: Path) -> None:
-    shutil.rmtree(tmp, ignore_errors=True)
-    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    if is_peft(model):  # a LoRA model: an adapter folder, which loads as a model (base + adapter)
-        save_model(model, None, tmp)
-    elif frozen:  # e.g. PPO's LoRA policy + critic: only what trains (adapters, heads); the base never changes
-        tmp.mkdir(parents=True)
-        trained = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(trained, str(tmp / "model.safetensors"), metadata={"rlhfkit": TRAINABLE_ONLY})
-    elif isinstance(model, PreTrainedModel):
-        save_model(model, None, tmp)
-    else:  # e.g. PPO's policy + critic: one state dict (shared tensors stored once)
-        tmp.mkdir(parents=True)
-        save_module(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"cpu": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "rng.pt")
-    py_state = random.getstate()
-    np_state = np.random.get_state()
-    meta = {"step": step, **state, "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
-            "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
-    _fault_hook(step, "RLHFKIT_TEST_KILL_IN_CHECKPOINT")  # weights and optimiser written, state not yet
-    (tmp / "trainer_state.json").write_text(json.dumps(meta))
-    _fsync_dir(tmp)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    for f in [*path.iterdir(), path] if path.is_dir() else [path]:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def load_checkpoint(run: Run, model, optimizer, scheduler, state: dict) -> int:
-    """Restore everything ``save_checkpoint`` wrote; returns the step to continue from (0 if none)."""
-    ckpt = latest_checkpoint(run.output_dir)
-    if ckpt is None:
-        run.print(f"resume: no checkpoint in {run.output_dir / CHECKPOINTS}; starting from step 0")
-        return 0
-    if (ckpt / ADAPTER_WEIGHTS).exists():
-        _load_adapter(model, ckpt / ADAPTER_WEIGHTS)
-    else:
-        _load_weights(model, ckpt / "model.safetensors")
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-    rng = torch.load(ckpt / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["cpu"])
-    if rng["cuda"]:
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    meta = json.loads((ckpt / "trainer_state.json").read_text())
-    random.setstate((meta["python_rng"][0], tuple(meta["python_rng"][1]), meta["python_rng"][2]))
-    np_state = meta["numpy_rng"]
-    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
-    # the rest of the saved state: counters, and recipe state such as a KL controller's
-    state.update({k: v for k, v in meta.items() if k not in ("step", "python_rng", "numpy_rng")})
-    run.print(f"resumed from {ckpt} (step {meta['step']})")
-    return int(meta["step"])
-
-
-def _load_adapter(model, path: Path) -> None:
-    """A LoRA checkpoint's adapter into ``model`` (a peft model); every trainable tensor must be in it."""
-    from peft import set_peft_model_state_dict
-
-    result = set_peft_model_state_dict(model, load_file(str(path), device=str(next(model.parameters()).device)))
-    params = dict(model.named_parameters())
-    untrained = [k for k in result.missing_keys if k in params and params[k].requires_grad]
-    if result.unexpected_keys or untrained:
-        raise TrainingError(f"{path}: checkpoint does not match the model "
-                            f"(missing {untrained[:3]}, unexpected {result.unexpected_keys[:3]})")
-
-
-def _load_weights(model, path: Path) -> None:
-    """Load a safetensors state dict; keys the file lacks must be tied to keys it has (or, in a
-    trainable-only LoRA checkpoint, be frozen base weights, which the run loaded from the base)."""
-    tensors = load_file(str(path), device=str(next(model.parameters()).device))
-    with safe_open(str(path), "pt") as f:
-        trainable_only = (f.metadata() or {}).get("rlhfkit") == TRAINABLE_ONLY
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    params = dict(model.named_parameters(remove_duplicate=False))
-    loaded = {params[k].data_ptr() for k in tensors if k in params}
-    untied = [k for k in missing if k not in params or params[k].data_ptr() not in loaded]
-    if trainable_only:
-        untied = [k for k in untied if k in params and params[k].requires_grad]
-    if unexpected or untied:
-        raise TrainingError(f"{path}: checkpoint does not match the model "
-                            f"(missing {untied[:3]}, unexpected {unexpected[:3]})")
-
-
-def finish(run: Run, model, tokenizer, summary: dict) -> dict:
-    """Write the final Hugging Face folder and summary.json (main process only)."""
-    state_dict = full_state_dict(run)
-
-    def write() -> None:
-        try:
-            if state_dict is None:
-                save_model(run.accelerator.unwrap_model(model), tokenizer, run.output_dir)
-            else:  # FSDP: the module holds shards; write the gathered full weights under its config
-                model.save_pretrained(run.output_dir, safe_serialization=True, state_dict=state_dict)
-                tokenizer.save_pretrained(run.output_dir)
-            (run.output_dir / "summary.json").write_text(json.dumps({**summary, **run.notes}, indent=2))
-        except OSError as e:  # a full disk at the very end: say what is still safe
-            good = latest_checkpoint(run.output_dir)
-            kept = f"the last good checkpoint is {good}" if good else "no checkpoint was written"
-            raise TrainingError(f"could not write the final model to {run.output_dir}: {e}; {kept}") from e
-
-    on_main(run, write)
-    summary.update(run.notes)
-    return summary
-
-
-def full_state_dict(run: Run, prefix: str = "module.") -> dict | None:
-    """Under FSDP or DeepSpeed ZeRO-3, the full (unsharded) state dict of the trained module,
-    gathered by every process (a collective) and kept on the main one; None where the module
-    itself holds full weights. ``prefix`` strips the :class:`ForwardFn` level."""
-    acc = run.accelerator
-    zero3 = acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
-    if run.prepared is None or not (acc.distributed_type == DistributedType.FSDP or zero3):
-        return None
-    full = acc.get_state_dict(run.prepared)
-    return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)} if run.is_main else None
 
 
 def load_data(cfg, load: Callable, kind: str, with_eval: bool = True, **kw) -> tuple[list, list, list]:

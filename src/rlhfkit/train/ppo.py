@@ -27,7 +27,8 @@ from ..config import OnlineConfig, option
 from ..losses import gae, ppo_value_loss, whiten
 from ..models import position_ids_from_mask, save_model, unwrap_peft
 from .loop import load_trained_model
-from .online import Algorithm, Experience, last_token_onehot, run_online
+from .online import end_step, finish_online, mean_of_processes, start_online, update
+from .rollout import Experience, KLPenalty, collect, experience_metrics, last_token_onehot
 
 
 @dataclass
@@ -91,41 +92,56 @@ def scored_mask(exp: Experience) -> torch.Tensor:
     return exp.mask * (~exp.scores.isnan()).to(exp.mask.dtype)[:, None]
 
 
+def advantages(cfg: PPOConfig, exp: Experience, kl: KLPenalty) -> dict:
+    """GAE over per-token rewards (the KL penalty per token, the score at the last token): fills
+    ``exp.advantages`` (whitened over every process's samples) and ``exp.returns``."""
+    last = last_token_onehot(exp.mask)
+    kl_reward = kl.token_rewards(exp)
+    rewards = kl_reward + exp.scores.nan_to_num(0.0)[:, None] * last
+    # a completion no reward source scored (NaN) gets no advantage and no value target, as in TRL
+    mask = scored_mask(exp)
+    adv, returns = gae(rewards, exp.values, mask, cfg.gamma, cfg.lam)
+    exp.returns = returns
+    # whitened with the statistics of every process's samples (exp.all_sum), as on one process
+    exp.advantages = whiten(adv, mask, all_sum=exp.all_sum) if cfg.whiten_advantages else adv
+    non_score = (kl_reward * exp.mask).sum(1)
+    return {"non_score_reward": float(non_score.mean()), "total_reward": float((exp.scores + non_score).nanmean())}
+
+
+def value_loss(cfg: PPOConfig, model: ActorCritic, exp: Experience, part) -> tuple:
+    """The clipped value loss of the sequences ``part`` and its statistics."""
+    values = model.values(exp.input_ids[part], exp.attention_mask[part]).float()
+    mask = scored_mask(exp)[part]
+    loss, clip_frac = ppo_value_loss(values, exp.values[part], exp.returns[part], mask, cfg.cliprange_value)
+    resid = (exp.returns[part] - values.detach())[mask.bool()]
+    target = exp.returns[part][mask.bool()]
+    explained = 1 - resid.var() / target.var().clamp(min=1e-8) if target.numel() > 1 else torch.tensor(0.0)
+    return loss, {"value_loss": loss.item(), "value_clip_frac": float(clip_frac),
+                  "explained_variance": float(explained)}
+
+
+def save_critic(run, model: ActorCritic) -> None:
+    """The critic next to the policy: ``value_model/`` (a separate critic) or ``value_head.safetensors``."""
+    if not run.is_main:
+        return
+    if model.critic is not None:
+        save_model(model.critic, None, run.output_dir / "value_model")
+    else:
+        from safetensors.torch import save_file
+
+        save_file(model.value_head.state_dict(), str(run.output_dir / "value_head.safetensors"))
+
+
 def run_ppo(cfg: PPOConfig) -> dict:
-    def advantages(exp: Experience, kl_coef: float) -> dict:
-        last = last_token_onehot(exp.mask)
-        kl_reward = -kl_coef * exp.kl if cfg.kl_in == "reward" else torch.zeros_like(exp.kl)
-        rewards = kl_reward + exp.scores.nan_to_num(0.0)[:, None] * last
-        # a completion no reward source scored (NaN) gets no advantage and no value target, as in TRL
-        mask = scored_mask(exp)
-        adv, returns = gae(rewards, exp.values, mask, cfg.gamma, cfg.lam)
-        exp.returns = returns
-        # whitened with the statistics of every process's samples (exp.all_sum), as on one process
-        exp.advantages = whiten(adv, mask, all_sum=exp.all_sum) if cfg.whiten_advantages else adv
-        non_score = (kl_reward * exp.mask).sum(1)
-        return {"non_score_reward": float(non_score.mean()), "total_reward": float((exp.scores + non_score).nanmean())}
-
-    def value_loss(model, exp: Experience, part):
-        values = model.values(exp.input_ids[part], exp.attention_mask[part]).float()
-        mask = scored_mask(exp)[part]
-        loss, clip_frac = ppo_value_loss(values, exp.values[part], exp.returns[part], mask, cfg.cliprange_value)
-        resid = (exp.returns[part] - values.detach())[mask.bool()]
-        target = exp.returns[part][mask.bool()]
-        explained = 1 - resid.var() / target.var().clamp(min=1e-8) if target.numel() > 1 else torch.tensor(0.0)
-        return loss, {"value_loss": loss.item(), "value_clip_frac": float(clip_frac),
-                      "explained_variance": float(explained)}
-
-    def save_extra(run, model):
-        if not run.is_main:
-            return
-        if model.critic is not None:
-            save_model(model.critic, None, run.output_dir / "value_model")
-        else:
-            from safetensors.torch import save_file
-
-            save_file(model.value_head.state_dict(), str(run.output_dir / "value_head.safetensors"))
-
-    algo = Algorithm("ppo", advantages, build_model=lambda policy, run: build_critic(cfg, policy, run),
-                     policy_of=lambda model: model.policy, values=lambda model, ids, attn: model.values(ids, attn),
-                     value_loss=value_loss, save_extra=save_extra)
-    return run_online(cfg, "ppo", algo)
+    eng = start_online(cfg, "ppo", build_model=lambda policy, run: build_critic(cfg, policy, run))
+    with eng.driver.running() as steps:
+        for step in steps:
+            eng.driver.begin(step)
+            # sample, score, reference log-probs and KL, the critic's values
+            exp = collect(eng, step, values=lambda model, ids, attn: model.values(ids, attn))
+            metrics = experience_metrics(eng, exp, step)
+            kl = eng.kl_penalty()
+            metrics.update(mean_of_processes(eng, advantages(cfg, exp, kl)))
+            metrics.update(update(eng, exp, step, kl, value_loss=lambda model, part: value_loss(cfg, model, exp, part)))
+            end_step(eng, step, exp, metrics)
+    return finish_online(eng, save_critic)

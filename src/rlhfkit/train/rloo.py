@@ -14,7 +14,8 @@ from typing import ClassVar
 
 from ..config import OnlineConfig, option
 from ..losses import rloo_advantages
-from .online import Algorithm, Experience, run_online, sequence_kl
+from .online import end_step, finish_online, mean_of_processes, start_online, update
+from .rollout import Experience, KLPenalty, collect, experience_metrics, sequence_advantage_metrics
 
 
 @dataclass
@@ -26,18 +27,23 @@ class RLOOConfig(OnlineConfig):
     num_generations: int = option(4, "Completions sampled per prompt (>= 2: the siblings are the baseline).")
 
 
-def sequence_rewards(exp: Experience, kl_coef: float, kl_in: str):
-    """(N,) score, with the KL penalty folded in when it goes into the reward."""
-    return exp.scores - kl_coef * sequence_kl(exp) if kl_in == "reward" else exp.scores
+def advantages(cfg: RLOOConfig, exp: Experience, kl: KLPenalty) -> dict:
+    """Fills ``exp.advantages``: each completion's reward minus its siblings' mean, on every token."""
+    rewards = kl.sequence_rewards(exp)
+    adv = rloo_advantages(rewards.view(-1, cfg.num_generations)).reshape(-1)
+    exp.advantages = adv[:, None] * exp.mask
+    return sequence_advantage_metrics(exp, rewards, adv)
 
 
 def run_rloo(cfg: RLOOConfig) -> dict:
-    def advantages(exp: Experience, kl_coef: float) -> dict:
-        rewards = sequence_rewards(exp, kl_coef, cfg.kl_in)
-        adv = rloo_advantages(rewards.view(-1, cfg.num_generations)).reshape(-1)
-        exp.advantages = adv[:, None] * exp.mask
-        # nanmean: a completion no reward source scored (NaN) is left out; its advantage is 0
-        return {"total_reward": float(rewards.nanmean()), "non_score_reward": float((rewards - exp.scores).nanmean()),
-                "advantage_std": float(adv.std())}
-
-    return run_online(cfg, "rloo", Algorithm("rloo", advantages))
+    eng = start_online(cfg, "rloo")
+    with eng.driver.running() as steps:
+        for step in steps:
+            eng.driver.begin(step)
+            exp = collect(eng, step)  # sample, score, reference log-probs and KL
+            metrics = experience_metrics(eng, exp, step)
+            kl = eng.kl_penalty()
+            metrics.update(mean_of_processes(eng, advantages(cfg, exp, kl)))
+            metrics.update(update(eng, exp, step, kl))
+            end_step(eng, step, exp, metrics)
+    return finish_online(eng)

@@ -22,7 +22,8 @@ from ..logprobs import packing_works
 from ..losses import bradley_terry
 from ..models import load_tokenizer, packed_rewards, reward_forward
 from ..stats import wilson_interval
-from .loop import Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
+from .checkpoint import finish
+from .loop import Task, eval_batches, load_data, load_trained_model, note_data, start_run, train
 
 
 @dataclass

@@ -20,7 +20,8 @@ from ..data.tokenize import check_chat_template, collate_sft, tokenize_sft
 from ..logprobs import batch_logprobs, packing_works
 from ..losses import sft_nll
 from ..models import load_tokenizer
-from .loop import Task, eval_batches, finish, load_data, load_trained_model, note_data, start_run, train
+from .checkpoint import finish
+from .loop import Task, eval_batches, load_data, load_trained_model, note_data, start_run, train
 
 
 @dataclass
