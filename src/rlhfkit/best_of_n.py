@@ -17,7 +17,7 @@ import torch
 from .config import ConfigError, RewardSourceConfig, SamplerRunConfig, dump_config, option
 from .data import load_prompts
 from .data.tokenize import prompt_ids
-from .evaluate.frontier import kl_bound
+from .kl import kl_bound
 from .models import load_causal_lm, load_tokenizer, resolve_device
 from .rewards import make_reward
 from .sampling import generate

@@ -1,6 +1,6 @@
 """KL-penalty controllers: the coefficient beta in reward - beta * KL(pi || ref).
 
-Plain Python, no tensors: a controller sees one float (the measured KL of a batch) and holds one
+Plain Python, no tensors (and the closed-form KL of best-of-N, ``kl_bound``): a controller sees one float (the measured KL of a batch) and holds one
 float (the coefficient). ``state_dict`` is JSON-serialisable so a checkpoint can resume the
 coefficient exactly where it was.
 """
@@ -84,3 +84,11 @@ def make_kl_controller(kl_coef: float, kl_target: float | None, kl_horizon: int,
     if kl_target is not None and kl_target > 0:
         return AdaptiveKLController(kl_coef, kl_target, kl_horizon)
     return FixedKLController(kl_coef)
+
+
+def kl_bound(n: int) -> float:
+    """log N - (N - 1) / N: the KL (nats) of best-of-N to the base policy, as usually quoted
+    (Stiennon et al. 2020; an upper bound, Beirami et al. 2024)."""
+    if n < 1:
+        raise ValueError(f"best-of-N needs N >= 1, got {n}")
+    return math.log(n) - (n - 1) / n

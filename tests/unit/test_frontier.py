@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from rlhfkit.evaluate.frontier import best_of_n_curve, kl_bound
+from rlhfkit.evaluate.frontier import best_of_n_curve
+from rlhfkit.kl import kl_bound
 
 
 def test_kl_bound_hand_derived():

@@ -10,14 +10,7 @@ while the gold reward bends down (Gao et al. 2023).
 
 from __future__ import annotations
 
-import math
-
-
-def kl_bound(n: int) -> float:
-    """log N - (N - 1) / N: the KL (nats) of best-of-N to the base policy, as usually quoted."""
-    if n < 1:
-        raise ValueError(f"best-of-N needs N >= 1, got {n}")
-    return math.log(n) - (n - 1) / n
+from ..kl import kl_bound
 
 
 def best_of_n_curve(proxy: list[list[float]], gold: list[list[float]], ns: list[int]) -> list[dict]:

@@ -54,10 +54,10 @@ class Engine:
     moments: RunningMoments
     timings: dict = field(default_factory=dict)
     heldout: object = None          # held-out reward source: scored and logged, never optimised
-    monitor: object = None          # evaluate.overopt.DivergenceMonitor when `heldout` is set
+    monitor: object = None          # stats.DivergenceMonitor when `heldout` is set
     heldout_reward: float = 0.0     # this step's mean held-out reward
-    pack: bool = False  # policy and reference compute packed rows like padded ones (models.packing_works)
-    share: bool = False  # ... and prompt-shared rows like plain ones (shared_prompt.prompt_sharing_works)
+    pack: bool = False  # policy and reference compute packed rows like padded ones (logprobs.packing_works)
+    share: bool = False  # ... and prompt-shared rows like plain ones (logprobs.prompt_sharing_works)
     max_steps: int = 0              # the run's steps and steps per epoch: the reward functions' trainer_state
     steps_per_epoch: int = 0
     unscored_warned: bool = False   # the "no source scored a completion" warning is printed once
