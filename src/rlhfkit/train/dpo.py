@@ -29,12 +29,12 @@ import torch
 from ..config import ConfigError, PaddingFreeConfig, SourceWeightsConfig, TrainConfig, option
 from ..data import load_preference
 from ..data.sources import apply_source_weights
-from ..data.tokenize import check_chat_template, collate_pairs, tokenize_preference
+from ..data.tokenize import collate_pairs, tokenize_preference
 from ..logprobs import packing_works, response_logps
 from ..losses import dpo_loss
-from ..models import adapter_disabled, load_causal_lm, load_tokenizer
+from ..models import adapter_disabled, load_causal_lm
 from .checkpoint import finish
-from .loop import Run, Task, eval_batches, load_data, load_trained_model, note_data, start_run, train
+from .loop import Run, Task, checked_tokenizer, eval_batches, load_trained_model, open_run, train
 
 
 @dataclass
@@ -119,11 +119,8 @@ def load_reference(cfg: DPOConfig, run: Run, policy):
 
 
 def run_dpo(cfg: DPOConfig) -> dict:
-    pairs, eval_pairs, reports = load_data(cfg, load_preference, "prefs")
-    run = start_run(cfg, "dpo")
-    note_data(run, reports)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, field="model")
-    check_chat_template(pairs + eval_pairs, tokenizer, cfg.data, cfg.model)
+    run, pairs, eval_pairs = open_run(cfg, "dpo", load_preference, "prefs")
+    tokenizer = checked_tokenizer(cfg, pairs + eval_pairs)
     policy = load_trained_model(cfg, run)
     ref, reference = load_reference(cfg, run, policy)
     run.start_clock()

@@ -15,8 +15,8 @@ from typing import ClassVar
 
 from ..config import OnlineConfig, option
 from ..losses import grpo_advantages
-from .online import end_step, finish_online, mean_of_processes, start_online, update
-from .rollout import Experience, KLPenalty, collect, experience_metrics, sequence_advantage_metrics
+from .rloo import run_group
+from .rollout import Experience, KLPenalty, sequence_advantage_metrics
 
 
 def advantages(cfg: GRPOConfig, exp: Experience, kl: KLPenalty) -> dict:
@@ -41,14 +41,6 @@ class GRPOConfig(OnlineConfig):
 
 
 def run_grpo(cfg: GRPOConfig) -> dict:
-    eng = start_online(cfg, "grpo")
-    with eng.driver.running() as steps:
-        for step in steps:
-            eng.driver.begin(step)
-            exp = collect(eng, step)  # sample, score, reference log-probs and KL
-            metrics = experience_metrics(eng, exp, step)
-            kl = eng.kl_penalty()  # KL as a loss term by default (kl_in: loss, kl_estimator: k3)
-            metrics.update(mean_of_processes(eng, advantages(cfg, exp, kl)))
-            metrics.update(update(eng, exp, step, kl))
-            end_step(eng, step, exp, metrics)
-    return finish_online(eng)
+    # RLOO's loop with group-normalised advantages; the KL goes into the loss by default
+    # (kl_in: loss, kl_estimator: k3)
+    return run_group(cfg, "grpo", advantages)

@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from ..config import dump_config
 from ..data import LoadReport
+from ..data.tokenize import check_chat_template
 from ..data.report import bad_record_summary
 from ..models import (add_lora, check_model_path, enable_gradient_checkpointing, load_causal_lm, load_reward_model,
-                      resolve_device, resolve_dtype)
+                      load_tokenizer, resolve_device, resolve_dtype)
 from .distributed import batch_plan, check_engine, my_share, partial_batch_note, reduce_sums, step_indices
 from .step import StepDriver
 
@@ -256,6 +257,22 @@ def load_data(cfg, load: Callable, kind: str, with_eval: bool = True, **kw) -> t
         reports.append(("eval_data", LoadReport()))
         eval_examples = load(cfg.eval_data, eval_splits, cfg.on_bad_record, reports[1][1], **kw)
     return examples, eval_examples, reports
+
+
+def open_run(cfg, stage: str, load: Callable, kind: str, with_eval: bool = True, **kw) -> tuple[Run, list, list]:
+    """The start every recipe shares: read the data (``load_data``), start the run, say what was read.
+    Returns (run, training examples, eval examples)."""
+    examples, eval_examples, reports = load_data(cfg, load, kind, with_eval, **kw)
+    run = start_run(cfg, stage)
+    note_data(run, reports)
+    return run, examples, eval_examples
+
+
+def checked_tokenizer(cfg, examples: list):
+    """The model's tokenizer, after checking that chat-formatted ``examples`` have a chat template."""
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, field="model")
+    check_chat_template(examples, tokenizer, cfg.data, cfg.model)
+    return tokenizer
 
 
 def note_data(run: Run, reports: list) -> None:

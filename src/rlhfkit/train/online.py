@@ -24,16 +24,16 @@ from typing import Callable
 import torch
 
 from ..data import load_prompts
-from ..data.tokenize import check_chat_template, prompt_ids
+from ..data.tokenize import prompt_ids
 from ..kl import make_kl_controller
 from ..logprobs import packing_works, prompt_sharing_works, response_logprobs
 from ..losses import ppo_policy_loss
-from ..models import load_causal_lm, load_tokenizer
+from ..models import load_causal_lm
 from ..rewards import make_reward
 from .checkpoint import finish, on_main
 from .distributed import (TrainingError, all_sum, batch_plan, check_engine, gather, inner, is_sharded,
                           mean_over_processes, partial_batch_note, reduce_sums)
-from .loop import Run, load_data, load_trained_model, make_optimizer, note_data, start_run
+from .loop import Run, checked_tokenizer, load_trained_model, make_optimizer, open_run
 from .rollout import Experience, KLPenalty, RunningMoments, entropy, seeded
 from .step import StepDriver
 
@@ -101,8 +101,7 @@ def _check_online_engine(run: Run, cfg) -> None:
 
 def _load_models(cfg, run: Run, prompts: list, build_model: Callable) -> tuple:
     """(tokenizer, policy, reference, reward, trained module) on the run's device."""
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, field="model")
-    check_chat_template(prompts, tokenizer, cfg.data, cfg.model)
+    tokenizer = checked_tokenizer(cfg, prompts)
     policy = load_trained_model(cfg, run)
     if cfg.lora_r > 0 and cfg.ref_model in ("", cfg.model):
         ref = policy  # the starting weights = the policy with its adapter switched off
@@ -117,11 +116,9 @@ def _load_models(cfg, run: Run, prompts: list, build_model: Callable) -> tuple:
 def start_online(cfg, stage: str, build_model: Callable = lambda policy, run: policy) -> Engine:
     """Load data, models and reward; prepare the trained module (``build_model(policy, run)``: the
     policy itself, or PPO's policy + critic) and its optimiser; resume when asked."""
-    prompts, _, reports = load_data(cfg, load_prompts, "gen", with_eval=False)
     if cfg.temperature <= 0:
         raise ValueError("online RL samples from the policy: temperature must be > 0")
-    run = start_run(cfg, stage)
-    note_data(run, reports)
+    run, prompts, _ = open_run(cfg, stage, load_prompts, "gen", with_eval=False)
     _check_online_engine(run, cfg)
     tokenizer, policy, ref, reward, module = _load_models(cfg, run, prompts, build_model)
     run.start_clock()

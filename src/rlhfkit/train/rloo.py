@@ -10,7 +10,7 @@ reuses the samples safely; with one epoch the ratio is 1 and this is plain REINF
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from ..config import OnlineConfig, option
 from ..losses import rloo_advantages
@@ -35,15 +35,22 @@ def advantages(cfg: RLOOConfig, exp: Experience, kl: KLPenalty) -> dict:
     return sequence_advantage_metrics(exp, rewards, adv)
 
 
-def run_rloo(cfg: RLOOConfig) -> dict:
-    eng = start_online(cfg, "rloo")
+def run_group(cfg, stage: str, advantages: Callable) -> dict:
+    """The critic-free loop RLOO and GRPO share: per step, sample ``num_generations`` completions per
+    prompt, score them with reference log-probs and KL, turn each group's rewards into advantages
+    (``advantages(cfg, exp, kl)``: the only place the two differ), then PPO-clip updates."""
+    eng = start_online(cfg, stage)
     with eng.driver.running() as steps:
         for step in steps:
             eng.driver.begin(step)
             exp = collect(eng, step)  # sample, score, reference log-probs and KL
             metrics = experience_metrics(eng, exp, step)
-            kl = eng.kl_penalty()
+            kl = eng.kl_penalty()  # reads kl_in: a reward penalty or a loss term
             metrics.update(mean_of_processes(eng, advantages(cfg, exp, kl)))
             metrics.update(update(eng, exp, step, kl))
             end_step(eng, step, exp, metrics)
     return finish_online(eng)
+
+
+def run_rloo(cfg: RLOOConfig) -> dict:
+    return run_group(cfg, "rloo", advantages)

@@ -17,13 +17,13 @@ from typing import ClassVar
 from ..config import PaddingFreeConfig, SourceWeightsConfig, TrainConfig, option
 from ..data import load_preference
 from ..data.sources import apply_source_weights
-from ..data.tokenize import check_chat_template, collate_pairs, tokenize_preference
+from ..data.tokenize import collate_pairs, tokenize_preference
 from ..logprobs import packing_works
 from ..losses import bradley_terry
-from ..models import load_tokenizer, packed_rewards, reward_forward
+from ..models import packed_rewards, reward_forward
 from ..stats import wilson_interval
 from .checkpoint import finish
-from .loop import Task, eval_batches, load_data, load_trained_model, note_data, start_run, train
+from .loop import Task, checked_tokenizer, eval_batches, load_trained_model, open_run, train
 
 
 @dataclass
@@ -50,11 +50,8 @@ def pair_rewards(model, batch):
 
 
 def run_rm(cfg: RMConfig) -> dict:
-    pairs, eval_pairs, reports = load_data(cfg, load_preference, "prefs", margin_from_scores=cfg.margin_from_scores)
-    run = start_run(cfg, "rm")
-    note_data(run, reports)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, field="model")
-    check_chat_template(pairs + eval_pairs, tokenizer, cfg.data, cfg.model)
+    run, pairs, eval_pairs = open_run(cfg, "rm", load_preference, "prefs", margin_from_scores=cfg.margin_from_scores)
+    tokenizer = checked_tokenizer(cfg, pairs + eval_pairs)
     model = load_trained_model(cfg, run, reward_tokenizer=tokenizer)
     run.start_clock()
 

@@ -16,12 +16,11 @@ from typing import ClassVar
 
 from ..config import PaddingFreeConfig, TrainConfig, option
 from ..data import load_sft
-from ..data.tokenize import check_chat_template, collate_sft, tokenize_sft
+from ..data.tokenize import collate_sft, tokenize_sft
 from ..logprobs import batch_logprobs, packing_works
 from ..losses import sft_nll
-from ..models import load_tokenizer
 from .checkpoint import finish
-from .loop import Task, eval_batches, load_data, load_trained_model, note_data, start_run, train
+from .loop import Task, checked_tokenizer, eval_batches, load_trained_model, open_run, train
 
 
 @dataclass
@@ -41,11 +40,8 @@ def nll_sum(model, batch) -> tuple:
 
 
 def run_sft(cfg: SFTConfig) -> dict:
-    examples, eval_examples, reports = load_data(cfg, load_sft, "sft")
-    run = start_run(cfg, "sft")
-    note_data(run, reports)
-    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code, field="model")
-    check_chat_template(examples + eval_examples, tokenizer, cfg.data, cfg.model)
+    run, examples, eval_examples = open_run(cfg, "sft", load_sft, "sft")
+    tokenizer = checked_tokenizer(cfg, examples + eval_examples)
     model = load_trained_model(cfg, run)
     run.start_clock()
 
