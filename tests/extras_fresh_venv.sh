@@ -32,11 +32,7 @@ done
 echo "== tiny world and model, then a 4-step rlhfkit sft"
 venv/bin/python - <<'PY'
 from rlhfkit.world import toy
-import rlhfkit.models as models
-try:
-    from rlhfkit.tiny_models import make_tiny_model_dir
-except ImportError:
-    make_tiny_model_dir = models.make_tiny_model_dir
+from rlhfkit.tiny_models import make_tiny_model_dir
 toy.write_dataset("world", seed=0)
 make_tiny_model_dir("base", toy.vocabulary_texts(), seed=0, hidden_size=64)
 PY
