@@ -22,7 +22,7 @@ import yaml
 
 from rlhfkit.cli import main as cli
 from rlhfkit.pipeline import run_pipeline
-from rlhfkit.world.demo import builtin_config
+from rlhfkit.demo import builtin_config
 from rlhfkit.world.gold import gold_score
 from rlhfkit.world.tasks import Prompt
 

@@ -44,7 +44,7 @@ def small_demo_pipeline(tmp_path_factory):
     """A copy of rlhfkit/configs/demo.yaml shrunk to seconds, its base model cached in a temp folder."""
     import yaml
 
-    from rlhfkit.world.demo import builtin_config
+    from rlhfkit.demo import builtin_config
 
     root = tmp_path_factory.mktemp("demo_pipeline")
     spec = yaml.safe_load(open(builtin_config()))

@@ -67,9 +67,9 @@ STAGES: tuple[Stage, ...] = (
           "|migrate`", pipeline=False),
     Stage("demo", "the built-in demo: base -> SFT -> pairs -> simulated annotators -> RM -> DPO and PPO -> gold "
           "evaluation -> runs/demo/report.html (a `pipeline` on rlhfkit/configs/demo.yaml)",
-          "world.demo", "DemoConfig", "run_demo", pipeline=False),
+          "demo", "DemoConfig", "run_demo", pipeline=False),
     Stage("lab", "the lever lab on the demo world: noise | kl | coverage | knowledge; each writes a figure and a "
-          "table to runs/lab/", "world.lab", "LabConfig", "run_lab", pipeline=False, usage="lab LEVER"),
+          "table to runs/lab/", "lab", "LabConfig", "run_lab", pipeline=False, usage="lab LEVER"),
     Stage("eval", "a policy vs a baseline on prompts: win rate with 95% CI, length-controlled win rate, reward, "
           "length, KL to the baseline", "evaluate.winrate", "EvalConfig", "run_eval"),
     Stage("frontier", "reward (proxy and held-out) vs KL to a baseline across runs/checkpoints, Gao et al. fits",

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import yaml
 
-from .. import report
-from ..config import ConfigError, option
-from ..pipeline import load_pipeline, run_pipeline
-from .gold import gold_score
-from .tasks import CATEGORIES, Prompt
+from . import report
+from .config import ConfigError, option
+from .pipeline import load_pipeline, run_pipeline
+from .world.gold import gold_score
+from .world.tasks import CATEGORIES, Prompt
 
 LEVERS = ("noise", "kl", "coverage", "knowledge")
 GOLD_FN = "rlhfkit.world.gold:gold_reward"
@@ -150,7 +150,7 @@ def _plt():
 def best_of_n_gold(bon_file: Path, prompt_file: Path, ns: list[int]) -> dict[int, float]:
     """Gold reward of the reward model's pick among each prompt's first N candidates, per N, from
     one best-of-N run (its file keeps every candidate and its reward); N = 1 is the plain sample."""
-    from ..evaluate.frontier import best_of_n_curve
+    from .evaluate.frontier import best_of_n_curve
 
     prompts = [Prompt(r["prompt"], r["category"], r.get("subject", ""), r.get("answer", "")) for r in _rows(prompt_file)]
     rows = _rows(bon_file)
@@ -200,7 +200,7 @@ def _tail_mean(values: list[float], share: float = 0.2) -> float:
 
 
 def kl_readout(cfg: LabConfig, root: Path, summaries: dict):
-    from .report import smooth
+    from .world.report import smooth
 
     evals = summaries["eval_kl"]
     proxy_key, gold_key = "reward/reward_model:rm", f"reward/{GOLD_FN}"

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..config import dump_config
-from ..pipeline import run_pipeline
-from . import report
+from .config import dump_config
+from .pipeline import run_pipeline
+from .world import report
 
 
 @dataclass
