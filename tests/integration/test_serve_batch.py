@@ -193,3 +193,12 @@ def test_http_concurrency_streaming_and_guard(http_server):
         th.join(60)
     assert out == alone
     assert max(server.batcher.batch_sizes) > 1
+
+
+@pytest.mark.parametrize("field, value", [("max_batch_size", 0), ("batch_window_ms", -1.0)])
+def test_bad_batching_settings_name_the_field(field, value):
+    from rlhfkit.config import ConfigError
+    from rlhfkit.serve import ServeConfig
+
+    with pytest.raises(ConfigError, match=f"field '{field}'"):
+        ServeConfig(model="m", **{field: value}).check()
