@@ -7,7 +7,10 @@ request as soon as its last one is answered (a closed loop). Tokens are the real
 reports (``usage.completion_tokens``: a random-init model ends a reply at EOS now and then, and
 those tokens are not counted). Each level reports tokens/s and its ratio to one client; then the
 same 16-client load against a server with ``--max_batch_size 1`` (the one-at-a-time server this
-replaces), in the same run. Every reply at every level is compared with the one-client reply to
+replaces), in the same run. First, the same loads through ``serve.Server`` in the benchmark's own
+process (threads calling ``complete``: no HTTP, no client process), which shows the engine's
+scaling apart from the web layer and the client (on a shared 2-core machine those take CPU from
+the server). Every reply at every level is compared with the one-client reply to
 the same request (same seed): the count of identical replies is reported.
 
 Models (fp32, random init: tokens/s do not depend on what the weights learned):
@@ -127,8 +130,43 @@ def load(url: str, bodies: list[dict], clients: int) -> tuple[float, int, list[s
     return seconds, sum(tokens), texts
 
 
+def in_process(model: str, bodies: list[dict], levels: list[int], threads: int) -> list[dict]:
+    """The same loads through ``serve.Server.complete`` in this process (parse, tokenize, batcher;
+    no HTTP, no client process): the engine's own scaling, apart from the web layer."""
+    import torch
+
+    from rlhfkit.serve import Server
+
+    torch.set_num_threads(threads)
+    server = Server(model, "m", device="cpu")
+    rows = []
+    for clients in [levels[0]] + levels:  # the first pass warms up
+        texts: list[str | None] = [None] * len(bodies)
+        tokens = [0] * len(bodies)
+
+        def client(k: int) -> None:
+            for i in range(k, len(bodies), clients):
+                out = server.complete(server.parse(bodies[i], chat=False), f"b{i}")
+                texts[i], tokens[i] = out["text"], out["completion_tokens"]
+
+        pool = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        start = time.perf_counter()
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        seconds = time.perf_counter() - start
+        rows.append({"clients": clients, "seconds": seconds, "tokens": sum(tokens), "tok_s": sum(tokens) / seconds,
+                     "texts": texts})
+    return rows[1:]
+
+
 def bench_model(name: str, model: str, bodies: list[dict], levels: list[int], threads: int, root: Path) -> list[dict]:
     rows = []
+    for r in in_process(model, bodies, levels, threads):
+        rows.append({"model": name, "server": "in-process, no HTTP", **r})
+        print(f"  {name:6s} {'in-process':17s} {r['clients']:3d} clients: {r['tokens']} tokens in {r['seconds']:6.2f} s = "
+              f"{r['tok_s']:8.1f} tok/s", flush=True)
     for label, args, level_list in (("batched", [], levels), ("max_batch_size 1", ["--max_batch_size", "1"], [max(levels)])):
         proc, url = start_server(model, threads, args, root / f"{name}.log")
         try:
@@ -148,7 +186,8 @@ def table(rows: list[dict], params: dict[str, int]) -> str:
     lines = ["| model (params) | server | clients | tokens | s | tokens/s | vs 1 client | replies = 1-client replies |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        one = next(x for x in rows if x["model"] == r["model"] and x["server"] == "batched" and x["clients"] == 1)
+        base = "batched" if r["server"] != "in-process, no HTTP" else r["server"]  # the 1-client row of its kind
+        one = next(x for x in rows if x["model"] == r["model"] and x["server"] == base and x["clients"] == 1)
         same = sum(a == b for a, b in zip(r["texts"], one["texts"]))
         lines.append(f"| {r['model']} ({params[r['model']] / 1e6:.2f}M) | {r['server']} | {r['clients']} | {r['tokens']} "
                      f"| {r['seconds']:.2f} | {r['tok_s']:.1f} | **{r['tok_s'] / one['tok_s']:.2f}x** "

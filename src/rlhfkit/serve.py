@@ -215,6 +215,8 @@ class Server:
             raise RequestError(str(e), "messages") from None
         except Exception as e:  # a template that refuses the conversation (roles, alternation)
             raise RequestError(f"the chat template cannot render these messages: {e}", "messages") from None
+        if not ids:  # a prompt of only whitespace, say, under a tokenizer that adds no BOS token
+            raise RequestError("the prompt is empty once tokenized", "messages" if "messages" in req else "prompt")
         if self.context and len(ids) + req["max_tokens"] > self.context:
             raise RequestError(f"the prompt ({len(ids)} tokens) plus max_tokens ({req['max_tokens']}) exceeds the "
                                f"model's context of {self.context} tokens", "max_tokens")

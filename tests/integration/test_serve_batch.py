@@ -202,3 +202,24 @@ def test_bad_batching_settings_name_the_field(field, value):
 
     with pytest.raises(ConfigError, match=f"field '{field}'"):
         ServeConfig(model="m", **{field: value}).check()
+
+
+def test_a_prompt_that_tokenizes_to_nothing_is_a_400(tmp_path):
+    """Without a BOS token, whitespace tokenizes to no ids: a clear 400, not a sampler error (500)."""
+    from rlhfkit.models import save_model
+    from rlhfkit.serve import Server
+    from rlhfkit.serve_gate import RequestError
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from rlhfkit.tiny_models import tiny_causal_lm
+
+    core = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1, "</s>": 2, "the": 3, "soup": 4}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # and no post-processor: no BOS
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    save_model(tiny_causal_lm(tok, hidden_size=32, num_layers=1, num_heads=2), tok, tmp_path / "m")
+    server = Server(str(tmp_path / "m"), device="cpu")
+    assert server.complete(server.parse({"prompt": "the soup", "max_tokens": 2}, False), "a")["completion_tokens"] >= 1
+    with pytest.raises(RequestError, match="empty once tokenized") as info:
+        server.complete(server.parse({"prompt": "   ", "max_tokens": 2}, False), "b")
+    assert info.value.param == "prompt" and info.value.status == 400
