@@ -1,4 +1,4 @@
-"""``rlhfkit lab noise|kl|coverage|knowledge``: the seed's four levers, measured in the demo world.
+"""``rlhfkit lab noise|kl|coverage|knowledge|active``: the seed's four levers, measured in the demo world.
 
 The demo world knows the gold preference the annotators only approximate, so each lever can be
 turned and its effect read off against gold:
@@ -12,6 +12,8 @@ turned and its effect read off against gold:
   gold improvement per category.
 - ``knowledge``: DPO and PPO change tone (more honest "not sure" answers on questions pretraining
   never answered) but do not teach the missing facts.
+- ``active``: labels needed to reach a reward-model accuracy when the pairs to label are picked by
+  an ensemble's disagreement (plus a random share) instead of at random (``world/active_lab.py``).
 
 Every lab is a pipeline built from the demo's own stages (``rlhfkit/configs/demo.yaml``, or the
 file given by ``--pipeline``) plus the sweep's variants; they share one output folder, so stages
@@ -35,7 +37,7 @@ from .pipeline import load_pipeline, run_pipeline
 from .world.gold import gold_score
 from .world.tasks import CATEGORIES, Prompt
 
-LEVERS = ("noise", "kl", "coverage", "knowledge")
+LEVERS = ("noise", "kl", "coverage", "knowledge", "active")
 GOLD_FN = "rlhfkit.world.gold:gold_reward"
 
 
@@ -43,7 +45,7 @@ GOLD_FN = "rlhfkit.world.gold:gold_reward"
 class LabConfig:
     """One lever-lab sweep on the demo world (`rlhfkit lab LEVER`)."""
 
-    lever: str = option("", "noise, kl, coverage or knowledge (may be given as the first argument).")
+    lever: str = option("", "noise, kl, coverage, knowledge or active (may be given as the first argument).")
     output_dir: str = option("runs/lab", "Folder shared by all labs: stage folders, <lever>.png/.md/.json.")
     pipeline: str = option("", "Pipeline YAML whose stages the lab builds on; empty: the built-in demo.yaml.")
     flip_rates: list[float] = option([0.0, 0.1, 0.2, 0.3, 0.4, 0.45], "noise: annotator flip rates to sweep.")
@@ -51,6 +53,12 @@ class LabConfig:
     kl_coefs: list[float] = option([0.0, 0.03, 0.1, 0.3], "kl: PPO KL coefficients to sweep.")
     kl_steps: int = option(0, "kl: PPO steps per run; 0 keeps the demo's.")
     leave_out: str = option("advice", "coverage: the prompt category left out of the preference data.")
+    active_budget: int = option(1200, "active: labels random selection spends (the full budget).")
+    active_step: int = option(50, "active: labels per batch (and the first, random, batch of both arms).")
+    active_ensemble: int = option(5, "active: bootstrap reward-model heads whose disagreement picks pairs.")
+    active_random_fraction: float = option(0.25, "active: share of every batch drawn at random (keeps the "
+                                                 "labelled set an unbiased sample).")
+    active_repeats: int = option(3, "active: repeats (label draws, splits, orders) averaged in the curves.")
     force: list[str] = option([], "Stage names to rerun even if unchanged.")
 
 
@@ -129,7 +137,17 @@ def knowledge_stages(cfg: LabConfig, demo: dict) -> list[dict]:
     return stages
 
 
-BUILDERS = {"noise": noise_stages, "kl": kl_stages, "coverage": coverage_stages, "knowledge": knowledge_stages}
+def active_stages(cfg: LabConfig, demo: dict) -> list[dict]:
+    if not 0.0 <= cfg.active_random_fraction <= 1.0:
+        raise ConfigError(f"field 'active_random_fraction': expected a share in [0, 1], got {cfg.active_random_fraction}")
+    if cfg.active_step < 1 or cfg.active_budget < cfg.active_step or cfg.active_ensemble < 2 or cfg.active_repeats < 1:
+        raise ConfigError("fields 'active_step', 'active_budget', 'active_ensemble', 'active_repeats': need "
+                          "1 <= active_step <= active_budget, active_ensemble >= 2, active_repeats >= 1")
+    return [demo[n] for n in ("base", "data", "sft", "pairs", "labels")]
+
+
+BUILDERS = {"noise": noise_stages, "kl": kl_stages, "coverage": coverage_stages, "knowledge": knowledge_stages,
+            "active": active_stages}
 
 
 # ---- readouts: tables and figures --------------------------------------------------------------
@@ -283,7 +301,20 @@ def knowledge_readout(cfg: LabConfig, root: Path, summaries: dict):
     return rows, fig
 
 
-READOUTS = {"noise": noise_readout, "kl": kl_readout, "coverage": coverage_readout, "knowledge": knowledge_readout}
+def active_readout(cfg: LabConfig, root: Path, summaries: dict):
+    from .world import active_lab
+
+    labels = yaml.safe_load((root / "labels" / "config.yaml").read_text())
+    result = active_lab.sweep(root / "pairs" / "pairs.jsonl", str(root / "sft"), labels["temperature"],
+                              labels["flip_rate"], cfg.active_budget, cfg.active_step, cfg.active_ensemble,
+                              cfg.active_random_fraction, cfg.active_repeats, labels.get("seed", 0))
+    result["note"] = active_lab.note(result, cfg.active_random_fraction)
+    (root / "active_curves.json").write_text(json.dumps(result, indent=2))
+    return active_lab.table_rows(result), active_lab.figure(result, cfg.active_random_fraction)
+
+
+READOUTS = {"noise": noise_readout, "kl": kl_readout, "coverage": coverage_readout, "knowledge": knowledge_readout,
+            "active": active_readout}
 
 
 def markdown_table(rows: list[dict]) -> str:
