@@ -131,9 +131,14 @@ def coverage_stages(cfg: LabConfig, demo: dict) -> list[dict]:
 
 def knowledge_stages(cfg: LabConfig, demo: dict) -> list[dict]:
     stages = [demo[n] for n in ("base", "data", "sft", "pairs", "labels", "rm", "dpo", "ppo", "eval")]
+    # honesty data: the same pairs plus, for each wrong answer the SFT model gave in them, a pair
+    # preferring "i do not know" to it; DPO on that, then the knowledge-gap probe again
+    stages.append(_variant(demo["labels"], "labels_idk", idk_pairs=True))
+    stages.append(_variant(demo["dpo"], "dpo_idk", data="{labels_idk}/train.jsonl", eval_data="{labels_idk}/eval.jsonl"))
+    stages.append(_variant(demo["eval"], "eval_idk", policies=["dpo_idk={dpo_idk}"], reward_model=""))
     # the same policies on the training prompts: facts the preference pairs asked about
     stages.append(_variant(demo["eval"], "eval_train_prompts", data="{data}/prompts_train.jsonl", gap_data="",
-                           reward_model=""))
+                           reward_model="", policies=[*demo["eval"]["with"].get("policies", []), "dpo_idk={dpo_idk}"]))
     return stages
 
 
@@ -278,7 +283,7 @@ def coverage_readout(cfg: LabConfig, root: Path, summaries: dict):
 
 
 def knowledge_readout(cfg: LabConfig, root: Path, summaries: dict):
-    evals, trained = summaries["eval"], summaries["eval_train_prompts"]
+    evals, trained = {**summaries["eval"], "dpo_idk": summaries["eval_idk"]["dpo_idk"]}, summaries["eval_train_prompts"]
     rows = [{"policy": name, "asked_in_pairs_correct": trained[name].get("correct/fact"),
              "pretraining_only_correct": r.get("correct/fact"), "gap_correct": r["gap_correct"],
              "gap_wrong": r["gap_wrong"], "gap_unsure": r["gap_unsure"], "gap_gold_reward": r["gap_gold_reward"]}
@@ -288,12 +293,13 @@ def knowledge_readout(cfg: LabConfig, root: Path, summaries: dict):
     keys = [("asked_in_pairs_correct", "capital asked about in the preference data: correct"),
             ("pretraining_only_correct", "capital only in pretraining text: correct"),
             ("gap_correct", "capital never seen: correct"), ("gap_wrong", "capital never seen: wrong capital"),
-            ("gap_unsure", "capital never seen: says 'not sure'")]
+            ("gap_unsure", "capital never seen: says it does not know")]
     width = 0.8 / len(keys)
     for i, (k, label) in enumerate(keys):
         ax.bar([j + (i - (len(keys) - 1) / 2) * width for j in range(len(rows))], [r[k] or 0.0 for r in rows],
                width, label=label)
-    ax.set_xticks(range(len(rows)), [r["policy"] for r in rows])
+    ax.set_xticks(range(len(rows)), [{"dpo_idk": "DPO + 'i do not\nknow' pairs"}.get(r["policy"], r["policy"].upper())
+                                     for r in rows])
     ax.set(ylabel="share of samples", ylim=(0, 1),
            title="Knowledge: RLHF picks among answers the model has; it cannot add one")
     ax.grid(alpha=0.3, axis="y")
@@ -310,7 +316,9 @@ def active_readout(cfg: LabConfig, root: Path, summaries: dict):
                               cfg.active_random_fraction, cfg.active_repeats, labels.get("seed", 0))
     result["note"] = active_lab.note(result, cfg.active_random_fraction)
     (root / "active_curves.json").write_text(json.dumps(result, indent=2))
-    return active_lab.table_rows(result), active_lab.figure(result, cfg.active_random_fraction)
+    fig = active_lab.figure(result, cfg.active_random_fraction)
+    fig.lab_note = result["note"]  # printed and shown under the figure
+    return active_lab.table_rows(result), fig
 
 
 READOUTS = {"noise": noise_readout, "kl": kl_readout, "coverage": coverage_readout, "knowledge": knowledge_readout,
@@ -319,7 +327,7 @@ READOUTS = {"noise": noise_readout, "kl": kl_readout, "coverage": coverage_reado
 
 def markdown_table(rows: list[dict]) -> str:
     cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(report.header(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(report.fmt(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -330,7 +338,9 @@ def _index(root: Path) -> Path:
         if (root / f"{lever}.json").exists():
             rows = json.loads((root / f"{lever}.json").read_text())["rows"]
             img = (root / f"{lever}.png").read_bytes()
-            sections.append((f"rlhfkit lab {lever}", report.png(img) + report.table(rows)))
+            note = json.loads((root / f"{lever}.json").read_text()).get("note", "")
+            note = f"<p class=note>{report.esc(note)}</p>" if note else ""
+            sections.append((f"rlhfkit lab {lever}", report.png(img) + note + report.table(rows)))
     return report.write(root / "index.html", "rlhfkit lever lab", sections)
 
 
@@ -351,7 +361,8 @@ def run_lab(cfg: LabConfig) -> dict:
     _plt().close(fig)
     table = markdown_table(rows)
     (root / f"{cfg.lever}.md").write_text(table)
-    (root / f"{cfg.lever}.json").write_text(json.dumps({"lever": cfg.lever, "rows": rows}, indent=2))
+    note = getattr(fig, "lab_note", "")
+    (root / f"{cfg.lever}.json").write_text(json.dumps({"lever": cfg.lever, "rows": rows, "note": note}, indent=2))
     index = _index(root)
-    print(f"\nrlhfkit lab {cfg.lever}\n{table}\nfigure: {figure}\nall labs: {index}")
-    return {"lever": cfg.lever, "rows": rows, "figure": str(figure), "index": str(index)}
+    print(f"\nrlhfkit lab {cfg.lever}\n{table}\n{note + chr(10) if note else ''}figure: {figure}\nall labs: {index}")
+    return {"lever": cfg.lever, "rows": rows, "note": note, "figure": str(figure), "index": str(index)}

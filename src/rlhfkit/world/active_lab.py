@@ -122,7 +122,8 @@ def run_arm(X, labels, test_X, gold, budgets: list[int], active: bool, ensemble:
             labelled += chosen + drawn
             randoms += len(drawn)
         acc.append(_accuracy(fit_head(X[labelled], labels[labelled]), test_X, gold))
-    return {"accuracy": acc, "labelled": len(labelled), "random_picks": randoms, "unique": len(set(labelled))}
+    return {"accuracy": acc, "labelled": len(labelled), "random_picks": randoms if active else len(labelled),
+            "unique": len(set(labelled))}
 
 
 def sweep(pairs_file: Path, model_dir: str, temperature: float, flip_rate: float, budget: int, step: int,
