@@ -197,8 +197,10 @@ def figure(result: dict, random_fraction: float):
         ax.axvline(result["active_labels_needed"], ls="--", color="tab:orange", lw=0.8,
                    label=f"active reaches it: {result['active_labels_needed']} labels ({result['ratio']:.2f}x)")
     ax.set(xlabel="labels spent (annotated pairs)", ylabel="reward-model accuracy (held-out, gold order)",
-           title="Active selection of pairs to label")
+           title="Active selection of pairs to label (reward model: a Bradley-Terry head on SFT features)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.text(0.5, -0.06, "mean of the repeats; shaded: 95% interval over repeats", ha="center", fontsize=8)
+    n = len(result["per_repeat"]["random"])
+    fig.text(0.5, -0.06, f"mean of {n} repeats (label draws, test splits, orders); shaded: 95% interval over them",
+             ha="center", fontsize=8)
     return fig
