@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from . import report
+from .active import CRITERIA
 from .config import ConfigError, option
 from .pipeline import load_pipeline, run_pipeline
 from .world.gold import gold_score
@@ -58,6 +59,8 @@ class LabConfig:
     active_ensemble: int = option(5, "active: bootstrap reward-model heads whose disagreement picks pairs.")
     active_random_fraction: float = option(0.25, "active: share of every batch drawn at random (keeps the "
                                                  "labelled set an unbiased sample).")
+    active_criterion: str = option("disagreement", "active: how pairs are scored, disagreement (variance of the "
+                                                   "members' P(a > b)) or uncertainty (mean P(a > b) near 0.5).")
     active_repeats: int = option(3, "active: repeats (label draws, splits, orders) averaged in the curves.")
     force: list[str] = option([], "Stage names to rerun even if unchanged.")
 
@@ -148,6 +151,8 @@ def active_stages(cfg: LabConfig, demo: dict) -> list[dict]:
     if cfg.active_step < 1 or cfg.active_budget < cfg.active_step or cfg.active_ensemble < 2 or cfg.active_repeats < 1:
         raise ConfigError("fields 'active_step', 'active_budget', 'active_ensemble', 'active_repeats': need "
                           "1 <= active_step <= active_budget, active_ensemble >= 2, active_repeats >= 1")
+    if cfg.active_criterion not in CRITERIA:
+        raise ConfigError(f"field 'active_criterion': expected one of {', '.join(CRITERIA)}, got {cfg.active_criterion!r}")
     return [demo[n] for n in ("base", "data", "sft", "pairs", "labels")]
 
 
@@ -313,10 +318,11 @@ def active_readout(cfg: LabConfig, root: Path, summaries: dict):
     labels = yaml.safe_load((root / "labels" / "config.yaml").read_text())
     result = active_lab.sweep(root / "pairs" / "pairs.jsonl", str(root / "sft"), labels["temperature"],
                               labels["flip_rate"], cfg.active_budget, cfg.active_step, cfg.active_ensemble,
-                              cfg.active_random_fraction, cfg.active_repeats, labels.get("seed", 0))
-    result["note"] = active_lab.note(result, cfg.active_random_fraction)
+                              cfg.active_random_fraction, cfg.active_repeats, labels.get("seed", 0),
+                              cfg.active_criterion)
+    result["note"] = active_lab.note(result, cfg.active_random_fraction, cfg.active_criterion)
     (root / "active_curves.json").write_text(json.dumps(result, indent=2))
-    fig = active_lab.figure(result, cfg.active_random_fraction)
+    fig = active_lab.figure(result, cfg.active_random_fraction, cfg.active_criterion)
     fig.lab_note = result["note"]  # printed and shown under the figure
     return active_lab.table_rows(result), fig
 

@@ -169,17 +169,17 @@ def table_rows(result: dict) -> list[dict]:
     return rows
 
 
-def note(result: dict, random_fraction: float) -> str:
+def note(result: dict, random_fraction: float, criterion: str = "disagreement") -> str:
     """One sentence: what active selection reached, in labels and as a share of the budget."""
     budget, target = result["budgets"][-1], result["target"]
     head = (f"random selection reaches {target:.3f} held-out gold accuracy with {budget} labels; active selection "
-            f"({1 - random_fraction:.0%} by ensemble disagreement, {random_fraction:.0%} random)")
+            f"({1 - random_fraction:.0%} by ensemble {criterion}, {random_fraction:.0%} random)")
     if result["active_labels_needed"] is None:
         return f"{head} does not reach it within {budget} (it ends at {result['accuracy']['active'][-1]:.3f})"
     return f"{head} reaches it with {result['active_labels_needed']} ({result['ratio']:.2f}x)"
 
 
-def figure(result: dict, random_fraction: float):
+def figure(result: dict, random_fraction: float, criterion: str = "disagreement"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,7 +188,7 @@ def figure(result: dict, random_fraction: float):
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     x = result["budgets"]
     for arm, label in (("random", "random selection"),
-                       ("active", f"active: ensemble disagreement + {random_fraction:.0%} random")):
+                       ("active", f"active: ensemble {criterion} + {random_fraction:.0%} random")):
         m, h = np.array(result["accuracy"][arm]), np.array(result["ci_half_width"][arm])
         ax.plot(x, m, "o-", ms=3, label=label)
         ax.fill_between(x, m - h, m + h, alpha=0.2)
