@@ -29,6 +29,7 @@ from ..models import adapter_disabled
 from ..rewards import RewardFunctionError, completion_ids
 from ..sampling import generate, rollout_rows
 from .distributed import TrainingError, mean_over_processes, my_share, step_indices
+from .fsdp import gathered
 
 
 @dataclass
@@ -171,7 +172,13 @@ def score(eng, prompt_idx: list[int], texts: list[str], ended: torch.Tensor,
 @torch.no_grad()
 def collect(eng, step: int, values: Callable | None = None) -> Experience:
     """Sample this process's share of step ``step``'s prompts, score the samples, compute reference
-    log-probs and KL, and with ``values(module, ids, attn)`` the critic's values."""
+    log-probs and KL, and with ``values(module, ids, attn)`` the critic's values. Under FSDP2 the
+    trained module's parameters are gathered once for all of it (``fsdp.gathered``)."""
+    with gathered(eng.model):
+        return _collect(eng, step, values)
+
+
+def _collect(eng, step: int, values: Callable | None) -> Experience:
     cfg, run = eng.run.cfg, eng.run
     indices = my_share(run, step_indices(step, len(eng.prompts), cfg.batch_size, eng.steps_per_epoch, cfg.seed))
     prompt_idx = [i for i in indices for _ in range(cfg.num_generations)]
