@@ -12,8 +12,8 @@ draws the same samples: same weights (<= 1e-5) and losses.
 Also: each rank of a sharded run holds <= 0.55 x the 1-process parameter + optimiser bytes
 (summary.json); the log and summary.json name the engine; a DPO run SIGKILLed while writing its
 step-2 checkpoint keeps step 1 and resumes from it to the uninterrupted run's weights (<= 1e-6);
-a GRPO run launched as the README shows (``accelerate launch --config_file fsdp.yaml --cpu``,
-no ``fsdp`` field: the launcher's config is honoured) and killed at step 3 resumes from step 2 to
+a GRPO run launched as the README shows (``accelerate launch --config_file fsdp.yaml``, no
+``fsdp`` field: the launcher's config is honoured on CPU, where accelerate itself would run DDP) and killed at step 3 resumes from step 2 to
 the uninterrupted run's weights (<= 1e-6); asking for sharding on 1 process is an error.
 """
 
@@ -59,9 +59,9 @@ def _torchrun(args: list) -> subprocess.CompletedProcess:
 
 
 def _accelerate(args: list) -> subprocess.CompletedProcess:
-    """As the README shows: the shipped FSDP config, 2 processes, --cpu."""
+    """As the README shows: the shipped FSDP config, 2 processes (on CPU: no GPU here)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_YAML), "--num_processes",
-           "2", "--cpu", "--main_process_port", _port(), *args]
+           "2", "--main_process_port", _port(), *args]
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
 
 
@@ -188,12 +188,12 @@ def test_a_kill_during_the_sharded_checkpoint_write_keeps_the_previous_one_and_r
     assert _summary(root / "dpo-killed")["resumed_from_step"] == 1
 
 
-def test_grpo_under_accelerate_launch_fsdp_cpu_is_sharded_and_resumes_exactly(sharded):
-    """The README's launch: the FSDP config with --cpu shards (the engine line says so) instead of
-    running unsharded without a word; killed at step 3, resumed from step 2, same weights."""
+def test_grpo_under_accelerate_launch_fsdp_yaml_is_sharded_and_resumes_exactly(sharded):
+    """The README's launch: the FSDP config on CPU shards (the engine line says so) instead of
+    running DDP without a word; killed at step 3, resumed from step 2, same weights."""
     root, procs, _ = sharded
     out = procs["kill"].stdout + procs["kill"].stderr
-    assert "engine: FSDP2" in out and "distributed_type FSDP" in out, out[-3000:]
+    assert "engine: FSDP2" in out and "ACCELERATE_USE_FSDP" in out, out[-3000:]
     ckpt = root / "grpo-killed-checkpoints" / "step-0000002"
     assert sorted(p.name for p in ckpt.iterdir()) == ["dcp", "rng-rank-0.json", "rng-rank-0.pt", "rng-rank-1.json",
                                                       "rng-rank-1.pt", "scheduler.pt", "trainer_state.json"]
@@ -201,7 +201,7 @@ def test_grpo_under_accelerate_launch_fsdp_cpu_is_sharded_and_resumes_exactly(sh
     assert state["processes"] == 2 and "kl_controller" in state and state["step"] == 2
     assert _rcs(root, "grpo-resume") == ["0", "0"], procs["resume"].stderr[-3000:]
     assert _max_diff(root / "grpo-killed", root / "grpo-fsdp") <= 1e-6
-    assert _summary(root / "grpo-killed")["engine"]["requested_by"].startswith("accelerate config")
+    assert _summary(root / "grpo-killed")["engine"]["requested_by"].startswith("accelerate FSDP config")
 
 
 def test_the_final_sharded_folder_loads_with_from_pretrained(sharded):

@@ -3,9 +3,10 @@ calls: FSDP2 when asked for, DDP otherwise, and a line in the log and summary.js
 
 How sharding is asked for: ``fsdp: true`` in the stage's config, or an accelerate config whose
 ``distributed_type`` is FSDP (``accelerate launch --config_file fsdp.yaml``). On GPUs accelerate's
-FSDP2 plugin (``fsdp_version: 2``) shards in ``accelerator.prepare``; accelerate refuses FSDP
-without a GPU (``--cpu`` drops the config before the processes start), so there, and whenever
-``fsdp: true`` is set outside an accelerate FSDP launch, this module applies ``fully_shard`` itself:
+FSDP2 plugin (``fsdp_version: 2``) shards in ``accelerator.prepare``. Without a GPU accelerate
+ignores its FSDP config (``ACCELERATE_USE_FSDP`` is set, the processes run DDP), and ``--cpu``
+drops it before the one process it starts; so there, and whenever ``fsdp: true`` is set outside an
+accelerate FSDP launch, this module applies ``fully_shard`` itself:
 one group per transformer block (the classes a model names in ``_no_split_modules``) and one for the
 rest (embeddings, final norm, LM head, PPO's value head) at the root ``ForwardFn``. FSDP2's
 reduce-scatter averages gradients over processes as DDP's all-reduce does, so the step driver's
@@ -43,6 +44,8 @@ def fsdp_request(run) -> str:
         return "fsdp: true"
     if run.accelerator.distributed_type == DistributedType.FSDP:
         return "accelerate FSDP config"
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("true", "1"):  # set by accelerate launch; ignored on CPU
+        return "accelerate FSDP config (ACCELERATE_USE_FSDP)"
     launcher = _launcher_config()
     return f"accelerate config {launcher} (distributed_type FSDP)" if launcher else ""
 
@@ -109,7 +112,9 @@ def prepare(run, module: torch.nn.Module, optimizer):
         raise TrainingError("DeepSpeed is not supported: FSDP2 is rlhfkit's sharding engine "
                             "(accelerate config fsdp.yaml, or fsdp: true under torchrun; docs/scaling.md)")
     if why and world < 2:
-        raise TrainingError(f"{why}: sharding needs 2 or more processes and this run has 1; launch with "
+        hint = (" (accelerate launch --cpu starts one process: leave --cpu out; without a GPU the processes "
+                "run on CPU with gloo)" if why.startswith("accelerate config") else "")
+        raise TrainingError(f"{why}: sharding needs 2 or more processes and this run has 1{hint}; launch with "
                             "torchrun --nproc_per_node N or accelerate launch --num_processes N (docs/scaling.md)")
     if acc.distributed_type == DistributedType.FSDP:
         version = int(getattr(acc.state.fsdp_plugin, "fsdp_version", 1) or 1)
@@ -131,7 +136,7 @@ def prepare(run, module: torch.nn.Module, optimizer):
                    "parameters, gradients, optimiser state)", "requested_by": why, "backend": backend}
                   if groups else {"engine": "DDP" if world > 1 else "single process",
                                   "sharding": "none (every process holds the full model)", "backend": backend})
-    run.print(f"engine: {run.engine['engine']}; sharding: {run.engine['sharding']}")
+    run.print(f"engine: {run.engine['engine']}; sharding: {run.engine['sharding']}" + (f"; asked for by {why}" if why else ""))
     return model, optimizer
 
 
@@ -140,6 +145,9 @@ def gathered(model: torch.nn.Module):
     """The sharded groups of ``model`` unsharded for the block (e.g. one rollout batch), then resharded:
     no collective runs inside it (see the module docstring). The identity for an unsharded model."""
     groups = sharded_modules(model)
+    if groups and groups[0] is model:
+        with torch.no_grad():  # FSDP2 sets its groups up in the root's first forward: run an empty one
+            model(lambda module: None)
     for g in groups:
         g.set_reshard_after_forward(False, recurse=False)
         g.unshard()
