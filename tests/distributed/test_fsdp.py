@@ -216,3 +216,26 @@ def test_the_final_sharded_folder_loads_with_from_pretrained(sharded):
 def test_sharding_on_one_process_is_an_error(world_dir, tmp_path):
     with pytest.raises(TrainingError, match="fsdp: true: sharding needs 2 or more processes"):
         run_sft(SFTConfig(**_cfg(world_dir, "sft", tmp_path / "one", fsdp=True, max_steps=1)))
+
+
+def test_two_nodes_train_as_one_process(world_dir, sharded, tmp_path):
+    """Two "nodes" on this machine: two torchrun launchers of one process each, --nnodes 2 with a
+    c10d rendezvous on 127.0.0.1 (what docs/scaling.md gives for 2 machines), sharded SFT: the same
+    weights and losses as the 1-process run."""
+    root, _, _ = sharded
+    out = tmp_path / "two-nodes"
+    cfg = _write(tmp_path / "sft.yaml", _cfg(world_dir, "sft", out, fsdp=True))
+    port = _port()
+    launchers = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+         str(node), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "rlhfkit-test",
+         "-m", "rlhfkit", "sft", "--config", cfg], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True) for node in (0, 1)]
+    logs = [p.communicate(timeout=600)[0] for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], "\n".join(x[-2000:] for x in logs)
+    assert "full shard over 2 processes" in "".join(logs)
+    diff = _max_diff(root / "sft-1proc", out)
+    print(f"sft on 2 nodes x 1 process: max abs diff to 1 process {diff:.3g}")
+    assert diff <= 1e-5
+    for r1, r2 in zip(_rows(root / "sft-1proc"), _rows(out), strict=True):
+        assert abs(r1["loss"] - r2["loss"]) <= 1e-5
