@@ -29,6 +29,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from rlhfkit.memory_plan import model_bytes
 from rlhfkit.train.distributed import TrainingError
 from rlhfkit.train.dpo import DPOConfig, run_dpo
 from rlhfkit.train.ppo import PPOConfig, run_ppo
@@ -39,6 +40,8 @@ HERE = Path(__file__).parent
 FSDP_YAML = Path(__file__).parents[2] / "src" / "rlhfkit" / "configs" / "accelerate" / "fsdp.yaml"
 ONE_PROCESS = {"sft": (SFTConfig, run_sft), "rm": (RMConfig, run_rm), "dpo": (DPOConfig, run_dpo),
                "ppo": (PPOConfig, run_ppo)}
+
+LORA = dict(lora_r=4, lora_target_modules=["q_proj", "v_proj"])  # the reference: the policy, adapter off
 
 pytestmark = pytest.mark.slow
 
@@ -114,6 +117,7 @@ def sharded(world_dir, tmp_path_factory):
     specs = [f"{s}={_write(root / f'{s}.yaml', _cfg(w, s, root / f'{s}-fsdp', fsdp=True))}" for s in ONE_PROCESS]
     specs.append(f"grpo={_write(root / 'grpo.yaml', _cfg(w, 'grpo', root / 'grpo-fsdp', fsdp=True))}")
     specs.append(f"grpo={_write(root / 'grpo-ddp.yaml', _cfg(w, 'grpo', root / 'grpo-ddp'))}")
+    specs.append(f"dpo={_write(root / 'dpo-lora.yaml', _cfg(w, 'dpo', root / 'dpo-lora-fsdp', fsdp=True, **LORA))}")
     killed_dpo = _cfg(w, "dpo", root / "dpo-killed", fsdp=True)
     specs.append(f"dpo={_write(root / 'dpo-killed.yaml', killed_dpo)}=ckpt:2")
     procs = {"first": _torchrun([str(HERE / "dp_driver.py"), str(root), *specs])}
@@ -127,6 +131,7 @@ def sharded(world_dir, tmp_path_factory):
                                    f"grpo={_write(root / 'grpo-resume.yaml', {**killed_grpo, 'resume': True})}"])
     for stage, (cls, run) in ONE_PROCESS.items():
         run(cls(**_cfg(w, stage, root / f"{stage}-1proc")))
+    run_dpo(DPOConfig(**_cfg(w, "dpo", root / "dpo-lora-1proc", **LORA)))
     return root, procs, kept
 
 
@@ -163,6 +168,12 @@ def test_each_rank_holds_about_half_the_state_and_the_engine_is_recorded(sharded
     print(f"{stage}: parameter + optimiser bytes, 1 process {whole}, per sharded rank {ranks} "
           f"({max(ranks) / whole:.3f}); peak RSS per process {s2['peak_memory_bytes_per_process']}")
     assert len(ranks) == 2 and max(ranks) <= 0.55 * whole and sum(ranks) >= whole
+    if stage == "sft":  # docs/training.md's planner (ZeRO-3 = FSDP full shard, fp32: 16 bytes a parameter)
+        n = base["state_bytes_per_process"][0]["parameters"] // 4
+        planned = sum(model_bytes(n, n, stage=3, gpus=2, precision="fp32").values())
+        measured = [sum(b.values()) for b in s2["state_bytes_per_process"]]
+        print(f"sft: planned {planned:.0f} bytes per rank, measured {measured}")
+        assert all(abs(m - planned) <= 0.01 * planned for m in measured)
     assert len(s2["peak_memory_bytes_per_process"]) == 2 and min(s2["peak_memory_bytes_per_process"]) > 0
     assert "engine: FSDP2; sharding: full shard over 2 processes" in procs["first"].stdout + procs["first"].stderr
 
@@ -239,3 +250,19 @@ def test_two_nodes_train_as_one_process(world_dir, sharded, tmp_path):
     assert diff <= 1e-5
     for r1, r2 in zip(_rows(root / "sft-1proc"), _rows(out), strict=True):
         assert abs(r1["loss"] - r2["loss"]) <= 1e-5
+
+
+def test_lora_dpo_sharded_equals_one_process(sharded):
+    """LoRA under FSDP2: the frozen base is sharded with the adapter; the reference is the sharded
+    policy with its adapter switched off. Same adapter weights and losses as 1 process."""
+    root, procs, _ = sharded
+    assert _rcs(root, "dpo-lora") == ["0", "0"], procs["first"].stderr[-3000:]
+    one, two = root / "dpo-lora-1proc", root / "dpo-lora-fsdp"
+    diff = _max_diff(one, two, "adapter_model.safetensors")
+    moved = max(v.abs().max().item() for k, v in load_file(str(one / "adapter_model.safetensors")).items()
+                if "lora_B" in k)  # B starts at zero: how far the adapter moved
+    print(f"dpo LoRA: max abs diff 1 process vs 2 sharded {diff:.3g}, lora_B moved {moved:.3g}")
+    assert diff <= 1e-5 and moved > 1e-3
+    for r1, r2 in zip(_rows(one), _rows(two), strict=True):
+        if "loss" in r1:
+            assert abs(r1["loss"] - r2["loss"]) <= 1e-5
