@@ -266,3 +266,11 @@ def test_lora_dpo_sharded_equals_one_process(sharded):
     for r1, r2 in zip(_rows(one), _rows(two), strict=True):
         if "loss" in r1:
             assert abs(r1["loss"] - r2["loss"]) <= 1e-5
+
+
+def test_a_sharded_checkpoint_is_refused_by_an_unsharded_resume(world_dir, sharded, tmp_path):
+    root, _, _ = sharded
+    out = tmp_path / "dpo"
+    shutil.copytree(root / "dpo-killed" / "checkpoints", out / "checkpoints")
+    with pytest.raises(TrainingError, match="was written with FSDP sharding and this run is without it"):
+        run_dpo(DPOConfig(**_cfg(world_dir, "dpo", out, resume=True)))
