@@ -36,8 +36,10 @@ class ForwardFn(torch.nn.Module):
     def __init__(self, module: torch.nn.Module):
         super().__init__()
         self.module = module
-        # FSDP's transformer auto-wrap policy reads the layer classes to shard from here
-        self._no_split_modules = getattr(module, "_no_split_modules", None)
+        # FSDP's transformer auto-wrap policy reads the layer classes to shard from here: those every
+        # model inside names (PPO's policy + critic are two models)
+        names = {n for m in module.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+        self._no_split_modules = sorted(names) or None
 
     def forward(self, fn: Callable, *args):
         return fn(self.module, *args)

@@ -71,21 +71,13 @@ def _launcher_config() -> str:
     return path if str(spec.get("distributed_type", "")).upper() == "FSDP" else ""
 
 
-def block_classes(module: torch.nn.Module) -> set[str]:
-    """Class names of the transformer blocks each model inside ``module`` names in ``_no_split_modules``."""
-    names: set[str] = set()
-    for m in module.modules():
-        names.update(getattr(m, "_no_split_modules", None) or [])
-    return names
-
-
 def shard(root: ForwardFn, optimizer) -> ForwardFn:
     """``fully_shard`` each transformer block, then the root; the optimiser's parameters are swapped
     for the sharded ones (same names, same order; its state is still empty)."""
     from torch.distributed.fsdp import fully_shard
 
     before = {id(p): n for n, p in root.named_parameters()}
-    blocks = block_classes(root)
+    blocks = set(root._no_split_modules or [])  # the transformer blocks of every model inside
     n_blocks = 0
     for m in list(root.modules()):
         if type(m).__name__ in blocks:
