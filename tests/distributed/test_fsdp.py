@@ -274,3 +274,16 @@ def test_a_sharded_checkpoint_is_refused_by_an_unsharded_resume(world_dir, shard
     shutil.copytree(root / "dpo-killed" / "checkpoints", out / "checkpoints")
     with pytest.raises(TrainingError, match="was written with FSDP sharding and this run is without it"):
         run_dpo(DPOConfig(**_cfg(world_dir, "dpo", out, resume=True)))
+
+
+def test_accelerate_launch_cpu_with_the_fsdp_config_is_refused_not_run_unsharded(world_dir, tmp_path):
+    """`accelerate launch --cpu` drops the FSDP config and starts one process: the run used to train
+    unsharded without a word; now it stops naming the config and what to do."""
+    cfg = _write(tmp_path / "sft.yaml", _cfg(world_dir, "sft", tmp_path / "out", max_steps=1))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_YAML), "--num_processes", "2",
+           "--cpu", "--main_process_port", _port(), "-m", "rlhfkit", "sft", "--config", cfg]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "sharding needs 2 or more processes" in out, out[-2000:]
+    assert "accelerate launch --cpu starts one process" in out and "fsdp.yaml (distributed_type FSDP)" in out
+    assert not (tmp_path / "out" / "model.safetensors").exists()
