@@ -13,8 +13,8 @@ Also: each rank of a sharded run holds <= 0.55 x the 1-process parameter + optim
 (summary.json); the log and summary.json name the engine; a DPO run SIGKILLed while writing its
 step-2 checkpoint keeps step 1 and resumes from it to the uninterrupted run's weights (<= 1e-6);
 a GRPO run launched as the README shows (``accelerate launch --config_file fsdp.yaml``, no
-``fsdp`` field: the launcher's config is honoured on CPU, where accelerate itself would run DDP) and killed at step 3 resumes from step 2 to
-the uninterrupted run's weights (<= 1e-6); asking for sharding on 1 process (``fsdp: true``, or
+``fsdp`` field: the launcher's config is honoured on CPU, where accelerate itself would run DDP)
+and killed at step 3 resumes from step 2 to the uninterrupted run's weights (<= 1e-6); asking for sharding on 1 process (``fsdp: true``, or
 ``accelerate launch --cpu``, which starts one) is an error; two torchrun launchers of one process each
 (``--nnodes 2``, c10d rendezvous on 127.0.0.1) train SFT to the 1-process weights.
 """
@@ -183,7 +183,8 @@ def test_each_rank_holds_about_half_the_state_and_the_engine_is_recorded(sharded
 def test_grpo_sharded_equals_ddp_on_two_processes(world_dir, sharded):
     root, procs, _ = sharded
     assert _rcs(root, "grpo") == ["0", "0"] and _rcs(root, "grpo-ddp") == ["0", "0"], procs["first"].stderr[-3000:]
-    diff, moved = _max_diff(root / "grpo-fsdp", root / "grpo-ddp"), _max_diff(root / "grpo-ddp", Path(world_dir["base"]))
+    diff = _max_diff(root / "grpo-fsdp", root / "grpo-ddp")
+    moved = _max_diff(root / "grpo-ddp", Path(world_dir["base"]))
     print(f"grpo: max abs diff FSDP2 vs DDP (2 processes) {diff:.3g}, moved {moved:.3g}")
     assert diff <= 1e-5 and moved > 1e-3
     for r1, r2 in zip(_rows(root / "grpo-ddp"), _rows(root / "grpo-fsdp"), strict=True):

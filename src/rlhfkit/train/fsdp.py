@@ -90,7 +90,6 @@ def shard(root: ForwardFn, optimizer) -> ForwardFn:
     after = dict(root.named_parameters())
     for group in optimizer.param_groups:
         group["params"] = [after[before[id(p)]] for p in group["params"]]
-    root.fsdp_groups = n_blocks + 1
     return root
 
 
@@ -128,7 +127,8 @@ def prepare(run, module: torch.nn.Module, optimizer):
                    "parameters, gradients, optimiser state)", "requested_by": why, "backend": backend}
                   if groups else {"engine": "DDP" if world > 1 else "single process",
                                   "sharding": "none (every process holds the full model)", "backend": backend})
-    run.print(f"engine: {run.engine['engine']}; sharding: {run.engine['sharding']}" + (f"; asked for by {why}" if why else ""))
+    asked = f"; asked for by {why}" if why else ""
+    run.print(f"engine: {run.engine['engine']}; sharding: {run.engine['sharding']}{asked}")
     return model, optimizer
 
 
