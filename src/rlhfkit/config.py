@@ -146,6 +146,9 @@ class TrainConfig(LoraConfig):
                                                  "1.3x the compute (~30 percent more) for much less activation memory; "
                                                  "on CPU it only costs time. Sampling never checkpoints (it keeps its KV "
                                                  "cache).")
+    fsdp: bool = option(False, "Shard the trained model's parameters, gradients and optimiser state over the processes "
+                               "with FSDP2 (torch fully_shard); needs 2+ processes (torchrun / accelerate launch). "
+                               "Frozen models are replicated. See docs/scaling.md.")
 
     def check(self) -> None:
         require(self, "model", "data", "output_dir")

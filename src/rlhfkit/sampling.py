@@ -126,11 +126,12 @@ def _truncate(logits_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor
 
 
 def _picker(temperature: float, top_k: int, top_p: float,
-            generator: torch.Generator | None) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """(B, V) logits -> (B,) tokens and their (B,) log-probs under the full tempered distribution."""
+            generator: torch.Generator | Sequence[torch.Generator] | None) -> Callable:
+    """((B, V) logits, (B,) chunk row of each batch row) -> (B,) tokens and their (B,) log-probs under
+    the full tempered distribution. ``generator``: one for the chunk, or one per chunk row."""
     truncate = bool(top_k) or top_p < 1.0
 
-    def pick(logits_BV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pick(logits_BV: torch.Tensor, row_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits_BV = logits_BV.float()
         if temperature == 0:
             token_B = logits_BV.argmax(-1)
@@ -138,20 +139,28 @@ def _picker(temperature: float, top_k: int, top_p: float,
         logits_BV = logits_BV / temperature
         logp_BV = logits_BV.log_softmax(-1)
         probs_BV = _truncate(logits_BV, top_k, top_p).softmax(-1) if truncate else logp_BV.exp()
-        token_B = draw(probs_BV, generator)
+        if isinstance(generator, (list, tuple)):
+            u_B1 = torch.cat([torch.rand(1, generator=generator[r]) for r in row_B.tolist()]).to(probs_BV.device)
+            token_B = draw(probs_BV, uniform_B1=u_B1[:, None])
+        else:
+            token_B = draw(probs_BV, generator)
         return token_B, logp_BV.gather(1, token_B[:, None]).squeeze(1)
 
     return pick
 
 
-def draw(probs_BV: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw(probs_BV: torch.Tensor, generator: torch.Generator | None = None,
+         uniform_B1: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row from (B, V) probabilities by inverse-CDF sampling: the first token whose
     cumulative mass exceeds u ~ U[0, total). One uniform per row instead of ``torch.multinomial``'s
     exponential draw per vocabulary entry (~14x faster for a 2k vocabulary on CPU). Tokens of zero
     probability (truncated by top-k / top-p) are never drawn: u < total excludes the flat tail, and
-    a flat run inside the CDF is skipped because ``searchsorted(right=True)`` lands past it."""
+    a flat run inside the CDF is skipped because ``searchsorted(right=True)`` lands past it.
+    ``uniform_B1``: the (B, 1) uniforms on [0, 1) to use instead of drawing them from ``generator``."""
     cdf_BV = probs_BV.float().cumsum(-1)
-    u_B1 = torch.rand(probs_BV.shape[0], 1, generator=generator, device=probs_BV.device) * cdf_BV[:, -1:]
+    if uniform_B1 is None:
+        uniform_B1 = torch.rand(probs_BV.shape[0], 1, generator=generator, device=probs_BV.device)
+    u_B1 = uniform_B1 * cdf_BV[:, -1:]
     return torch.searchsorted(cdf_BV, u_B1, right=True).squeeze(1).clamp_(max=probs_BV.shape[1] - 1)
 
 
@@ -216,7 +225,7 @@ def _decode_chunk(forward, pick, rows: list[list[int]], max_new_tokens: int, end
     live_b = torch.ones(B, dtype=torch.bool, device=device)
     steps = 0
     for t in range(max_new_tokens):
-        token_b, logp_b = pick(logits_bV)
+        token_b, logp_b = pick(logits_bV, row_b)
         # Rows that finished but are still in the batch write pad / 0: where(), no host sync.
         tokens_BT[row_b, t] = token_b.where(live_b, pad_id)
         logp_BT[row_b, t] = logp_b.where(live_b, 0.0)
@@ -267,8 +276,8 @@ def _check(gen: GenerationConfig, batch_size: int) -> None:
 
 
 def generate(model, tokenizer, prompt_ids: list[list[int]], gen: GenerationConfig, *,
-             eos_token_ids: Sequence[int] | None = None, generator: torch.Generator | None = None,
-             batch_size: int = 64) -> Rollout:
+             eos_token_ids: Sequence[int] | None = None,
+             generator: torch.Generator | Sequence[torch.Generator] | None = None, batch_size: int = 64) -> Rollout:
     """Sample up to ``gen.max_new_tokens`` tokens after each prompt (unpadded id lists).
 
     ``gen`` holds the sampling knobs (any ``GenerationConfig``, e.g. a stage config that extends
@@ -276,7 +285,9 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], gen: GenerationConfi
     from, never the one log-probs are reported under (see the module docstring). ``eos_token_ids``
     defaults to ``eos_ids(tokenizer, model)``; a stop string that is exactly one special token
     (e.g. ``"<|im_end|>"``) counts as an end id, since decoded texts skip special tokens.
-    ``generator`` (on the model's device) makes sampling reproducible. Tensors come back on the
+    ``generator`` (on the model's device) makes sampling reproducible; a list of CPU generators, one
+    per prompt, gives each row its own random stream, so a row draws the same tokens whatever else
+    is in the batch (how online RL samples alike on 1 and N processes). Tensors come back on the
     model's device. The model runs in eval mode under ``no_grad``; its train/eval mode is restored.
     """
     _check(gen, batch_size)
@@ -296,13 +307,18 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], gen: GenerationConfi
 
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    forward, pick = _forward_fn(model), _picker(gen.temperature, gen.top_k, gen.top_p, generator)
+    per_row = isinstance(generator, (list, tuple))
+    if per_row and len(generator) != len(prompt_ids):
+        raise ValueError(f"{len(generator)} generators for {len(prompt_ids)} prompts: give one per prompt")
+    forward = _forward_fn(model)
+    picks = [_picker(gen.temperature, gen.top_k, gen.top_p, [generator[i] for i in c] if per_row else generator)
+             for c in chunks]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             pieces = [_decode_chunk(forward, pick, [list(prompt_ids[i]) for i in c], max_new_tokens, end_ids,
-                                    stops, pad_id, model) if max_new_tokens else None for c in chunks]
+                                    stops, pad_id, model) if max_new_tokens else None for c, pick in zip(chunks, picks)]
     finally:
         model.train(was_training)
 

@@ -396,3 +396,32 @@ def test_preallocated_cache_equals_concatenating_cache(llama):
         out.append(torch.stack(logits))
     assert type(new_cache(model, 8).layers[0]).__name__ == "PreallocatedLayer"
     torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=0)
+
+
+def test_per_row_generators_draw_the_same_tokens_in_any_batch(llama):
+    """One generator per row (online RL's rollouts): a row's tokens do not depend on the other rows of
+    its batch, its position in it, or the chunk size, so N processes sharing a batch sample what 1
+    process does. One shared generator gives the same rows other tokens once the batch changes."""
+    from rlhfkit.train.rollout import row_generators
+
+    tok, model = llama
+    rows = _prompt_rows(tok)
+    gen = GenerationConfig(max_new_tokens=10, temperature=1.0)
+    prompt_idx = list(range(len(rows)))
+    whole = generate(model, tok, rows, gen, generator=row_generators(3, 5, prompt_idx))
+    half = len(rows) // 2
+    parts = [generate(model, tok, rows[a:b], gen, generator=row_generators(3, 5, prompt_idx)[a:b], batch_size=2)
+             for a, b in ((0, half), (half, len(rows)))]
+    split = [r for part in parts for r in _responses(part)]
+    assert _responses(whole) == split
+    shared_split = [r for a, b in ((0, half), (half, len(rows))) for r in
+                    _responses(generate(model, tok, rows[a:b], gen, generator=torch.Generator().manual_seed(3)))]
+    shared_whole = _responses(generate(model, tok, rows, gen, generator=torch.Generator().manual_seed(3)))
+    assert shared_split != shared_whole  # why rollouts use one stream per row
+    keys = row_generators(3, 5, [7, 7, 8])  # copies of one prompt draw different streams; steps differ
+    draws = [torch.rand(4, generator=g) for g in keys]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    assert not torch.equal(torch.rand(4, generator=row_generators(3, 6, [7])[0]), draws[0])
+    assert torch.equal(torch.rand(4, generator=row_generators(3, 5, [7])[0]), draws[0])
+    with pytest.raises(ValueError, match="one per prompt"):
+        generate(model, tok, rows, gen, generator=row_generators(3, 5, prompt_idx[:-1]))

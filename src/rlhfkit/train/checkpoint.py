@@ -2,7 +2,8 @@
 
 A checkpoint holds the model (or only what trains, for LoRA), the optimiser, the scheduler, every
 RNG state and the step, written to a temporary folder and renamed into place (fsynced), so a kill
-mid-write leaves the previous checkpoint intact. Only the main process writes; a write error there
+mid-write leaves the previous checkpoint intact. Only the main process writes (under FSDP2 every
+process writes its shards: ``dcp.py``); a write error there
 stops every process with its message (:func:`on_main`: no one is left waiting at a barrier).
 """
 
@@ -25,6 +26,7 @@ from transformers import PreTrainedModel
 
 from ..models import ADAPTER_WEIGHTS, is_peft, save_model
 from .distributed import TrainingError, is_sharded
+from .fsdp import engine_figures
 
 CHECKPOINTS = "checkpoints"
 TRAINABLE_ONLY = "trainable-only"  # checkpoint metadata: frozen (LoRA base) weights are not in the file
@@ -191,18 +193,24 @@ def _load_weights(model, path: Path) -> None:
 # --------------------------------------------------------------------------- the final write
 
 
-def full_state_dict(run, prefix: str = "module.") -> dict | None:
-    """Under FSDP or DeepSpeed ZeRO-3, the full (unsharded) state dict of the trained module,
-    gathered by every process (a collective) and kept on the main one; None where the module
-    itself holds full weights. ``prefix`` strips the ``ForwardFn`` level."""
+def full_state_dict(run, model) -> dict | None:
+    """Under FSDP2, the full (unsharded) state dict of ``model`` (the trained module or a part of it,
+    e.g. the policy inside PPO's policy + critic), gathered by every process (a collective) and kept,
+    on CPU, by the main one; None where the module itself holds full weights."""
     if run.prepared is None or not is_sharded(run):
         return None
-    full = run.accelerator.get_state_dict(run.prepared)
-    return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)} if run.is_main else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    prefix = next(name for name, m in run.prepared.named_modules() if m is model) + "."
+    full = get_model_state_dict(run.prepared, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # a tied weight (LM head = embeddings) once, under its first name, as save_pretrained writes it
+    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    return {k[len(prefix):]: v for k, v in full.items()
+            if k.startswith(prefix) and k[len(prefix):] not in tied} if run.is_main else None
 
 
 def write_final_model(run, model, tokenizer, state_dict: dict | None) -> None:
-    """The final Hugging Face folder (main process); ``state_dict`` is FSDP's gathered weights, or None."""
+    """The final Hugging Face folder (main process); ``state_dict`` is FSDP2's gathered weights, or None."""
     if state_dict is None:
         save_model(run.accelerator.unwrap_model(model), tokenizer, run.output_dir)
     else:  # FSDP: the module holds shards; write the gathered full weights under its config
@@ -211,8 +219,10 @@ def write_final_model(run, model, tokenizer, state_dict: dict | None) -> None:
 
 
 def finish(run, model, tokenizer, summary: dict) -> dict:
-    """Write the final Hugging Face folder and summary.json (main process only)."""
-    state_dict = full_state_dict(run)
+    """Write the final Hugging Face folder and summary.json (main process only), with the engine,
+    sharding and per-process memory figures (``fsdp.engine_figures``)."""
+    state_dict = full_state_dict(run, model)
+    summary.update(engine_figures(run))
 
     def write() -> None:
         try:

@@ -20,7 +20,6 @@ import math
 from typing import Callable
 
 import torch
-from accelerate.utils import DistributedType
 
 
 class TrainingError(RuntimeError):
@@ -37,16 +36,13 @@ class ForwardFn(torch.nn.Module):
     def __init__(self, module: torch.nn.Module):
         super().__init__()
         self.module = module
-        # FSDP's transformer auto-wrap policy reads the layer classes to shard from here
-        self._no_split_modules = getattr(module, "_no_split_modules", None)
+        # FSDP's transformer auto-wrap policy reads the layer classes to shard from here: those every
+        # model inside names (PPO's policy + critic are two models)
+        names = {n for m in module.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+        self._no_split_modules = sorted(names) or None
 
     def forward(self, fn: Callable, *args):
         return fn(self.module, *args)
-
-
-def prepare(run, module: torch.nn.Module, optimizer):
-    """(prepared ForwardFn around ``module``, prepared optimiser); ``inner`` gets ``module`` back."""
-    return run.accelerator.prepare(ForwardFn(module), optimizer)
 
 
 def inner(run, prepared) -> torch.nn.Module:
@@ -82,29 +78,16 @@ def partial_batch_note(n_examples: int, batch_size: int) -> str:
                                 f"(steps use whole batches of {batch_size}; the data is reshuffled every epoch)")
 
 
-def check_engine(run, share: int, micro: int) -> None:
-    """Refuse what the engine in use cannot do, naming the field, before any compute is spent.
+def sharded_modules(model: torch.nn.Module | None) -> list:
+    """The FSDP2 groups (``FSDPModule``) inside ``model``, outermost first; [] when it is not sharded."""
+    from torch.distributed.fsdp import FSDPModule
 
-    DeepSpeed steps its optimiser inside ``accelerator.backward`` unless accelerate's own
-    accumulation counter says otherwise, so this loop's manual accumulation would step after every
-    micro-batch: require one micro-batch per process and step. FSDP and DeepSpeed shard the
-    optimiser state across processes, which the exact checkpoints here (written by the main
-    process) do not gather: refuse save_steps and resume under them.
-    """
-    kind, cfg = run.accelerator.distributed_type, run.cfg
-    if kind == DistributedType.DEEPSPEED and micro != share:
-        raise TrainingError(f"micro_batch_size {micro}: under DeepSpeed set micro_batch_size to batch_size / "
-                            f"processes = {share} (gradient accumulation is not supported with DeepSpeed here)")
-    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED) and (cfg.save_steps or cfg.resume):
-        raise TrainingError(f"save_steps / resume: checkpoints are not supported under {kind.value} yet (it shards the "
-                            "optimiser state; the final model is saved); use DDP for runs that need checkpoints")
+    return [m for m in model.modules() if isinstance(m, FSDPModule)] if model is not None else []
 
 
 def is_sharded(run) -> bool:
-    """FSDP or DeepSpeed ZeRO-3: no process holds the full weights."""
-    acc = run.accelerator
-    zero3 = acc.distributed_type == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
-    return acc.distributed_type == DistributedType.FSDP or zero3
+    """FSDP2: no process holds the full weights of the trained module."""
+    return bool(sharded_modules(run.prepared))
 
 
 def step_indices(step: int, n_examples: int, batch_size: int, steps_per_epoch: int, seed: int) -> list[int]:
@@ -155,7 +138,10 @@ def grad_norm(acc, model, max_norm: float) -> float:
     """The gradient norm over every process's gradients, clipped to ``max_norm`` when it is > 0."""
     params = [p for p in model.parameters() if p.grad is not None]
     if max_norm > 0:
-        norm = acc.clip_grad_norm_(params, max_norm)
-        if norm is not None:  # None under DeepSpeed, which clips (gradient_clipping) inside its step
-            return float(norm)
-    return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
+        return float(_full(acc.clip_grad_norm_(params, max_norm)))
+    return float(_full(torch.nn.utils.get_total_norm([p.grad for p in params]))) if params else 0.0
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's full value (FSDP2's norms of sharded gradients), a tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

@@ -32,7 +32,7 @@ from ..data.tokenize import check_chat_template
 from ..data.report import bad_record_summary
 from ..models import (add_lora, check_model_path, enable_gradient_checkpointing, load_causal_lm, load_reward_model,
                       load_tokenizer, resolve_device, resolve_dtype)
-from .distributed import batch_plan, check_engine, my_share, partial_batch_note, reduce_sums, step_indices
+from .distributed import batch_plan, my_share, partial_batch_note, reduce_sums, step_indices
 from .step import StepDriver
 
 
@@ -49,6 +49,9 @@ class Run:
     clock_start: float = field(default_factory=time.perf_counter)
     notes: dict = field(default_factory=dict)  # summary.json figures gathered before training (note_data)
     prepared: Any = None  # the accelerate-prepared ForwardFn, once training has started
+    optimizer: Any = None  # its optimiser (for the per-rank state bytes in summary.json)
+    engine: dict = field(default_factory=dict)  # which engine and sharding ran (fsdp.prepare)
+    state_bytes: dict | None = None  # this rank's parameter/gradient/optimiser bytes after the first step
 
     @property
     def device(self) -> torch.device:
@@ -181,7 +184,6 @@ def train(run: Run, task: Task) -> dict:
     steps_per_epoch, total, micro = batch_plan(len(task.examples), cfg, acc.num_processes)
     if partial_batch_note(len(task.examples), cfg.batch_size):
         run.print(partial_batch_note(len(task.examples), cfg.batch_size))
-    check_engine(run, cfg.batch_size // acc.num_processes, micro)
     optimizer, scheduler = make_optimizer(task.model, cfg, total)
     driver = StepDriver.start(run, task.model, optimizer, scheduler, total, task.progress_keys)
     model, state = driver.model, driver.state

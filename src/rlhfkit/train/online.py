@@ -30,9 +30,9 @@ from ..logprobs import packing_works, prompt_sharing_works, response_logprobs
 from ..losses import ppo_policy_loss
 from ..models import load_causal_lm
 from ..rewards import make_reward
-from .checkpoint import finish, on_main
-from .distributed import (TrainingError, all_sum, batch_plan, check_engine, gather, inner, is_sharded,
-                          mean_over_processes, partial_batch_note, reduce_sums)
+from .checkpoint import finish, full_state_dict, on_main
+from .distributed import (TrainingError, all_sum, batch_plan, gather, inner, mean_over_processes,
+                          partial_batch_note, reduce_sums)
 from .loop import Run, checked_tokenizer, load_trained_model, make_optimizer, open_run
 from .rollout import Experience, KLPenalty, RunningMoments, entropy, seeded
 from .step import StepDriver
@@ -91,12 +91,6 @@ def _check_online_engine(run: Run, cfg) -> None:
     if cfg.mini_batch_size % world:  # counts sequences across processes: each takes an equal share
         raise TrainingError(f"mini_batch_size {cfg.mini_batch_size} is not divisible by the {world} processes: "
                             f"mini_batch_size is global (split evenly across processes); use a multiple of {world}")
-    if is_sharded(run):
-        raise TrainingError("online trainers (ppo, rloo, grpo) sample with the full policy on every process, which "
-                            "FSDP and DeepSpeed ZeRO-3 shard: use DDP or DeepSpeed ZeRO-2")
-    n = cfg.batch_size * cfg.num_generations
-    mini = (cfg.mini_batch_size or n) // world  # the offline loop's DeepSpeed limits, per mini-batch
-    check_engine(run, mini, min(cfg.micro_batch_size or mini, mini))
 
 
 def _load_models(cfg, run: Run, prompts: list, build_model: Callable) -> tuple:
@@ -235,8 +229,9 @@ def _check_overoptimisation(eng: Engine, metrics: dict, step: int) -> None:
                       "model; consider a larger kl_coef or an earlier checkpoint")
 
 
-def finish_online(eng: Engine, save_extra: Callable[[Run, torch.nn.Module], None] | None = None) -> dict:
-    """summary.json and the final policy folder; ``save_extra(run, module)`` writes e.g. PPO's critic."""
+def finish_online(eng: Engine, save_extra: Callable[[Run, torch.nn.Module, dict | None], None] | None = None) -> dict:
+    """summary.json and the final policy folder; ``save_extra(run, module, full)`` writes e.g. PPO's
+    critic (``full``: the trained module's gathered state dict under FSDP2, else None)."""
     run = eng.run
     summary = {"stage": run.stage, "steps": eng.max_steps,
                "train_seconds": round(time.perf_counter() - run.clock_start, 3),
@@ -244,7 +239,8 @@ def finish_online(eng: Engine, save_extra: Callable[[Run, torch.nn.Module], None
                "train": eng.last, "final_kl_coef": eng.kl_ctl.value, "samples": eng.samples}
     if eng.monitor is not None:  # steps (1-based, this process's run) where the divergence test fired
         summary["overopt_warning_steps"] = list(eng.monitor.warned_at)
-    on_main(run, lambda: save_extra(run, eng.module) if save_extra is not None else None)
+    full = full_state_dict(run, eng.module) if save_extra is not None else None  # a collective under FSDP2
+    on_main(run, lambda: save_extra(run, eng.module, full) if save_extra is not None else None)
     return finish(run, eng.policy, eng.tokenizer, summary)
 
 

@@ -120,16 +120,21 @@ def value_loss(cfg: PPOConfig, model: ActorCritic, exp: Experience, part) -> tup
                   "explained_variance": float(explained)}
 
 
-def save_critic(run, model: ActorCritic) -> None:
-    """The critic next to the policy: ``value_model/`` (a separate critic) or ``value_head.safetensors``."""
+def save_critic(run, model: ActorCritic, full: dict | None = None) -> None:
+    """The critic next to the policy: ``value_model/`` (a separate critic) or ``value_head.safetensors``;
+    ``full`` is the gathered state dict of policy + critic under FSDP2 (None: the module's own weights)."""
     if not run.is_main:
         return
-    if model.critic is not None:
+    part = lambda name: {k[len(name) + 1:]: v for k, v in full.items() if k.startswith(name + ".")}  # noqa: E731
+    if model.critic is not None and full is None:
         save_model(model.critic, None, run.output_dir / "value_model")
+    elif model.critic is not None:  # FSDP2: the critic's gathered weights under its config
+        model.critic.save_pretrained(run.output_dir / "value_model", safe_serialization=True, state_dict=part("critic"))
     else:
         from safetensors.torch import save_file
 
-        save_file(model.value_head.state_dict(), str(run.output_dir / "value_head.safetensors"))
+        head = model.value_head.state_dict() if full is None else part("value_head")
+        save_file({k: v.contiguous() for k, v in head.items()}, str(run.output_dir / "value_head.safetensors"))
 
 
 def run_ppo(cfg: PPOConfig) -> dict:

@@ -16,6 +16,8 @@ baselines, stay on one process).
 
 from __future__ import annotations
 
+import hashlib
+
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -29,6 +31,7 @@ from ..models import adapter_disabled
 from ..rewards import RewardFunctionError, completion_ids
 from ..sampling import generate, rollout_rows
 from .distributed import TrainingError, mean_over_processes, my_share, step_indices
+from .fsdp import gathered
 
 
 @dataclass
@@ -136,6 +139,19 @@ def seeded(seed: int, step: int, salt: int, device="cpu", rank: int = 0) -> torc
         (seed * 1_000_003 + step * 7_919 + salt + rank * 15_485_863) % 2**63)
 
 
+def row_generators(seed: int, step: int, prompt_idx: list[int]) -> list[torch.Generator]:
+    """One CPU generator per sampled row, keyed by (seed, step, prompt, copy): a row draws the same
+    tokens whichever process samples it and whatever else is in its batch, so N processes sample
+    what 1 process does (the per-process stream of ``seeded`` would not)."""
+    copies: dict[int, int] = {}
+    out = []
+    for i in prompt_idx:
+        g = copies[i] = copies.get(i, -1) + 1
+        key = hashlib.blake2b(f"{seed}:{step}:{i}:{g}".encode(), digest_size=8).digest()
+        out.append(torch.Generator().manual_seed(int.from_bytes(key, "little") % 2**63))
+    return out
+
+
 def score(eng, prompt_idx: list[int], texts: list[str], ended: torch.Tensor,
           completion_ids: list[list[int]] | None = None, trainer_state=None) -> tuple:
     """(raw, scores), (N,) each: the sources' reward, then penalty, clip and normalisation. NaN marks a
@@ -171,14 +187,20 @@ def score(eng, prompt_idx: list[int], texts: list[str], ended: torch.Tensor,
 @torch.no_grad()
 def collect(eng, step: int, values: Callable | None = None) -> Experience:
     """Sample this process's share of step ``step``'s prompts, score the samples, compute reference
-    log-probs and KL, and with ``values(module, ids, attn)`` the critic's values."""
+    log-probs and KL, and with ``values(module, ids, attn)`` the critic's values. Under FSDP2 the
+    trained module's parameters are gathered once for all of it (``fsdp.gathered``)."""
+    with gathered(eng.model):
+        return _collect(eng, step, values)
+
+
+def _collect(eng, step: int, values: Callable | None) -> Experience:
     cfg, run = eng.run.cfg, eng.run
     indices = my_share(run, step_indices(step, len(eng.prompts), cfg.batch_size, eng.steps_per_epoch, cfg.seed))
     prompt_idx = [i for i in indices for _ in range(cfg.num_generations)]
     rows = [eng.prompt_rows[i] for i in prompt_idx]
     t0 = time.perf_counter()
     rollout = generate(eng.policy, eng.tokenizer, rows, cfg,
-                       generator=seeded(cfg.seed, step, 1, run.device, run.accelerator.process_index),
+                       generator=row_generators(cfg.seed, step, prompt_idx),
                        batch_size=max(len(rows), 1))
     t1 = time.perf_counter()
     state = TrainerState(global_step=step, max_steps=eng.max_steps, epoch=step / max(eng.steps_per_epoch, 1))

@@ -22,9 +22,12 @@ from typing import Callable, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
+from ..resources import state_bytes
 from ..tracking import MetricsLogger
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .distributed import TrainingError, grad_norm, inner, prepare
+from .dcp import is_sharded_checkpoint, load_sharded, save_sharded
+from .distributed import TrainingError, grad_norm, inner, is_sharded
+from .fsdp import prepare
 
 
 class StepCallback:
@@ -61,10 +64,10 @@ class StepDriver:
     def start(cls, run, module, optimizer, scheduler, total: int, progress_keys=("loss",)) -> "StepDriver":
         """Prepare ``module`` and the optimiser; with ``resume``, restore the latest checkpoint."""
         model, optimizer = prepare(run, module, optimizer)
-        run.prepared = model
+        run.prepared, run.optimizer = model, optimizer
         driver = cls(run, model, optimizer, scheduler, total, tuple(progress_keys))
         if run.cfg.resume:
-            run.start_step = load_checkpoint(run, module, optimizer, scheduler, driver.state)
+            run.start_step = _resume(run, module, optimizer, scheduler, driver.state)
         return driver
 
     @property
@@ -115,6 +118,8 @@ class StepDriver:
         if all(math.isfinite(stats[k]) for k in keys):
             self.optimizer.step()
             self.state["bad_steps"] = 0
+            if self.run.state_bytes is None:  # gradients and optimiser state both exist only here
+                self.run.state_bytes = state_bytes(self.model, self.optimizer)
         else:
             self._skip_bad_step(step)
         self.scheduler.step()
@@ -146,9 +151,22 @@ class StepDriver:
         if cfg.save_steps and done % cfg.save_steps == 0 and not last:
             if save_state is not None:
                 self.state.update(save_state())
-            save_checkpoint(self.run, self.module, self.optimizer, self.scheduler, done, self.state,
-                            midway=lambda: [cb.on_save_partial(done) for cb in callbacks])
+            save = save_sharded if is_sharded(self.run) else save_checkpoint  # FSDP2: every process writes
+            save(self.run, self.module, self.optimizer, self.scheduler, done, self.state,
+                 midway=lambda: [cb.on_save_partial(done) for cb in callbacks])
         self.bar.update(1)
         self.bar.set_postfix({k: f"{metrics[k]:.4g}" for k in self.progress_keys if k in metrics})
         for cb in callbacks:
             cb.on_step_end(done - 1, metrics)
+
+
+def _resume(run, module, optimizer, scheduler, state: dict) -> int:
+    """Restore the newest checkpoint (sharded under FSDP2, whole otherwise); the step to go on from."""
+    ckpt = latest_checkpoint(run.output_dir)
+    if ckpt is None or not (is_sharded(run) or is_sharded_checkpoint(ckpt)):
+        return load_checkpoint(run, module, optimizer, scheduler, state)
+    if is_sharded(run) != is_sharded_checkpoint(ckpt):
+        written, now = ("with", "without") if is_sharded_checkpoint(ckpt) else ("without", "with")
+        raise TrainingError(f"resume: {ckpt} was written {written} FSDP sharding and this run is {now} it; "
+                            "resume with the engine and process count that wrote it")
+    return load_sharded(run, module, optimizer, scheduler, state, ckpt)
