@@ -117,18 +117,17 @@ def wait(client: Client, cfg: CollectConfig, batch: str) -> dict:
     last = None
     while True:
         stats = client.json("GET", "/api/stats", query={"source": batch})
-        missing = stats["tasks"]["labels_missing"]
+        missing, pairs = stats["tasks"]["labels_missing"], stats["tasks"]["pairs"] - stats["tasks"]["gold_pairs"]
         if missing == 0:
             return stats
         if missing != last:
             print(f"[rlhfkit collect] {batch}: {missing} labels missing "
-                  f"({stats['tasks']['tasks_complete']}/{stats['tasks']['pairs']} pairs complete)", flush=True)
+                  f"({stats['tasks']['tasks_complete']}/{pairs} pairs complete)", flush=True)
             last = missing
         if time.monotonic() >= client.deadline:
-            wanted = stats["tasks"]["pairs"] * cfg.overlap
             raise LabelsPending(
-                f"{batch}: {missing} of {wanted} labels still missing after {cfg.deadline_s:g} s "
-                f"({stats['tasks']['tasks_complete']} of {stats['tasks']['pairs']} pairs complete) at {cfg.server}; "
+                f"{batch}: {missing} of {pairs * cfg.overlap} labels still missing after {cfg.deadline_s:g} s "
+                f"({stats['tasks']['tasks_complete']} of {pairs} pairs complete) at {cfg.server}; "
                 "every label given is kept on the server: run the pipeline again to keep waiting")
         time.sleep(max(0.0, min(cfg.poll_s, client.deadline - time.monotonic())))
 
