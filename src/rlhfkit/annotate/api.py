@@ -4,6 +4,7 @@ app's middleware (``app.Guard``) before routing; the routes read the user it fou
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, Security
@@ -11,7 +12,7 @@ from fastapi.security import HTTPBearer
 
 from .agreement import compute_stats
 from .export import export_rows, to_jsonl
-from .db import Invalid
+from .db import Invalid, storable
 from .inputs import API_ERRORS, DemonstrationIn, GuidelinesIn, LabelIn, SkipIn, Source, TasksIn, refuse_unknown_query
 from .records import parse_pair
 from .store import Store
@@ -122,6 +123,21 @@ def get_export(mode: Literal["majority", "per_annotator", "demonstrations"] = "m
     return download(store, mode, include_gold, source)
 
 
+def _storable_json(value, depth: int = 0) -> bool:
+    """Whether both databases store ``value`` in a JSON column (no NUL, no lone surrogate, no NaN)."""
+    if depth > 20:
+        return False
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(storable(k) and _storable_json(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable_json(v, depth + 1) for v in value)
+    return True
+
+
 @router.post("/api/tasks", status_code=201)
 def post_tasks(body: TasksIn, user=Depends(api_admin), store: Store = Depends(store_of)):
     """Add pairs to the queue under the batch name `source`, all or none (`rlhfkit annotate import`
@@ -134,6 +150,9 @@ def post_tasks(body: TasksIn, user=Depends(api_admin), store: Store = Depends(st
         records = [parse_pair(r, Location("records", i, "record"), i, body.source) for i, r in enumerate(body.records, 1)]
     except DataError as e:
         raise Invalid(str(e)) from None
+    if not all(_storable_json(r) for r in body.records):
+        raise Invalid("records: text must not contain NUL characters or unpaired surrogates, numbers must be "
+                      "finite, nesting at most 20 deep")
     if len({r.external_id for r in records}) < len(records):
         raise Invalid("records: two records share an id")
     report = store.import_tasks(records, overlap=body.overlap, gold_rate=body.gold_rate, source=body.source)
