@@ -13,7 +13,8 @@ continued from the last round's -> PPO continued from the last round's policy, K
    started again at once (it waits through the outage), the server 1 s later.
 
 Then: every acknowledged label is in the database, none twice, every pair has exactly K; each
-stage finished before a kill was skipped afterwards, not rerun (same run id); both rounds ran.
+stage finished before a kill was skipped afterwards, not rerun (same run id); both rounds ran; a
+run after the end skips every stage.
 """
 
 import importlib.util
@@ -252,3 +253,8 @@ def test_rounds_with_people_survive_kills(db, tmp_path, world_cache):
     mix2 = json.loads((out / "round2" / "mix" / "summary.json").read_text())
     assert mix2["earlier_pairs"] == json.loads((out / "round1" / "labels" / "summary.json").read_text())["train_pairs"]
     assert (out / "round2" / "policy" / "model.safetensors").exists()
+    # and a run after the end trains nothing again: every stage of both rounds skipped, same run ids
+    again = subprocess.run([sys.executable, "-m", "rlhfkit", "pipeline", "--config", str(long_)], env=env,
+                           capture_output=True, text=True, timeout=TIMEOUT)
+    assert again.returncode == 0 and again.stdout.count("unchanged, skipped") == 3 + 2 * 6, again.stdout[-2000:]
+    assert _markers(out) == after
