@@ -6,7 +6,7 @@ labelling with the world's Bradley-Terry annotator on the gold score. The pipeli
 ``rlhfkit pipeline``) runs base -> SFT -> 2 rounds of [sample pairs from the latest policy ->
 collect (push to the server, K=2 labels per pair, gold checks) -> mix with earlier rounds -> RM
 continued from the last round's -> PPO continued from the last round's policy, KL to SFT] (the
-per-round gold evaluation is left out here: it is what it is without people).
+per-round gold evaluation is left out here: it does not depend on who labels; the demo-world rounds run it).
 
 1. no annotator yet, deadline 2 s: the pipeline exits 2 naming the missing labels;
 2. a long deadline: SIGKILL the pipeline while it waits for round 1's labels;
