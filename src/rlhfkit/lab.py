@@ -1,4 +1,4 @@
-"""``rlhfkit lab noise|kl|coverage|knowledge``: the seed's four levers, measured in the demo world.
+"""``rlhfkit lab noise|kl|coverage|knowledge|active``: the seed's four levers, measured in the demo world.
 
 The demo world knows the gold preference the annotators only approximate, so each lever can be
 turned and its effect read off against gold:
@@ -12,6 +12,8 @@ turned and its effect read off against gold:
   gold improvement per category.
 - ``knowledge``: DPO and PPO change tone (more honest "not sure" answers on questions pretraining
   never answered) but do not teach the missing facts.
+- ``active``: labels needed to reach a reward-model accuracy when the pairs to label are picked by
+  an ensemble's disagreement (plus a random share) instead of at random (``world/active_lab.py``).
 
 Every lab is a pipeline built from the demo's own stages (``rlhfkit/configs/demo.yaml``, or the
 file given by ``--pipeline``) plus the sweep's variants; they share one output folder, so stages
@@ -30,12 +32,13 @@ from pathlib import Path
 import yaml
 
 from . import report
+from .active import CRITERIA
 from .config import ConfigError, option
 from .pipeline import load_pipeline, run_pipeline
 from .world.gold import gold_score
 from .world.tasks import CATEGORIES, Prompt
 
-LEVERS = ("noise", "kl", "coverage", "knowledge")
+LEVERS = ("noise", "kl", "coverage", "knowledge", "active")
 GOLD_FN = "rlhfkit.world.gold:gold_reward"
 
 
@@ -43,7 +46,7 @@ GOLD_FN = "rlhfkit.world.gold:gold_reward"
 class LabConfig:
     """One lever-lab sweep on the demo world (`rlhfkit lab LEVER`)."""
 
-    lever: str = option("", "noise, kl, coverage or knowledge (may be given as the first argument).")
+    lever: str = option("", "noise, kl, coverage, knowledge or active (may be given as the first argument).")
     output_dir: str = option("runs/lab", "Folder shared by all labs: stage folders, <lever>.png/.md/.json.")
     pipeline: str = option("", "Pipeline YAML whose stages the lab builds on; empty: the built-in demo.yaml.")
     flip_rates: list[float] = option([0.0, 0.1, 0.2, 0.3, 0.4, 0.45], "noise: annotator flip rates to sweep.")
@@ -51,6 +54,14 @@ class LabConfig:
     kl_coefs: list[float] = option([0.0, 0.03, 0.1, 0.3], "kl: PPO KL coefficients to sweep.")
     kl_steps: int = option(0, "kl: PPO steps per run; 0 keeps the demo's.")
     leave_out: str = option("advice", "coverage: the prompt category left out of the preference data.")
+    active_budget: int = option(1200, "active: labels random selection spends (the full budget).")
+    active_step: int = option(50, "active: labels per batch (and the first, random, batch of both arms).")
+    active_ensemble: int = option(5, "active: bootstrap reward-model heads whose disagreement picks pairs.")
+    active_random_fraction: float = option(0.25, "active: share of every batch drawn at random (keeps the "
+                                                 "labelled set an unbiased sample).")
+    active_criterion: str = option("disagreement", "active: how pairs are scored, disagreement (variance of the "
+                                                   "members' P(a > b)) or uncertainty (mean P(a > b) near 0.5).")
+    active_repeats: int = option(3, "active: repeats (label draws, splits, orders) averaged in the curves.")
     force: list[str] = option([], "Stage names to rerun even if unchanged.")
 
 
@@ -123,13 +134,30 @@ def coverage_stages(cfg: LabConfig, demo: dict) -> list[dict]:
 
 def knowledge_stages(cfg: LabConfig, demo: dict) -> list[dict]:
     stages = [demo[n] for n in ("base", "data", "sft", "pairs", "labels", "rm", "dpo", "ppo", "eval")]
+    # honesty data: the same pairs plus, for each wrong answer the SFT model gave in them, a pair
+    # preferring "i do not know" to it; DPO on that, then the knowledge-gap probe again
+    stages.append(_variant(demo["labels"], "labels_idk", idk_pairs=True))
+    stages.append(_variant(demo["dpo"], "dpo_idk", data="{labels_idk}/train.jsonl", eval_data="{labels_idk}/eval.jsonl"))
+    stages.append(_variant(demo["eval"], "eval_idk", policies=["dpo_idk={dpo_idk}"], reward_model=""))
     # the same policies on the training prompts: facts the preference pairs asked about
     stages.append(_variant(demo["eval"], "eval_train_prompts", data="{data}/prompts_train.jsonl", gap_data="",
-                           reward_model=""))
+                           reward_model="", policies=[*demo["eval"]["with"].get("policies", []), "dpo_idk={dpo_idk}"]))
     return stages
 
 
-BUILDERS = {"noise": noise_stages, "kl": kl_stages, "coverage": coverage_stages, "knowledge": knowledge_stages}
+def active_stages(cfg: LabConfig, demo: dict) -> list[dict]:
+    if not 0.0 <= cfg.active_random_fraction <= 1.0:
+        raise ConfigError(f"field 'active_random_fraction': expected a share in [0, 1], got {cfg.active_random_fraction}")
+    if cfg.active_step < 1 or cfg.active_budget < cfg.active_step or cfg.active_ensemble < 2 or cfg.active_repeats < 1:
+        raise ConfigError("fields 'active_step', 'active_budget', 'active_ensemble', 'active_repeats': need "
+                          "1 <= active_step <= active_budget, active_ensemble >= 2, active_repeats >= 1")
+    if cfg.active_criterion not in CRITERIA:
+        raise ConfigError(f"field 'active_criterion': expected one of {', '.join(CRITERIA)}, got {cfg.active_criterion!r}")
+    return [demo[n] for n in ("base", "data", "sft", "pairs", "labels")]
+
+
+BUILDERS = {"noise": noise_stages, "kl": kl_stages, "coverage": coverage_stages, "knowledge": knowledge_stages,
+            "active": active_stages}
 
 
 # ---- readouts: tables and figures --------------------------------------------------------------
@@ -260,7 +288,7 @@ def coverage_readout(cfg: LabConfig, root: Path, summaries: dict):
 
 
 def knowledge_readout(cfg: LabConfig, root: Path, summaries: dict):
-    evals, trained = summaries["eval"], summaries["eval_train_prompts"]
+    evals, trained = {**summaries["eval"], "dpo_idk": summaries["eval_idk"]["dpo_idk"]}, summaries["eval_train_prompts"]
     rows = [{"policy": name, "asked_in_pairs_correct": trained[name].get("correct/fact"),
              "pretraining_only_correct": r.get("correct/fact"), "gap_correct": r["gap_correct"],
              "gap_wrong": r["gap_wrong"], "gap_unsure": r["gap_unsure"], "gap_gold_reward": r["gap_gold_reward"]}
@@ -270,12 +298,13 @@ def knowledge_readout(cfg: LabConfig, root: Path, summaries: dict):
     keys = [("asked_in_pairs_correct", "capital asked about in the preference data: correct"),
             ("pretraining_only_correct", "capital only in pretraining text: correct"),
             ("gap_correct", "capital never seen: correct"), ("gap_wrong", "capital never seen: wrong capital"),
-            ("gap_unsure", "capital never seen: says 'not sure'")]
+            ("gap_unsure", "capital never seen: says it does not know")]
     width = 0.8 / len(keys)
     for i, (k, label) in enumerate(keys):
         ax.bar([j + (i - (len(keys) - 1) / 2) * width for j in range(len(rows))], [r[k] or 0.0 for r in rows],
                width, label=label)
-    ax.set_xticks(range(len(rows)), [r["policy"] for r in rows])
+    ax.set_xticks(range(len(rows)), [{"dpo_idk": "DPO + 'i do not\nknow' pairs"}.get(r["policy"], r["policy"].upper())
+                                     for r in rows])
     ax.set(ylabel="share of samples", ylim=(0, 1),
            title="Knowledge: RLHF picks among answers the model has; it cannot add one")
     ax.grid(alpha=0.3, axis="y")
@@ -283,12 +312,28 @@ def knowledge_readout(cfg: LabConfig, root: Path, summaries: dict):
     return rows, fig
 
 
-READOUTS = {"noise": noise_readout, "kl": kl_readout, "coverage": coverage_readout, "knowledge": knowledge_readout}
+def active_readout(cfg: LabConfig, root: Path, summaries: dict):
+    from .world import active_lab
+
+    labels = yaml.safe_load((root / "labels" / "config.yaml").read_text())
+    result = active_lab.sweep(root / "pairs" / "pairs.jsonl", str(root / "sft"), labels["temperature"],
+                              labels["flip_rate"], cfg.active_budget, cfg.active_step, cfg.active_ensemble,
+                              cfg.active_random_fraction, cfg.active_repeats, labels.get("seed", 0),
+                              cfg.active_criterion)
+    result["note"] = active_lab.note(result, cfg.active_random_fraction, cfg.active_criterion)
+    (root / "active_curves.json").write_text(json.dumps(result, indent=2))
+    fig = active_lab.figure(result, cfg.active_random_fraction, cfg.active_criterion)
+    fig.lab_note = result["note"]  # printed and shown under the figure
+    return active_lab.table_rows(result), fig
+
+
+READOUTS = {"noise": noise_readout, "kl": kl_readout, "coverage": coverage_readout, "knowledge": knowledge_readout,
+            "active": active_readout}
 
 
 def markdown_table(rows: list[dict]) -> str:
     cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(report.header(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(report.fmt(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -299,7 +344,9 @@ def _index(root: Path) -> Path:
         if (root / f"{lever}.json").exists():
             rows = json.loads((root / f"{lever}.json").read_text())["rows"]
             img = (root / f"{lever}.png").read_bytes()
-            sections.append((f"rlhfkit lab {lever}", report.png(img) + report.table(rows)))
+            note = json.loads((root / f"{lever}.json").read_text()).get("note", "")
+            note = f"<p class=note>{report.esc(note)}</p>" if note else ""
+            sections.append((f"rlhfkit lab {lever}", report.png(img) + note + report.table(rows)))
     return report.write(root / "index.html", "rlhfkit lever lab", sections)
 
 
@@ -320,7 +367,8 @@ def run_lab(cfg: LabConfig) -> dict:
     _plt().close(fig)
     table = markdown_table(rows)
     (root / f"{cfg.lever}.md").write_text(table)
-    (root / f"{cfg.lever}.json").write_text(json.dumps({"lever": cfg.lever, "rows": rows}, indent=2))
+    note = getattr(fig, "lab_note", "")
+    (root / f"{cfg.lever}.json").write_text(json.dumps({"lever": cfg.lever, "rows": rows, "note": note}, indent=2))
     index = _index(root)
-    print(f"\nrlhfkit lab {cfg.lever}\n{table}\nfigure: {figure}\nall labs: {index}")
-    return {"lever": cfg.lever, "rows": rows, "figure": str(figure), "index": str(index)}
+    print(f"\nrlhfkit lab {cfg.lever}\n{table}\n{note + chr(10) if note else ''}figure: {figure}\nall labs: {index}")
+    return {"lever": cfg.lever, "rows": rows, "note": note, "figure": str(figure), "index": str(index)}

@@ -24,19 +24,21 @@ the generated text as generated, before it is cut at a stop string (and the cut 
 blocked request gets the guard's ``refusal`` as its content with ``finish_reason:
 "content_filter"``. Streaming: the whole response is generated and checked first, then streamed in
 word pieces, so a client never receives a chunk the filter has not cleared (no hold-back window
-is needed; the first chunk waits for the whole generation). One request generates at a time (a
-lock around the model).
+is needed; the first chunk waits for the whole generation).
+
+Batching (``serve_batch.Batcher``): concurrent requests decode together, up to ``max_batch_size``
+rows, those arriving within ``batch_window_ms`` of each other starting together and later ones
+joining the running batch between decode steps; each keeps its own seed, knobs and stopping, so a
+request gets the reply it would get alone with the same seed (up to float rounding, see
+docs/serving.md).
 """
 
 import logging
 import random
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
-
-import torch
 
 from .config import ConfigError, option, require
 from .serve_gate import RequestError, api_key_of
@@ -58,11 +60,17 @@ class ServeConfig:
     trust_remote_code: bool = option(False, "Allow model code from the checkpoint's folder to run.")
     api_key: str = option("", "Require 'Authorization: Bearer KEY' on every /v1 route; empty: $RLHFKIT_API_KEY, else no key.")
     max_request_bytes: int = option(0, "Largest request body in bytes (413 beyond); 0: max(1 MiB, 4 x context x 32).")
+    max_batch_size: int = option(16, "Most requests decoding together (1: one at a time); later ones join as rows finish.")
+    batch_window_ms: float = option(5.0, "How long an idle server waits after a request for others to start with it (ms).")
 
     def check(self) -> None:
         require(self, "model")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"config: field 'port' must be 0-65535, got {self.port}")
+        if self.max_batch_size < 1:
+            raise ConfigError(f"config: field 'max_batch_size' must be >= 1, got {self.max_batch_size}")
+        if not 0 <= self.batch_window_ms <= 10_000:
+            raise ConfigError(f"config: field 'batch_window_ms' must be 0-10000, got {self.batch_window_ms}")
 
 
 log = logging.getLogger("rlhfkit.serve")
@@ -128,8 +136,10 @@ class Server:
     """The model, tokenizer, guard and request handling, independent of the web framework."""
 
     def __init__(self, model_dir: str, name: str = "", guard=None, device: str = "auto", max_tokens_limit: int = 1024,
-                 trust_remote_code: bool = False, max_request_bytes: int = 0):
+                 trust_remote_code: bool = False, max_request_bytes: int = 0, max_batch_size: int = 16,
+                 batch_window_ms: float = 5.0):
         from .models import load_causal_lm, load_tokenizer, resolve_device
+        from .serve_batch import Batcher
 
         self.device = resolve_device(device)
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code, padding_side="left")
@@ -140,7 +150,7 @@ class Server:
         self.max_prompt_bytes = self.context * BYTES_PER_TOKEN if self.context else NO_CONTEXT_PROMPT_BYTES
         # JSON escapes make a body up to ~6x its text ("\u00e9"); 4x the prompt cap covers ordinary escaping
         self.max_request_bytes = max_request_bytes or max(1 << 20, 4 * self.max_prompt_bytes)
-        self.lock = threading.Lock()
+        self.batcher = Batcher(self.model, self.tokenizer, max_batch_size, batch_window_ms / 1000)
         self.created = int(time.time())
 
     # ------------------------------------------------------------------ parsing
@@ -205,6 +215,8 @@ class Server:
             raise RequestError(str(e), "messages") from None
         except Exception as e:  # a template that refuses the conversation (roles, alternation)
             raise RequestError(f"the chat template cannot render these messages: {e}", "messages") from None
+        if not ids:  # a prompt of only whitespace, say, under a tokenizer that adds no BOS token
+            raise RequestError("the prompt is empty once tokenized", "messages" if "messages" in req else "prompt")
         if self.context and len(ids) + req["max_tokens"] > self.context:
             raise RequestError(f"the prompt ({len(ids)} tokens) plus max_tokens ({req['max_tokens']}) exceeds the "
                                f"model's context of {self.context} tokens", "max_tokens")
@@ -212,29 +224,23 @@ class Server:
 
     def complete(self, req: dict, request_id: str) -> dict:
         """{text, finish_reason, prompt_tokens, completion_tokens}, with the guard applied."""
-        from .config import GenerationConfig
-        from .sampling import generate
-
         if self.guard is not None and self.guard.check("input", req["check_text"], request_id).blocked:
             return {"text": self.guard.refusal, "finish_reason": "content_filter", "prompt_tokens": 0,
                     "completion_tokens": 0}
         ids = self._prompt_ids(req)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(req["seed"] % 2**63 if req["seed"] is not None else random.getrandbits(63))
-        with self.lock:
-            gen = GenerationConfig(max_new_tokens=req["max_tokens"], temperature=req["temperature"], top_p=req["top_p"],
-                                   stop_strings=req["stop"])
-            rollout = generate(self.model, self.tokenizer, [ids], gen, generator=generator, batch_size=1)
-        text = rollout.texts[0]
+        seed = req["seed"] % 2**63 if req["seed"] is not None else random.getrandbits(63)
+        reply = self.batcher.submit(ids, req["max_tokens"], req["temperature"], req["top_p"], req["stop"],
+                                    seed).result()
+        generated = self.tokenizer.decode(reply.tokens, skip_special_tokens=True)
+        cuts = [i for s in req["stop"] if (i := generated.find(s)) >= 0]
+        text = generated[:min(cuts, default=len(generated))]  # the text before the earliest stop string
         if "messages" in req:
             text = text.strip()
-        out = {"text": text, "finish_reason": "stop" if bool(rollout.ended[0]) else "length",
-               "prompt_tokens": len(ids), "completion_tokens": int(rollout.mask[0].sum())}
+        out = {"text": text, "finish_reason": "stop" if reply.ended else "length",
+               "prompt_tokens": len(ids), "completion_tokens": len(reply.tokens)}
         if self.guard is not None:
             # the text as generated, before the stop-string cut: stop ["dden"] must not turn a blocked
             # "forbidden" into "forbi"; the cut text too (a cut can also make a whole word)
-            generated = self.tokenizer.decode(rollout.response_ids[0][rollout.mask[0].bool()].tolist(),
-                                              skip_special_tokens=True)
             checked = [generated] if generated.strip() == text.strip() else [generated, text]
             if any(self.guard.check("output", t, request_id).blocked for t in checked):
                 out.update(text=self.guard.refusal, finish_reason="content_filter")
@@ -257,7 +263,7 @@ def run_serve(cfg) -> dict:
         raise ConfigError("field 'max_request_bytes': must be >= 0 (0: derived from the model's context)")
     guard = load_guard(cfg.guard) if cfg.guard else None
     server = Server(cfg.model, cfg.served_model_name, guard, cfg.device, cfg.max_tokens_limit, cfg.trust_remote_code,
-                    cfg.max_request_bytes)
+                    cfg.max_request_bytes, cfg.max_batch_size, cfg.batch_window_ms)
     key = api_key_of(cfg)
     app = create_app(server, api_key=key)
     print(f"[rlhfkit serve] {server.name} on http://{cfg.host}:{cfg.port}/v1"

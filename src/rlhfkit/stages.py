@@ -72,7 +72,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("demo", "the built-in demo: base -> SFT -> pairs -> simulated annotators -> RM -> DPO and PPO -> gold "
           "evaluation -> runs/demo/report.html (a `pipeline` on rlhfkit/configs/demo.yaml)",
           "demo", "DemoConfig", "run_demo", pipeline=False),
-    Stage("lab", "the lever lab on the demo world: noise | kl | coverage | knowledge; each writes a figure and a "
+    Stage("lab", "the lever lab on the demo world: noise | kl | coverage | knowledge | active; each writes a figure and a "
           "table to runs/lab/", "lab", "LabConfig", "run_lab", pipeline=False, usage="lab LEVER"),
     Stage("eval", "a policy vs a baseline on prompts: win rate with 95% CI, length-controlled win rate, reward, "
           "length, KL to the baseline", "evaluate.winrate", "EvalConfig", "run_eval"),

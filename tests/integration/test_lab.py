@@ -65,8 +65,12 @@ def test_coverage_and_knowledge_labs_and_the_index(small_demo_pipeline, lab_root
     assert labels["excluded_pairs"] > 0
     assert "labels: unchanged, skipped" in out  # stages shared with the earlier labs ran once
     rows, _ = _lab(small_demo_pipeline, lab_root, "knowledge")
-    assert [r["policy"] for r in rows] == ["sft", "dpo", "ppo"] and rows[0]["asked_in_pairs_correct"] is not None
+    assert [r["policy"] for r in rows] == ["sft", "dpo", "ppo", "dpo_idk"] and rows[0]["asked_in_pairs_correct"] is not None
     evals = json.loads((lab_root / "eval" / "summary.json").read_text())
+    evals["dpo_idk"] = json.loads((lab_root / "eval_idk" / "summary.json").read_text())["dpo_idk"]
+    idk = json.loads((lab_root / "labels_idk" / "summary.json").read_text())
+    plain = json.loads((lab_root / "labels" / "summary.json").read_text())
+    assert idk["train_pairs"] == plain["train_pairs"] + idk["idk_pairs"]  # the honesty pairs, on top
     n_gap = len((lab_root / "data" / "prompts_gap.jsonl").read_text().splitlines())
     samples = yaml.safe_load((lab_root / "eval" / "config.yaml").read_text())["samples_per_prompt"]
     for r in rows:  # shares of the policy's own samples on the knowledge-gap probes
@@ -75,10 +79,34 @@ def test_coverage_and_knowledge_labs_and_the_index(small_demo_pipeline, lab_root
             count = r[key] * n_gap * samples
             assert abs(count - round(count)) < 1e-6, (r, key, n_gap, samples)
     page = (lab_root / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "rlhfkit lab knowledge" in page
+    assert page.count("data:image/png;base64,") >= 4 and "rlhfkit lab knowledge" in page
+
+
+def test_active_lab(small_demo_pipeline, lab_root):
+    """Both arms spend exactly each budget on distinct pairs; the active arm's random share is what was
+    asked; the labels-needed figure and its ratio follow from the curves it reports."""
+    from rlhfkit.active import labels_to_reach
+
+    rows, out = _lab(small_demo_pipeline, lab_root, "active", "--active_budget", "24", "--active_step", "8",
+                     "--active_ensemble", "2", "--active_repeats", "2")
+    assert [r["labels"] for r in rows] == [8, 16, 24]
+    res = json.loads((lab_root / "active_curves.json").read_text())
+    assert len(res["checks"]) == 4  # 2 arms x 2 repeats
+    for c in res["checks"]:
+        assert c["labelled"] == c["unique"] == 24, c
+        # active: the first batch of 8 is random, then round(0.25 * 8) = 2 of each later batch
+        assert c["random_picks"] == (24 if c["arm"] == "random" else 8 + 2 + 2), c
+    for arm in ("random", "active"):
+        per = res["per_repeat"][arm]
+        assert [r[f"{arm}_accuracy"] for r in rows] == pytest.approx([(a + b) / 2 for a, b in zip(*per)])
+    assert res["target"] == rows[-1]["random_accuracy"]
+    needed = labels_to_reach(res["budgets"], res["accuracy"]["active"], res["target"])
+    assert res["active_labels_needed"] == needed and res["ratio"] == (needed / 24 if needed else None)
+    assert "with 24 labels" in res["note"]
+    assert json.loads((lab_root / "active.json").read_text())["note"] in out
 
 
 def test_unknown_lever_is_a_clear_error(small_demo_pipeline, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rlhfkit", "lab", "vibes", "--pipeline", str(small_demo_pipeline),
                            "--output_dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "noise, kl, coverage, knowledge" in proc.stderr
+    assert proc.returncode == 2 and "noise, kl, coverage, knowledge, active" in proc.stderr

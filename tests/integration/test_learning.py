@@ -73,7 +73,7 @@ def test_output_folders_load_with_auto_classes(pipeline):
         assert lm(torch.tensor([[2, 5, 6]])).logits.shape[-1] == lm.config.vocab_size
     summary = json.loads((root / "dpo" / "summary.json").read_text())
     assert summary["steps"] == 80 and summary["train_seconds"] > 0
-    assert {"rewards_chosen", "rewards_rejected", "margin", "reward_accuracy", "kl", "grad_norm",
+    assert {"rewards_chosen", "rewards_rejected", "margin", "reward_accuracy", "logratio", "grad_norm",
             "tokens_per_second"} <= set(summary["train"])
 
 

@@ -108,7 +108,6 @@ def test_word_tokenizer_refuses_what_it_cannot_keep_as_text():
 def test_serve_engine_prompt_has_no_injected_specials(tmp_path, monkeypatch):
     """Through `rlhfkit serve`'s Server: the ids handed to generation carry only the template's
     specials, and the usage counts them."""
-    import rlhfkit.sampling
     from rlhfkit.models import save_model
     from rlhfkit.serve import Server
     from rlhfkit.tiny_models import tiny_causal_lm
@@ -117,9 +116,8 @@ def test_serve_engine_prompt_has_no_injected_specials(tmp_path, monkeypatch):
     save_model(tiny_causal_lm(tok, hidden_size=32, num_layers=1, num_heads=2), tok, tmp_path / "m")
     server = Server(str(tmp_path / "m"), device="cpu")
     seen = []
-    real = rlhfkit.sampling.generate
-    monkeypatch.setattr(rlhfkit.sampling, "generate", lambda model, t, rows, *a, **k: seen.extend(rows) or real(
-        model, t, rows, *a, **k))
+    real = server.batcher.submit  # every request's ids reach the model through the batcher
+    monkeypatch.setattr(server.batcher, "submit", lambda ids, *a, **k: seen.append(ids) or real(ids, *a, **k))
     messages = [{"role": "user", "content": STYLES["chatml"][2][0]}]
     out = server.complete(server.parse({"messages": messages, "max_tokens": 1}, chat=True), "req-1")
     (ids,) = seen

@@ -77,3 +77,28 @@ def test_label_gold_agreement_counts_only_untied_pairs(tmp_path):
     s = run_simulate_annotators(SimulateAnnotatorsConfig(data=str(pairs), output_dir=str(tmp_path / "o2"),
                                                          temperature=0.0, flip_rate=0.0, eval_fraction=0.1))
     assert s["label_gold_agreement"] == 1.0
+
+
+def test_idk_pairs_prefer_not_knowing_to_each_distinct_wrong_training_answer(tmp_path):
+    fact = Prompt("what is the capital of norland ?", "fact", "norland", "velmar")
+    dish = Prompt("describe the soup .", "dish", "soup")
+    pairs = tmp_path / "pairs.jsonl"
+    rows = ([(fact, "the capital of norland is ostra .", "the capital of norland is velmar .")] * 5 +
+            [(fact, "the capital of norland is brella .", "the capital of norland is ostra .")] * 3 +
+            [(dish, "the soup is warm and creamy .", "who cares .")] * 4)
+    pairs.write_text("".join(json.dumps({**p.record(), "response_a": a, "response_b": b}) + "\n" for p, a, b in rows))
+    cfg = dict(data=str(pairs), temperature=0.0, eval_fraction=0.25)
+    plain = run_simulate_annotators(SimulateAnnotatorsConfig(output_dir=str(tmp_path / "a"), **cfg))
+    s = run_simulate_annotators(SimulateAnnotatorsConfig(output_dir=str(tmp_path / "b"), idk_pairs=True, **cfg))
+    train = _rows(tmp_path / "b" / "train.jsonl")
+    idk = [r for r in train if r["source"] == "idk"]
+    # 12 rows, 3 held out (the same 3: same seed); the wrong answers among the 9 training rows' responses
+    held = {(r["chosen"], r["rejected"]) for r in _rows(tmp_path / "a" / "eval.jsonl")}
+    assert _rows(tmp_path / "b" / "eval.jsonl") == _rows(tmp_path / "a" / "eval.jsonl") and len(held) >= 1
+    wrong = {t for r in _rows(tmp_path / "a" / "train.jsonl") for t in (r["chosen"], r["rejected"])
+             if "ostra" in t or "brella" in t}
+    assert s["idk_pairs"] == len(idk) == len(wrong) and {r["rejected"] for r in idk} == wrong
+    for r in idk:
+        assert r["prompt"] == fact.text and gold_score(fact, r["chosen"]) == 1.5  # on topic +1, "not sure" +0.5
+    assert s["train_pairs"] == plain["train_pairs"] + len(idk)
+    assert s["label_gold_agreement"] == plain["label_gold_agreement"]  # annotator labels only

@@ -14,8 +14,10 @@ off (``models.adapter_disabled``): exactly the starting weights, and never a sec
 without padding and the LM head runs only at response positions (``logprobs.target_logprobs``).
 
 Logged per step: the implicit rewards of chosen and rejected responses, their margin, reward
-accuracy, summed log-probs, and ``kl``: the per-token k1 estimate log pi - log ref averaged over
-the dataset's response tokens (an offline proxy: the responses are not samples of the policy).
+accuracy, summed log-probs, and ``logratio``: log pi - log ref per response token, averaged over
+the dataset's chosen and rejected responses. It is not a KL: the responses are not samples of the
+policy, and DPO pushes rejected responses down, so it goes negative; the KL to the reference is
+measured on the policy's own samples (``rlhfkit eval``, the demo's gold-eval).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def score_pairs(model, ref, batch, cfg: DPOConfig):
 
     The reference log-probs come from the batch when precomputed, else from ``ref`` under no_grad.
     Returns (loss (B,), chosen reward (B,), rejected reward (B,), policy log-probs of chosen and
-    rejected (B,) each, summed k1 log pi - log ref over response tokens, response token count).
+    rejected (B,) each, summed log pi - log ref over response tokens, response token count).
     """
     pc, pr = response_logps(model, batch).float().chunk(2)
     if "ref_logps" in batch:
@@ -98,8 +100,8 @@ def score_pairs(model, ref, batch, cfg: DPOConfig):
         lc, lr = response_lengths(batch).chunk(2)
     losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing,
                                             chosen_len_B=lc, rejected_len_B=lr)
-    kl_sum = float((pc - rc).detach().sum() + (pr - rr).detach().sum())
-    return losses, chosen_r, rejected_r, pc, pr, kl_sum, batch["loss_mask"][:, 1:].sum()
+    logratio_sum = float((pc - rc).detach().sum() + (pr - rr).detach().sum())
+    return losses, chosen_r, rejected_r, pc, pr, logratio_sum, batch["loss_mask"][:, 1:].sum()
 
 
 def load_reference(cfg: DPOConfig, run: Run, policy):
@@ -143,7 +145,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
         gc.collect()
 
     def loss_fn(model, batch, num_pairs):
-        losses, chosen_r, rejected_r, pc, pr, kl_sum, _ = score_pairs(model, ref, batch, cfg)
+        losses, chosen_r, rejected_r, pc, pr, logratio_sum, _ = score_pairs(model, ref, batch, cfg)
         # Weighted by label source (mean 1 over the data, so unweighted runs are unchanged).
         loss = (losses * batch["weight"]).sum() / num_pairs if cfg.source_weights else losses.sum() / num_pairs
         return loss, {"loss": loss.item(), "rewards_chosen": float(chosen_r.sum()) / num_pairs,
@@ -152,23 +154,23 @@ def run_dpo(cfg: DPOConfig) -> dict:
                       "reward_accuracy": float((chosen_r > rejected_r).sum()) / num_pairs,
                       "logps_chosen": float(pc.detach().sum()) / num_pairs,
                       "logps_rejected": float(pr.detach().sum()) / num_pairs,
-                      "kl_sum": kl_sum, "response_tokens": float(batch["loss_mask"][:, 1:].sum())}
+                      "logratio_sum": logratio_sum, "response_tokens": float(batch["loss_mask"][:, 1:].sum())}
 
     def evaluate(model):
-        n, correct, margin, loss_sum, kl_sum, tokens = 0, 0, 0.0, 0.0, 0.0, 0
+        n, correct, margin, loss_sum, lr_sum, tokens = 0, 0, 0.0, 0.0, 0.0, 0
         for batch in eval_batches(run, eval_set, collate, cfg.eval_batch_size):
-            losses, chosen_r, rejected_r, _, _, kl, ntok = score_pairs(model, ref, batch, cfg)
+            losses, chosen_r, rejected_r, _, _, lr, ntok = score_pairs(model, ref, batch, cfg)
             n += len(losses)
             correct += int((chosen_r > rejected_r).sum())
             margin += float((chosen_r - rejected_r).sum())
             loss_sum += float(losses.sum())
-            kl_sum, tokens = kl_sum + kl, tokens + int(ntok)
+            lr_sum, tokens = lr_sum + lr, tokens + int(ntok)
         return {"eval_reward_accuracy": correct / n, "eval_margin": margin / n, "eval_loss": loss_sum / n,
-                "eval_kl": kl_sum / max(tokens, 1), "eval_pairs": n}
+                "eval_logratio": lr_sum / max(tokens, 1), "eval_pairs": n}
 
     task = Task(model=policy, examples=train_set, collate=collate, loss_fn=loss_fn,
                 evaluate=evaluate if eval_set else None, progress_keys=("loss", "reward_accuracy", "margin"),
-                ratios={"kl": ("kl_sum", "response_tokens")}, tokenizer=tokenizer)
+                ratios={"logratio": ("logratio_sum", "response_tokens")}, tokenizer=tokenizer)
     summary = train(run, task)
     summary.update(stage="dpo", num_pairs=len(train_set), truncated_examples=n_cut,
                    precompute_ref=cfg.precompute_ref, reference=reference)

@@ -20,13 +20,14 @@ def build(root: str | Path, summaries: dict) -> Path:
     evals = summaries.get("eval", {})
     if evals:
         cols = ["policy", "gold_reward", "gold_winrate_vs_sft", "gold_winrate_ci_low", "gold_winrate_ci_high",
-                "kl_to_baseline", "length_words", "gap_correct"]
+                "kl_to_baseline", "length_words", "gap_correct", "gap_wrong", "gap_unsure"]
         sections.append(("Policies on held-out prompts (gold preference)", report.table(list(evals.values()), cols) +
                          "<p class=note>Win rate: share of held-out samples the gold preference scores above "
                          "the SFT sample for the same prompt (ties count half), with a 95% bootstrap interval. "
                          "KL: sequence-level KL(policy || SFT) estimated from the policy's samples, in nats. "
-                         "gap_correct: share of knowledge-gap probes answered correctly; RLHF changes tone, "
-                         "not what pretraining never taught.</p>"))
+                         "Knowledge gap: shares of samples on questions whose answer pretraining never "
+                         "taught that state the right answer, a wrong one (confidently wrong) or none while "
+                         "saying it does not know; RLHF changes tone, not what pretraining never taught.</p>"))
         cats = sorted(k for k in next(iter(evals.values())) if k.startswith("gold/"))
         sections.append(("Gold reward per prompt category",
                          report.table([{"policy": r["policy"], **{c[5:]: r[c] for c in cats}} for r in evals.values()])))
@@ -43,8 +44,12 @@ def build(root: str | Path, summaries: dict) -> Path:
     if runs:
         sections.append(("Training curves", "".join(
             report.curves({n: p}, keys) for n, p in runs.items()
-            for keys in [{"sft": ["loss"], "rm": ["loss", "accuracy"], "dpo": ["loss", "reward_accuracy", "kl"],
-                          "ppo": ["reward", "kl", "kl_k3"]}[n]])))
+            for keys in [{"sft": ["loss"], "rm": ["loss", "accuracy"], "dpo": ["loss", "reward_accuracy", "logratio"],
+                          "ppo": ["reward", "kl", "kl_k3"]}[n]]) +
+            "<p class=note>Per training step. DPO's log-ratio is log π − log π_ref per token of the preference "
+            "data's chosen and rejected responses: not a KL (those responses are not the policy's samples), so "
+            "it goes negative as DPO lowers the rejected ones. PPO's KL is estimated on its own samples, summed "
+            "over the tokens of a response (k3: Schulman's non-negative estimator).</p>"))
     frontier = root / "eval" / "frontier.json"
     if evals and frontier.exists():
         sections.append(("Reward vs KL", reward_vs_kl(json.loads(frontier.read_text()), evals, root) +

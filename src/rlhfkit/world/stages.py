@@ -18,7 +18,7 @@ from ..stats import win_rate
 from .annotators import SimulatedAnnotator
 from .base import cached_base, prompt_file, sft_records
 from .gold import answer_verdict, gold_score, words
-from .tasks import Prompt, gap_prompts, make_prompts
+from .tasks import Prompt, gap_prompts, make_prompts, respond
 
 
 @dataclass
@@ -81,6 +81,8 @@ class SimulateAnnotatorsConfig:
     length_bias: float = option(0.0, "Added to the logit per extra word of response A over B (a bias for longer answers).")
     eval_fraction: float = option(0.2, "Share of pairs held out for evaluation.")
     exclude_categories: list[str] = option([], "Prompt categories whose pairs are dropped (a coverage gap, on purpose).")
+    idk_pairs: bool = option(False, "Also add, for every training response that states a wrong answer to a fact or "
+                                    "arithmetic prompt, a pair preferring \"i do not know\" to it (honesty data).")
     seed: int = option(0, "Annotator and split seed.")
 
 
@@ -94,7 +96,9 @@ def run_simulate_annotators(cfg: SimulateAnnotatorsConfig) -> dict:
     n_eval = max(1, int(round(cfg.eval_fraction * len(rows))))
     eval_rows, train_rows = rows[:n_eval], rows[n_eval:]
     annotator = SimulatedAnnotator(cfg.temperature, cfg.flip_rate, cfg.length_bias, cfg.seed)
-    train, skipped_train = annotator.label_pairs(train_rows)
+    labelled, skipped_train = annotator.label_pairs(train_rows)
+    idk = idk_records(train_rows, cfg.seed) if cfg.idk_pairs else []
+    train = labelled + idk
     held_out, skipped_eval = annotator.label_pairs(eval_rows)
     gold = []  # held-out pairs ordered by the gold score itself, ties dropped
     for r in eval_rows:
@@ -108,9 +112,26 @@ def run_simulate_annotators(cfg: SimulateAnnotatorsConfig) -> dict:
     write_jsonl(out / "eval.jsonl", held_out)
     write_jsonl(out / "eval_gold.jsonl", gold)
     return finish(cfg, {"train_pairs": len(train), "eval_pairs": len(held_out), "eval_gold_pairs": len(gold),
-                         "skipped_identical": skipped_train + skipped_eval, "excluded_pairs": excluded,
-                         "label_gold_agreement": _gold_agreement(train),
+                         "skipped_identical": skipped_train + skipped_eval, "excluded_pairs": excluded, "idk_pairs": len(idk),
+                         "label_gold_agreement": _gold_agreement(labelled),
                          "ceiling_accuracy": annotator.ceiling_accuracy(held_out)})
+
+
+def idk_records(rows: list[dict], seed: int) -> list[dict]:
+    """Preference records {prompt, chosen: an "i do not know" answer, rejected: a wrong answer} for
+    every distinct response in ``rows`` that states a wrong answer to a fact or arithmetic prompt:
+    data that teaches saying "I do not know" over guessing (the gold score agrees: +0.5 vs -2)."""
+    rng, seen, out = random.Random(f"idk-{seed}"), set(), []
+    for r in rows:
+        if r["category"] not in ("fact", "arithmetic"):
+            continue
+        p = Prompt(r["prompt"], r["category"], r.get("subject", ""), r.get("answer", ""))
+        for text in (r["response_a"], r["response_b"]):
+            if answer_verdict(p, text) == "wrong" and (p.text, text) not in seen:
+                seen.add((p.text, text))
+                out.append({"prompt": p.text, "chosen": respond(p, "unsure", rng), "rejected": text,
+                            "category": p.category, "subject": p.subject, "answer": p.answer, "source": "idk"})
+    return out
 
 
 def _gold_agreement(records: list[dict]) -> float | None:
