@@ -53,6 +53,10 @@ STAGES: tuple[Stage, ...] = (
           "best_of_n", "BestOfNConfig", "run_best_of_n"),
     Stage("sample-pairs", "sample k responses per prompt from a policy into {prompt, response_a, response_b} pairs",
           "sample_pairs", "SamplePairsConfig", "run_sample_pairs"),
+    Stage("mix-pairs", "this round's preference pairs plus a share of earlier rounds' (iterated rounds)",
+          "mix_pairs", "MixPairsConfig", "run_mix_pairs"),
+    Stage("collect", "people in the loop: push pairs to a running `rlhfkit annotate serve`, wait for K labels each, "
+          "pull them with agreement statistics", "annotate.collect", "CollectConfig", "run_collect"),
     Stage("judge", "label pairs with an AI judge (an OpenAI-compatible URL, a local model or a reward model), "
           "both orders, bias statistics -> TRL preference JSONL (RLAIF)", "judge.run", "JudgeConfig", "run_judge"),
     Stage("merge-lora", "merge a LoRA run's adapter folder into its base model: a full Hugging Face folder",

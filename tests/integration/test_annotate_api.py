@@ -404,3 +404,37 @@ def test_demonstration_page_and_done_page(sqlite_store):
     assert [x["completion"] for x in sqlite_store.label_rows()] == ["Hi! Nice to meet you."]
     done = client.get("/annotate")
     assert 'id="all-done"' in done.text and "You answered 1 task." in done.text and 'id="undo"' in done.text
+
+
+def test_post_tasks_adds_a_named_batch_once_and_source_selects_it(store):
+    """POST /api/tasks (admin): a batch under a name, pushed twice, is queued once; ?source= gives
+    that batch's counts (labels_missing = K per pair minus labels given), statistics and export."""
+    admin, = users(store, 1, "admin")
+    ann = users(store, 2)
+    client = TestClient(create_app(store))
+    store.import_tasks(pairs(2, prefix="old"), overlap=2)
+    recs = [{"id": f"r1:{i}", "prompt": f"q {i}", "response_a": f"good {i}", "response_b": f"bad {i}",
+             "category": "dish"} for i in range(3)] + [{"id": "r1:g", "prompt": "g", "response_a": "good g",
+                                                         "response_b": "bad g", "gold": "a"}]
+    body = {"records": recs, "overlap": 2, "source": "round1"}
+    assert client.post("/api/tasks", json=body, headers=bearer(admin)).json() == {"added": 4, "unchanged": 0, "gold": 1}
+    r = client.post("/api/tasks", json=body, headers=bearer(admin))
+    assert r.status_code == 201 and r.json() == {"added": 0, "unchanged": 4, "gold": 0}
+    assert client.post("/api/tasks", json=body, headers=bearer(ann[0])).status_code == 403
+    changed = {**body, "records": [{**recs[0], "response_b": "other"}]}
+    assert client.post("/api/tasks", json=changed, headers=bearer(admin)).status_code == 409
+    bad = {**body, "records": [{"id": "x", "prompt": "p", "response_a": "a\x00", "response_b": "b"}]}
+    assert client.post("/api/tasks", json=bad, headers=bearer(admin)).status_code == 422
+    r = client.post("/api/tasks", json={**body, "records": [{"prompt": "p", "response_a": "a"}]}, headers=bearer(admin))
+    assert r.status_code == 422 and "record 1: field 'response_b': missing" in r.json()["detail"]
+    stats = lambda: client.get("/api/stats", params={"source": "round1"}, headers=bearer(admin)).json()  # noqa: E731
+    assert stats()["tasks"] == {"pairs": 4, "demonstrations": 0, "gold_pairs": 1, "tasks_complete": 0,
+                                "open_assignments": 0, "labels_missing": 6}
+    label_all(client, ann[0])  # 5 pairs (2 old, 3 of the batch); no gold due at gold rate 0
+    assert stats()["tasks"]["labels_missing"] == 3 and stats()["labels"]["pairs"] == 3
+    label_all(client, ann[1])
+    assert stats()["tasks"]["labels_missing"] == 0 and stats()["tasks"]["tasks_complete"] == 3
+    rows = [json.loads(x) for x in client.get("/api/export", params={"source": "round1"},
+                                              headers=bearer(admin)).text.splitlines()]
+    assert sorted(r["id"] for r in rows) == ["r1:0", "r1:1", "r1:2"] and all(r["labels"] == 2 for r in rows)
+    assert len(client.get("/api/export", headers=bearer(admin)).text.splitlines()) == 5

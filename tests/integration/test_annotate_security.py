@@ -85,6 +85,7 @@ MATRIX = [
     ("GET", "/admin", None, {"anon": LOGIN, "alice": 403, "bob": 403, "boss": 200}),
     ("POST", "/admin/guidelines", "markdown", {"anon": LOGIN, "alice": 403, "bob": 403, "boss": 303}),
     ("GET", "/admin/export", None, {"anon": LOGIN, "alice": 403, "bob": 403, "boss": 200}),
+    ("POST", "/api/tasks", "tasks", {"alice": 403, "bob": 403, "boss": 201}),  # late: it adds tasks
     ("POST", "/logout", None, {"anon": LOGIN, "bob": 303}),  # last: it ends bob's session
 ]
 
@@ -100,6 +101,9 @@ def _body(world, what, role, form):
         body = {"markdown": f"# rules by {role}"}
     elif what == "version":
         body = {"version": 1}
+    elif what == "tasks":
+        body = {"records": [{"id": f"pushed by {role}", "prompt": "p", "response_a": "x", "response_b": "y"}],
+                "source": "batch"}
     return body
 
 

@@ -17,7 +17,7 @@ def test_configuration_docs_are_generated_from_the_code():
 
 def test_every_stage_loads_a_config_dataclass_and_a_run_function():
     loaded = [s for s in STAGES if s.module]
-    assert len(loaded) == 23
+    assert len(loaded) == 25
     for s in loaded:
         cls, run = s.load()
         assert dataclasses.is_dataclass(cls) and callable(run), s.name

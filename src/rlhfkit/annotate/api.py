@@ -4,6 +4,7 @@ app's middleware (``app.Guard``) before routing; the routes read the user it fou
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, Security
@@ -11,19 +12,21 @@ from fastapi.security import HTTPBearer
 
 from .agreement import compute_stats
 from .export import export_rows, to_jsonl
-from .inputs import API_ERRORS, DemonstrationIn, GuidelinesIn, LabelIn, SkipIn, refuse_unknown_query
+from .db import Invalid, storable
+from .inputs import API_ERRORS, DemonstrationIn, GuidelinesIn, LabelIn, SkipIn, Source, TasksIn, refuse_unknown_query
+from .records import parse_pair
 from .store import Store
 
 router = APIRouter(tags=["api"], responses=API_ERRORS)
 bearer = HTTPBearer(auto_error=False, description="the token `rlhfkit annotate add-user` printed")
 
 
-def stats_payload(store: Store) -> dict:
-    return {**compute_stats(store.label_rows()), "tasks": store.counts()}
+def stats_payload(store: Store, source: str | None = None) -> dict:
+    return {**compute_stats(store.label_rows(source)), "tasks": store.counts(source)}
 
 
-def download(store: Store, mode: str, include_gold: bool) -> Response:
-    rows, dropped = export_rows(store, mode, include_gold)
+def download(store: Store, mode: str, include_gold: bool, source: str | None = None) -> Response:
+    rows, dropped = export_rows(store, mode, include_gold, source)
     return Response(to_jsonl(rows), media_type="application/x-ndjson", headers={
         "Content-Disposition": f'attachment; filename="{mode}.jsonl"', "X-Rows": str(len(rows)),
         "X-Dropped": ",".join(f"{k}={v}" for k, v in sorted(dropped.items()))})
@@ -105,14 +108,52 @@ def put_guidelines(body: GuidelinesIn, user=Depends(api_admin), store: Store = D
 
 
 @router.get("/api/stats")
-def get_stats(user=Depends(api_admin), store: Store = Depends(store_of)):
+def get_stats(source: Source = None, user=Depends(api_admin), store: Store = Depends(store_of)):
     """Agreement (Krippendorff's alpha, Fleiss' kappa, Cohen's kappa per annotator pair), each
-    annotator's agreement with the majority, gold accuracy and position bias, label counts, flags."""
-    return stats_payload(store)
+    annotator's agreement with the majority, gold accuracy and position bias, label counts, flags;
+    `tasks.labels_missing`: labels still wanted (K per pair)."""
+    return stats_payload(store, source)
 
 
 @router.get("/api/export", responses={200: {"content": {"application/x-ndjson": {}}}})
 def get_export(mode: Literal["majority", "per_annotator", "demonstrations"] = "majority",
-               include_gold: bool = False, user=Depends(api_admin), store: Store = Depends(store_of)):
+               include_gold: bool = False, source: Source = None, user=Depends(api_admin),
+               store: Store = Depends(store_of)):
     """The labels as TRL-format JSONL (see `rlhfkit annotate export`)."""
-    return download(store, mode, include_gold)
+    return download(store, mode, include_gold, source)
+
+
+def _storable_json(value, depth: int = 0) -> bool:
+    """Whether both databases store ``value`` in a JSON column (no NUL, no lone surrogate, no NaN)."""
+    if depth > 20:
+        return False
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(storable(k) and _storable_json(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable_json(v, depth + 1) for v in value)
+    return True
+
+
+@router.post("/api/tasks", status_code=201)
+def post_tasks(body: TasksIn, user=Depends(api_admin), store: Store = Depends(store_of)):
+    """Add pairs to the queue under the batch name `source`, all or none (`rlhfkit annotate import`
+    over HTTP). A pair whose id is already there with the same content is counted `unchanged`, so a
+    client may push the same batch again after a restart; the same id with other content is a 409."""
+    from ..data.errors import DataError
+    from ..data.load import Location
+
+    try:
+        records = [parse_pair(r, Location("records", i, "record"), i, body.source) for i, r in enumerate(body.records, 1)]
+    except DataError as e:
+        raise Invalid(str(e)) from None
+    if not all(_storable_json(r) for r in body.records):
+        raise Invalid("records: text must not contain NUL characters or unpaired surrogates, numbers must be "
+                      "finite, nesting at most 20 deep")
+    if len({r.external_id for r in records}) < len(records):
+        raise Invalid("records: two records share an id")
+    report = store.import_tasks(records, overlap=body.overlap, gold_rate=body.gold_rate, source=body.source)
+    return {"added": report.added, "unchanged": report.unchanged, "gold": report.gold}

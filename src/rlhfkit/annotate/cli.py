@@ -79,8 +79,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="majority: one row per pair, ties dropped (default); per_annotator: one row per label with "
                         "agreement flags; demonstrations: {prompt, completion} for `rlhfkit sft`")
     s.add_argument("--include-gold", action="store_true", help="export gold pairs too")
+    s.add_argument("--source", default=None, help="only the tasks pushed under this batch name (a pipeline round)")
 
-    cmd("stats", "print the quality statistics (as GET /api/stats) as JSON")
+    s = cmd("stats", "print the quality statistics (as GET /api/stats) as JSON")
+    s.add_argument("--source", default=None, help="only the tasks pushed under this batch name (a pipeline round)")
 
     s = cmd("guidelines", "set the annotator guidelines from a markdown file")
     s.add_argument("--file", required=True, help="markdown file")
@@ -211,7 +213,7 @@ def _set_active(args, store) -> int:
 def _export(args, store) -> int:
     from .export import export_rows, write_jsonl
 
-    rows, dropped = export_rows(store, args.mode, args.include_gold)
+    rows, dropped = export_rows(store, args.mode, args.include_gold, args.source)
     write_jsonl(rows, args.out)
     extra = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(dropped.items()))
     print(f"rlhfkit annotate export: {len(rows)} rows ({args.mode}) -> {args.out}"
@@ -222,7 +224,7 @@ def _export(args, store) -> int:
 def _stats(args, store) -> int:
     from .api import stats_payload
 
-    print(json.dumps(stats_payload(store), indent=2))
+    print(json.dumps(stats_payload(store, args.source), indent=2))
     return 0
 
 

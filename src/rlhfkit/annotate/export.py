@@ -104,10 +104,12 @@ def demonstration_rows(tasks: dict, rows: list[dict]) -> tuple[list[dict], Count
     return out, Counter()
 
 
-def export_rows(store, mode: str = "majority", include_gold: bool = False) -> tuple[list[dict], Counter]:
+def export_rows(store, mode: str = "majority", include_gold: bool = False,
+                source: str | None = None) -> tuple[list[dict], Counter]:
+    """``source``: only the tasks imported under that name (one round of a pipeline)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    tasks, rows = store.task_rows(), store.label_rows()
+    tasks, rows = store.task_rows(source=source), store.label_rows(source)
     if mode == "demonstrations":
         return demonstration_rows(tasks, rows)
     fn = majority_rows if mode == "majority" else per_annotator_rows

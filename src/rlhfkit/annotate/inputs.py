@@ -75,6 +75,20 @@ class GuidelinesIn(_Body):
     markdown: Text = Field(max_length=200_000)
 
 
+class TasksIn(_Body):
+    records: list[dict] = Field(min_length=1, max_length=10_000, description="pairs as `rlhfkit annotate import` "
+                                "reads them: {id, prompt, response_a, response_b} with optional metadata, gold")
+    overlap: int = Field(3, ge=1, le=1000, description="K: different annotators per pair")
+    gold_rate: float | None = Field(None, ge=0, le=1, description="share of each annotator's tasks that are gold "
+                                                                  "pairs; null leaves it unchanged")
+    source: Text = Field(min_length=1, max_length=500, description="batch name (a pipeline round); "
+                                                                   "`?source=` of stats and export select it")
+
+
+Source = Annotated[str | None, Field(None, min_length=1, max_length=500,
+                                     description="only the tasks imported under this name (POST /api/tasks)")]
+
+
 class ErrorOut(BaseModel):
     detail: str = Field(description="one line saying what was wrong")
 

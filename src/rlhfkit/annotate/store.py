@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy import and_, delete, exists, func, insert, select, true, update
 
 from . import assignment
 from .accounts import Accounts
@@ -320,33 +320,42 @@ class Store(Accounts):
 
     # ------------------------------------------------------------ reading it all back
 
-    def label_rows(self) -> list[dict]:
-        """Every label joined with its task and annotator (for statistics and export)."""
+    def label_rows(self, source: str | None = None) -> list[dict]:
+        """Every label joined with its task and annotator (for statistics and export); ``source``:
+        only the labels of tasks imported under that name (one round of a pipeline)."""
         q = (select(labels.c.task_id, labels.c.choice, labels.c.margin, labels.c.strength, labels.c.left,
                     labels.c.completion, labels.c.comment, labels.c.created_at, users.c.name.label("annotator"),
                     tasks.c.kind, tasks.c.gold, tasks.c.external_id)
              .join(users, users.c.id == labels.c.user_id).join(tasks, tasks.c.id == labels.c.task_id)
              .order_by(labels.c.task_id, labels.c.id))
+        if source is not None:
+            q = q.where(tasks.c.source == source)
         with self.read() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
-    def task_rows(self, kind: str | None = None) -> dict[int, dict]:
+    def task_rows(self, kind: str | None = None, source: str | None = None) -> dict[int, dict]:
         q = select(tasks.c.id, tasks.c.external_id, tasks.c.kind, tasks.c.prompt, tasks.c.response_a,
                    tasks.c.response_b, tasks.c.gold, tasks.c.overlap, tasks.c.meta)
         if kind:
             q = q.where(tasks.c.kind == kind)
+        if source is not None:
+            q = q.where(tasks.c.source == source)
         with self.read() as conn:
             return {r.id: dict(r._mapping) for r in conn.execute(q.order_by(tasks.c.id))}
 
-    def counts(self) -> dict:
+    def counts(self, source: str | None = None) -> dict:
+        """Task counts; ``labels_missing``: labels still wanted (K minus those given, per pair, gold
+        pairs left out). ``source``: only the tasks imported under that name."""
+        mine = tasks.c.source == source if source is not None else true()
         with self.read() as conn:
-            n_tasks = dict(conn.execute(select(tasks.c.kind, func.count()).group_by(tasks.c.kind)).all())
-            gold = conn.execute(select(func.count()).select_from(tasks).where(tasks.c.gold.is_not(None))).scalar()
+            n_tasks = dict(conn.execute(select(tasks.c.kind, func.count()).where(mine).group_by(tasks.c.kind)).all())
+            gold = conn.execute(select(func.count()).select_from(tasks).where(tasks.c.gold.is_not(None), mine)).scalar()
             per_task = select(labels.c.task_id, func.count().label("n")).group_by(labels.c.task_id).subquery()
-            complete = conn.execute(select(func.count()).select_from(per_task.join(
-                tasks, tasks.c.id == per_task.c.task_id)).where(and_(per_task.c.n >= tasks.c.overlap,
-                                                                    tasks.c.gold.is_(None)))).scalar()
-            open_ = conn.execute(select(func.count()).select_from(assignments)
-                                 .where(assignments.c.status == "open")).scalar()
+            have = conn.execute(select(tasks.c.kind, tasks.c.overlap, func.coalesce(per_task.c.n, 0))
+                                .select_from(tasks.outerjoin(per_task, per_task.c.task_id == tasks.c.id))
+                                .where(tasks.c.gold.is_(None), mine)).all()
+            open_ = conn.execute(select(func.count()).select_from(assignments).join(tasks, tasks.c.id == assignments.c.task_id)
+                                 .where(assignments.c.status == "open", mine)).scalar()
         return {"pairs": n_tasks.get("pair", 0), "demonstrations": n_tasks.get("demonstration", 0),
-                "gold_pairs": gold, "tasks_complete": complete, "open_assignments": open_}
+                "gold_pairs": gold, "tasks_complete": sum(n >= k for _, k, n in have), "open_assignments": open_,
+                "labels_missing": sum(max(0, k - n) for kind, k, n in have if kind == "pair")}

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .. import report
+from . import rounds_report
 
 
 def _load(path: Path) -> dict:
@@ -76,6 +77,9 @@ def build(root: str | Path, summaries: dict) -> Path:
                          "<p class=note>Held-out prompts (and knowledge-gap probes) embedded with MiniLM and "
                          "clustered; a cluster is uncovered when fewer than "
                          f"{cov.get('min_pairs', '?')} training preference pairs are near it.</p>"))
+    rounds = rounds_report.section(root)
+    if rounds:
+        sections.append(rounds)
     samples_path = root / "eval" / "samples.jsonl"
     if samples_path.exists():
         rows = [json.loads(x) for x in samples_path.read_text().splitlines()]
