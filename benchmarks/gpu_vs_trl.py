@@ -1,7 +1,7 @@
-"""rlhfkit vs TRL on one GPU: SFT, DPO and GRPO on a random-initialised ~0.37B Llama in bf16.
+"""rlhfkit vs TRL on one GPU: SFT, DPO and GRPO on a random-initialised ~0.48B Llama in bf16.
 
-Same model folder (written once: Llama shape, hidden 1024, 24 layers, 16 heads, MLP 2816, a 32,000-word
-vocabulary, untied head; nothing downloaded), same data files in TRL's formats (prompts 180-220
+Same model folder (written once: Llama shape, hidden 1024, 32 layers, 16 heads, MLP 2816, a 32,000-word
+vocabulary, untied head: 476M parameters; nothing downloaded), same data files in TRL's formats (prompts 180-220
 tokens, responses 150-300), same steps and batch on both sides. Each (stage, side) runs in a fresh
 subprocess that first warms the GPU up (one forward/backward and a short ``generate`` of the same
 model, untimed), then resets the peak-memory counter and runs the side through
@@ -17,8 +17,9 @@ the token counts are exact: SFT counts prompt + completion tokens, DPO prompt + 
 prompt + rejected, GRPO prompt + ``--new-tokens`` per completion (an upper bound for completions
 that end early; a random model almost never samples EOS). MFU = 6 * N_params * tokens/s / peak
 dense bf16 FLOP/s of the GPU (a table by device name, 989e12 when unknown); for GRPO that is a
-training-equivalent figure (sampling costs 2N per token, not 6N). Measured as is: rlhfkit's sampler
-runs outside autocast (fp32 rollouts on the GPU), TRL's however TRL runs it.
+training-equivalent figure (sampling costs 2N per token, not 6N). Both sides sample under bf16
+autocast (rlhfkit's rollouts run under the run's autocast; TRL's under its own); rlhfkit loads the
+model with FlashAttention-2 where ``flash_attn`` is installed, SDPA otherwise.
 
     bash benchmarks/gpu_run.sh                     # on the GPU machine, writes $OUT
     PYTHONPATH=src python benchmarks/gpu_vs_trl.py --out /tmp/gpu-bench [--stages sft,dpo] [--sft-steps 20]
@@ -49,9 +50,9 @@ SIDES = ("rlhfkit", "trl")
 # 10-25 s of training per (stage, side), so fixed costs (trainer construction, first-step allocations)
 # stay small, and about 5 minutes in all with the six processes' start-up.
 PROFILES = {
-    "full": dict(hidden=1024, layers=24, heads=16, intermediate=2816, vocab=32000, positions=1024,
+    "full": dict(hidden=1024, layers=32, heads=16, intermediate=2816, vocab=32000, positions=1024,
                  prompt=(180, 220), response=(150, 300), max_length=640,
-                 sft_steps=100, dpo_steps=50, grpo_steps=6, batch=16, grpo_prompts=8, generations=8, new_tokens=128),
+                 sft_steps=80, dpo_steps=40, grpo_steps=6, batch=16, grpo_prompts=8, generations=8, new_tokens=128),
     "tiny": dict(hidden=64, layers=2, heads=4, intermediate=256, vocab=1500, positions=128,
                  prompt=(10, 20), response=(6, 16), max_length=64,
                  sft_steps=2, dpo_steps=2, grpo_steps=2, batch=4, grpo_prompts=2, generations=4, new_tokens=8),
@@ -181,7 +182,8 @@ def worker(side: str, stage: str, workdir: Path, prof: dict) -> dict:
     summary = out / "summary.json"
     if side == "rlhfkit" and summary.exists():  # its own per-step split (last step), for reading the table
         train = json.loads(summary.read_text()).get("train", {})
-        row["rlhfkit_last_step"] = {k: v for k, v in train.items() if k.startswith("time_") or k == "tokens_per_second"}
+        row["rlhfkit_last_step"] = {k: v for k, v in train.items() if k.startswith("time_") or k in (
+            "tokens_per_second", "samples_per_second", "peak_memory_mib")}
     return row
 
 

@@ -16,6 +16,12 @@ included); for TRL, constructing the trainer (its tokenisation, its reference co
 sides: real (non-padding) tokens of the examples trained for SFT, pairs for RM and DPO, sampled
 completions for RLOO and GRPO.
 
+Online settings: ``rloo`` / ``grpo``: 8 prompts of 4-40 words x 4 completions of up to 32 tokens a
+step; ``rloo-g8`` / ``grpo-g8``: TRL's default of 8 generations, 4 prompts of 40-80 words (longer
+than the responses, as in chat RL) x 8 completions of up to 32 tokens a step. GRPO's beta
+(``--grpo-beta``, default 0.04; 0 is TRL's default: no reference model on either side) and RLOO's
+(0.05, TRL's default) are the same on both sides. Each measurement records the load average.
+
     .venv/bin/pip install trl==1.16.0 "torch==2.13.0"     # benchmarks only, not a dependency
     .venv/bin/python benchmarks/vs_trl.py --reps 3 --threads 1 [--baseline-src DIR]
 """
@@ -35,13 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STAGES = ("sft", "rm", "dpo", "rloo", "grpo")
-UNITS = {"sft": "tokens/s", "rm": "pairs/s", "dpo": "pairs/s", "rloo": "completions/s", "grpo": "completions/s"}
+STAGES = ("sft", "rm", "dpo", "rloo", "grpo", "rloo-g8", "grpo-g8")
+UNITS = {"sft": "tokens/s", "rm": "pairs/s", "dpo": "pairs/s", **{s: "completions/s" for s in STAGES[3:]}}
 
 # The benchmark model: Llama-style, ~2.8M parameters with the word vocabulary below.
 MODEL = dict(hidden_size=192, num_layers=4, num_heads=4, max_positions=256)
 N_PAIRS, BATCH, MAX_LENGTH = 512, 32, 256
 RL_PROMPTS, RL_GENERATIONS, RL_NEW_TOKENS = 8, 4, 32
+G8_PROMPTS, G8_GENERATIONS = 4, 8  # the -g8 settings: long prompts (prompts_long.jsonl)
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,16 @@ class Setup:
     rl_generations: int = RL_GENERATIONS
     rl_new_tokens: int = RL_NEW_TOKENS
     cuda: bool = False
+    rl_prompts_file: str = "prompts"  # the key of the prompt file in ``prepare``'s paths
+    grpo_beta: float = 0.04
+
+
+def setup_of(stage: str, grpo_beta: float = 0.04) -> tuple[str, Setup]:
+    """(algorithm, Setup) of a CPU benchmark stage: ``grpo-g8`` is GRPO with 8 generations of long prompts."""
+    if stage.endswith("-g8"):
+        return stage[:-3], Setup(rl_prompts=G8_PROMPTS, rl_generations=G8_GENERATIONS, rl_prompts_file="prompts_long",
+                                 grpo_beta=grpo_beta)
+    return stage, Setup(grpo_beta=grpo_beta)
 
 
 CPU = Setup()
@@ -88,11 +105,15 @@ def prepare(workdir: Path) -> dict:
     from rlhfkit.tiny_models import make_tiny_model_dir
 
     workdir.mkdir(parents=True, exist_ok=True)
-    paths = {k: workdir / f"{k}.jsonl" for k in ("pairs", "sft", "prompts")}
+    paths = {k: workdir / f"{k}.jsonl" for k in ("pairs", "sft", "prompts", "prompts_long")}
     paths["model"] = workdir / "model"
-    if (paths["model"] / "config.json").exists():
+    if (paths["model"] / "config.json").exists() and paths["prompts_long"].exists():
         return {k: str(v) for k, v in paths.items()}
     pairs = make_data()
+    rng = random.Random(1)
+    with open(paths["prompts_long"], "w") as f:  # 40-80 words: longer than the 32-token responses
+        f.writelines(json.dumps({"prompt": " ".join(rng.choice(p["prompt"].split() + p["chosen"].split())
+                                                    for _ in range(rng.randint(40, 80)))}) + "\n" for p in pairs)
     with open(paths["pairs"], "w") as f:
         f.writelines(json.dumps(p) + "\n" for p in pairs)
     with open(paths["sft"], "w") as f:
@@ -141,13 +162,14 @@ def run_rlhfkit(stage: str, paths: dict, out: Path, steps: int, opts: dict, setu
     elif stage == "dpo":
         summary = dpo.run_dpo(dpo.DPOConfig(data=paths["pairs"], precompute_ref=True, beta=0.1, **base, **opts))
     else:
-        base.update(batch_size=setup.rl_prompts, data=paths["prompts"], num_generations=setup.rl_generations,
+        base.update(batch_size=setup.rl_prompts, data=paths[setup.rl_prompts_file], num_generations=setup.rl_generations,
                     max_new_tokens=setup.rl_new_tokens, reward_fn=[f"{Path(__file__).resolve()}:reward_len"],
                     temperature=1.0)
         if stage == "rloo":  # TRL RLOO: KL (beta 0.05) in the reward
             summary = rloo.run_rloo(rloo.RLOOConfig(kl_coef=0.05, kl_in="reward", **base, **opts))
-        else:  # TRL GRPO with beta 0.04: k3 KL as a loss term
-            summary = grpo.run_grpo(grpo.GRPOConfig(kl_coef=0.04, kl_in="loss", kl_estimator="k3", **base, **opts))
+        else:  # TRL GRPO with beta (0.04 by default here): k3 KL as a loss term
+            summary = grpo.run_grpo(grpo.GRPOConfig(kl_coef=setup.grpo_beta, kl_in="loss", kl_estimator="k3", **base,
+                                                    **opts))
     return float(summary["train_seconds"])
 
 
@@ -184,7 +206,7 @@ def run_trl(stage: str, paths: dict, out: Path, steps: int, opts: dict, setup: S
         cfg = trl.DPOConfig(per_device_train_batch_size=batch, max_length=max_length, beta=0.1, **args, **opts)
         make = lambda: trl.DPOTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok)  # noqa: E731
     else:
-        data = Dataset.from_list(read_jsonl(paths["prompts"]))
+        data = Dataset.from_list(read_jsonl(paths[setup.rl_prompts_file]))
         rl = dict(per_device_train_batch_size=setup.rl_prompts * setup.rl_generations,
                   num_generations=setup.rl_generations, max_completion_length=setup.rl_new_tokens, temperature=1.0, **args, **opts)
         if stage == "rloo":
@@ -192,7 +214,7 @@ def run_trl(stage: str, paths: dict, out: Path, steps: int, opts: dict, setup: S
             make = lambda: trl.RLOOTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,  # noqa: E731
                                            reward_funcs=reward_len)
         else:
-            cfg = trl.GRPOConfig(beta=0.04, **rl)
+            cfg = trl.GRPOConfig(beta=setup.grpo_beta, **rl)
             make = lambda: trl.GRPOTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,  # noqa: E731
                                            reward_funcs=reward_len)
     t0 = time.perf_counter()
@@ -201,27 +223,31 @@ def run_trl(stage: str, paths: dict, out: Path, steps: int, opts: dict, setup: S
     return time.perf_counter() - t0
 
 
-def worker(side: str, stage: str, workdir: Path, steps: int, threads: int, opts: dict) -> dict:
-    """One measurement in this (fresh) process; returns seconds, units/s and peak RSS."""
+def worker(side: str, stage: str, workdir: Path, steps: int, threads: int, opts: dict, grpo_beta: float) -> dict:
+    """One measurement in this (fresh) process; returns seconds, units/s, peak RSS and the load average."""
     import torch
 
     torch.set_num_threads(threads)
     paths = prepare(workdir)
     out = workdir / f"out-{side}-{stage}-{os.getpid()}"
-    seconds = (run_trl if side == "trl" else run_rlhfkit)(stage, paths, out, steps, opts)
+    algo, setup = setup_of(stage, grpo_beta)
+    load = os.getloadavg()[0]
+    seconds = (run_trl if side == "trl" else run_rlhfkit)(algo, paths, out, steps, opts, setup)
     if stage == "sft":
         units = real_tokens(paths, stage) * steps * BATCH / N_PAIRS
     elif stage in ("rm", "dpo"):
         units = steps * BATCH
     else:
-        units = steps * RL_PROMPTS * RL_GENERATIONS
+        units = steps * setup.rl_prompts * setup.rl_generations
     return {"side": side, "stage": stage, "seconds": seconds, "rate": units / seconds,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "load_start": load, "load_end": os.getloadavg()[0]}
 
 
 def spawn(side: str, stage: str, args, opts: dict | None = None, src: Path | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, stage, "--workdir", str(args.workdir),
-           "--steps", str(args.steps), "--threads", str(args.threads), "--opts", json.dumps(opts or {})]
+           "--steps", str(args.steps), "--threads", str(args.threads), "--opts", json.dumps(opts or {}),
+           "--grpo-beta", str(args.grpo_beta)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHONWARNINGS="ignore")
     if src is not None:  # an older rlhfkit tree (git archive REV src | tar -x -C DIR) ahead of the installed one
@@ -244,11 +270,13 @@ def main() -> None:
     p.add_argument("--src", type=Path, help="run this rlhfkit tree (a folder holding src/) instead of the installed one")
     p.add_argument("--baseline-src", type=Path, help="also run an older rlhfkit checkout (a folder holding its "
                    "src/) as side 'rlhfkit-base', e.g. from `git archive main src | tar -x -C DIR`")
+    p.add_argument("--grpo-beta", type=float, default=0.04, help="GRPO's KL coefficient, both sides (TRL's default: 0)")
     p.add_argument("--worker", nargs=2, metavar=("SIDE", "STAGE"), help=argparse.SUPPRESS)
     p.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.workdir, args.steps, args.threads, json.loads(args.opts))))
+        print(json.dumps(worker(*args.worker, args.workdir, args.steps, args.threads, json.loads(args.opts),
+                                args.grpo_beta)))
         return
     prepare(args.workdir)
     variants = {"trl": {}, "trl-precompute": {"precompute_ref_log_probs": True}}
@@ -265,7 +293,8 @@ def main() -> None:
                 r["variant"] = side
                 got[side].append(r)
                 raw.append(r)
-                print(f"  {stage} {side:15s} {r['seconds']:7.2f} s  {r['rate']:9.1f} {UNITS[stage]}", flush=True)
+                print(f"  {stage} {side:15s} {r['seconds']:7.2f} s  {r['rate']:9.1f} {UNITS[stage]}  "
+                      f"load {r['load_start']:.2f}-{r['load_end']:.2f}", flush=True)
         med = {s: statistics.median(x["rate"] for x in got[s]) for s in sides}
         best_trl = max((s for s in sides if s.startswith("trl")), key=med.get)
         base = f"{med['rlhfkit-base']:.1f} ({med['rlhfkit'] / med['rlhfkit-base']:.2f}x)" if args.baseline_src else "-"
@@ -276,6 +305,8 @@ def main() -> None:
           "|---|---|---|---|---|---|---|---|")
     for stage, a, b, which, ratio, sa, sb, base in rows:
         print(f"| {stage} | {UNITS[stage]} | {a:.1f} | {b:.1f} ({which}) | **{ratio:.2f}x** | {sa:.1f} | {sb:.1f} | {base} |")
+    loads = [x[k] for x in raw for k in ("load_start", "load_end")]
+    print(f"\nload average (1 min) over the runs: {min(loads):.2f} to {max(loads):.2f}; {args.threads} thread(s) a side")
     if args.json:
         args.json.write_text(json.dumps(raw, indent=1))
 

@@ -272,6 +272,7 @@ class OnlineConfig(RewardSourceConfig, GenerationConfig, TrainConfig):
     kl_horizon: int = option(10000, "Adaptive controller horizon in sequences.")
     kl_estimator: str = option("k1", "Per-token KL estimator: k1 (log-ratio), k2, k3.", choices=["k1", "k2", "k3"])
     kl_in: str = option("reward", "Apply the KL as a per-token reward penalty or as a loss term.", choices=["reward", "loss"])
+    log_kl: bool = option(False, "With kl_coef 0 (and no kl_target) no reference model is loaded or run and no KL is logged; true loads it anyway to log kl, kl_k1 and kl_k3.")
     missing_eos_penalty: float = option(0.0, "Subtracted from the score of a response cut by max_new_tokens without EOS.")
     reward_clip: float = option(0.0, "Clip scores to [-c, c]; 0 disables.")
     normalize_reward: bool = option(False, "Normalise scores by a running mean and std (kept in checkpoints).")

@@ -100,3 +100,59 @@ if _DynamicLayer is not None:
                 self.batch_select_indices(torch.arange(self._k.shape[0], device=self._k.device).repeat_interleave(repeats))
 else:  # pragma: no cover
     PreallocatedLayer = None
+
+
+# --------------------------------------------------------------------------- the lean decode step
+
+_LEAN_FAMILIES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+
+
+def lean_decode_step(model):
+    """A decode step (one new token per row against the cache) that calls the model's own modules
+    without the ``transformers`` forward around them, or None where this model is not one it can
+    run exactly: a Llama or Qwen2 causal LM with full attention on SDPA, plain ``nn.Linear``
+    projections (no LoRA layers) and a cache of :class:`PreallocatedLayer`.
+
+    Why: a decode step of a small model is mostly Python. The ``transformers`` forward spends it on
+    mask construction, output dataclasses, kwargs plumbing and hooks around the same few kernels;
+    this step runs those kernels (embedding, RMSNorm, projections, rotary embedding, cache write,
+    ``sdpa_attention_forward``, MLP, final norm, LM head on the last position) in the same order
+    with the same inputs, so its logits equal the forward's bit for bit (tests/unit/test_generation.py
+    checks it, sampling with the step on and off). The mask is what ``transformers`` builds for SDPA
+    at one query position: none when no row is padded, else the (B, 1, 1, L) padding mask.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    config = model.config
+    inner = getattr(model, "model", None)
+    if (type(model).__name__ not in _LEAN_FAMILIES or PreallocatedLayer is None or inner is None
+            or getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "use_sliding_window", False)
+            or any(t != "full_attention" for t in (getattr(config, "layer_types", None) or []))):
+        return None
+    names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+             "mlp.up_proj", "mlp.down_proj")
+    if any(type(layer.get_submodule(n)) is not torch.nn.Linear for layer in inner.layers for n in names):
+        return None
+
+    def step(ids_B1, mask_BL, positions_B1, cache):
+        if not all(type(layer) is PreallocatedLayer for layer in getattr(cache, "layers", [None])):
+            return None
+        B = ids_B1.shape[0]
+        h = inner.embed_tokens(ids_B1)
+        cos, sin = inner.rotary_emb(h, positions_B1)
+        attn_mask = None if bool(mask_BL.all()) else mask_BL.bool()[:, None, None, :]
+        for i, layer in enumerate(inner.layers):
+            a = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = a.q_proj(x).view(B, 1, -1, a.head_dim).transpose(1, 2)
+            k = a.k_proj(x).view(B, 1, -1, a.head_dim).transpose(1, 2)
+            v = a.v_proj(x).view(B, 1, -1, a.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k, v = cache.layers[i].update(k, v)
+            o = sdpa_attention_forward(a, q, k, v, attn_mask, dropout=0.0, scaling=a.scaling)[0]
+            h = h + a.o_proj(o.reshape(B, 1, -1).contiguous())
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return model.lm_head(inner.norm(h))[:, -1]
+
+    return step

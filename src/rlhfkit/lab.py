@@ -115,7 +115,7 @@ def kl_stages(cfg: LabConfig, demo: dict) -> list[dict]:
         extra = {"max_steps": cfg.kl_steps} if cfg.kl_steps else {}
         # the gold reward rides along with weight 0: logged, never optimised
         stages.append(_variant(demo["ppo"], names[-1], kl_coef=c, kl_target=0.0, reward_fn=[GOLD_FN],
-                               reward_weights=[1.0, 0.0], **extra))
+                               reward_weights=[1.0, 0.0], log_kl=True, **extra))  # kl logged at kl_coef 0 too
     stages.append(_eval_stage(demo, [f"{n}={{{n}}}" for n in names], "eval_kl"))
     return stages
 

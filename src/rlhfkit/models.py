@@ -104,8 +104,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False,
         if tok.eos_token_id is None:
             raise ValueError(f"{path}: the tokenizer has neither a pad nor an EOS token")
         tok.pad_token = tok.eos_token
-        log.info("%s: no pad token; using EOS (%r) as pad, disambiguated by the attention mask",
-                 path, tok.eos_token)
+        log.info("%s: no pad token; using EOS (%r) as pad, disambiguated by the attention mask", path, tok.eos_token)
     tok.padding_side = padding_side
     return tok
 
@@ -128,14 +127,15 @@ def weights_kwargs(path: str, allow_pickle: bool, trust_remote_code: bool) -> di
 
 
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
-                   allow_pickle: bool = False, load_in_4bit: bool = False, field: str = "") -> PreTrainedModel:
-    """A causal LM from a model folder or hub id; an adapter folder loads as base + adapter, merged."""
+                   allow_pickle: bool = False, load_in_4bit: bool = False, field: str = "", **extra) -> PreTrainedModel:
+    """A causal LM from a model folder or hub id; an adapter folder loads as base + adapter, merged.
+    ``extra`` goes to ``from_pretrained`` (e.g. ``attn_implementation``)."""
     check_model_path(path, field)
     if is_adapter_dir(path):
         return _merged_adapter(path, allow_pickle, lambda base: load_causal_lm(
-            base, dtype, trust_remote_code, allow_pickle, load_in_4bit))
+            base, dtype, trust_remote_code, allow_pickle, load_in_4bit, **extra))
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, **_quantization_kwargs(load_in_4bit, dtype),
+        path, dtype=dtype, **_quantization_kwargs(load_in_4bit, dtype), **extra,
         **weights_kwargs(path, allow_pickle, trust_remote_code))
     return model
 

@@ -40,7 +40,7 @@ import torch
 
 from .config import GenerationConfig
 from .data.tokenize import prompt_ids as _prompt_ids
-from .kv_cache import forward_params, new_cache
+from .kv_cache import forward_params, lean_decode_step, new_cache
 from .models import position_ids_from_mask, unwrap_peft
 
 
@@ -164,13 +164,21 @@ def draw(probs_BV: torch.Tensor, generator: torch.Generator | None = None,
     return torch.searchsorted(cdf_BV, u_B1, right=True).squeeze(1).clamp_(max=probs_BV.shape[1] - 1)
 
 
+LEAN_DECODE = True  # kv_cache.lean_decode_step where the model allows it; False: always the model's forward
+
+
 def _forward_fn(model) -> Callable:
     """model(ids, mask, positions, cache) -> (B, V) logits of the last position only."""
     params = forward_params(model)
     cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
     keep = next(({k: 1} for k in ("logits_to_keep", "num_logits_to_keep") if k in params), {})
+    lean = lean_decode_step(model) if LEAN_DECODE else None  # decode steps without the forward's Python
 
     def forward(ids_BS, mask_BS, positions_BS, cache):
+        if lean is not None and ids_BS.shape[1] == 1 and cache.get_seq_length() > 0:
+            logits = lean(ids_BS, mask_BS, positions_BS, cache)
+            if logits is not None:
+                return logits
         out = model(input_ids=ids_BS, attention_mask=mask_BS, position_ids=positions_BS, use_cache=True,
                     **{cache_kw: cache}, **keep)
         return out.logits[:, -1]

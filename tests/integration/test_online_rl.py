@@ -81,7 +81,8 @@ def test_larger_kl_coef_ends_at_smaller_kl(world_dir, sft_dir, tmp_path):
     kls = {}
     for coef in (0.0, 1.0):
         out = tmp_path / f"coef{coef}"
-        run_rloo(RLOOConfig(**_common(world_dir, sft_dir, out, num_generations=4, kl_coef=coef, max_steps=30)))
+        run_rloo(RLOOConfig(**_common(world_dir, sft_dir, out, num_generations=4, kl_coef=coef, max_steps=30,
+                                            log_kl=True)))  # the reference runs at kl_coef 0 only when asked
         kls[coef] = _mean(_rows(out), "kl", slice(-5, None))
     assert kls[1.0] < 0.5 * kls[0.0], kls
 

@@ -39,7 +39,7 @@ def _send_huge(port: int, body_mb: int, chunked: bool, deadline_s: float = 20.0)
     head, tail = b'{"messages": [{"role": "user", "content": "', b'"}]}'
     fill = b"the soup is hot " * (MB // 16)  # 1 MB of prompt text per chunk (no blocked word)
     size = len(head) + body_mb * len(fill) + len(tail)
-    headers = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    headers = ("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                + ("Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {size}\r\n")
                + "\r\n").encode()
     reply, start = b"", time.perf_counter()

@@ -425,3 +425,47 @@ def test_per_row_generators_draw_the_same_tokens_in_any_batch(llama):
     assert torch.equal(torch.rand(4, generator=row_generators(3, 5, [7])[0]), draws[0])
     with pytest.raises(ValueError, match="one per prompt"):
         generate(model, tok, rows, gen, generator=row_generators(3, 5, prompt_idx[:-1]))
+
+
+def _qwen2_gqa(tok):
+    """A Qwen2 (q/k/v biases) with grouped-query attention: 4 query heads over 2 key/value heads."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    return _spread(Qwen2ForCausalLM(config))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("prompts", [PROMPTS * 2, ["the quick brown fox"] * 3 + ["a cat sat on"] * 3])
+def test_lean_decode_step_samples_exactly_as_the_forward(llama, monkeypatch, family, prompts):
+    """The lean decode step (kv_cache.lean_decode_step) gives bit-identical tokens and log-probs to
+    the model's forward, with left padding (varied prompt lengths) and without (equal lengths, so
+    no mask: the SDPA call transformers makes then), with and without grouped-query attention."""
+    import rlhfkit.sampling as sampling
+    from rlhfkit.kv_cache import lean_decode_step
+
+    tok, model = llama[0], llama[1] if family == "llama" else _qwen2_gqa(llama[0])
+    assert lean_decode_step(model) is not None  # the step under test is the one the sampler uses
+    rows, gen = _prompt_rows(tok, prompts), GenerationConfig(max_new_tokens=10, temperature=1.0)
+    got = {}
+    for lean in (True, False):
+        monkeypatch.setattr(sampling, "LEAN_DECODE", lean)
+        got[lean] = generate(model, tok, rows, gen, eos_token_ids=[], generator=torch.Generator().manual_seed(3))
+    assert torch.equal(got[True].response_ids, got[False].response_ids)
+    assert torch.equal(got[True].logprobs, got[False].logprobs) and got[True].mask.sum() == 10 * len(rows)
+
+
+def test_lean_decode_step_declines_other_models(gpt2, llama):
+    """GPT-2 (another family) and a LoRA-wrapped Llama (its projections are not plain Linear layers)
+    run through the model's forward."""
+    from peft import LoraConfig, get_peft_model
+
+    from rlhfkit.kv_cache import lean_decode_step
+    from rlhfkit.models import unwrap_peft
+
+    assert lean_decode_step(gpt2[1]) is None
+    lora = get_peft_model(_qwen2_gqa(llama[0]), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert lean_decode_step(unwrap_peft(lora)) is None

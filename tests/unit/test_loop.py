@@ -80,9 +80,13 @@ def test_checkpoints_are_atomic_pruned_and_logged(world_dir, varied_sft, tmp_pat
     assert checkpoint.latest_checkpoint(tmp_path).name == "step-0000004"
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert {"loss", "lr", "grad_norm", "tokens_per_second"} <= set(rows[0])
+    assert {"loss", "lr", "grad_norm", "tokens_per_second", "samples_per_second", "peak_memory_mib"} <= set(rows[0])
+    assert all(r["peak_memory_mib"] > 10 for r in rows)  # peak RSS of a process with torch loaded
+    # 4 examples a step: each step's tokens per example is a real SFT row's length (max_length bounds it)
+    assert all(1 < r["tokens_per_second"] / r["samples_per_second"] <= 32 for r in rows), rows
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert summary["steps"] == 6 and summary["train_seconds"] > 0
+    assert summary["samples_per_second"] == pytest.approx(6 * 4 / summary["train_seconds"], rel=0.01)
 
 
 def test_non_finite_loss_is_skipped_then_stops(world_dir, varied_sft, tmp_path):

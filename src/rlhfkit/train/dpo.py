@@ -134,7 +134,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
     weighted = apply_source_weights(train_set, cfg.source_weights)
     if weighted:
         run.print(f"source weights: {weighted}")
-    pack = cfg.padding_free and packing_works(policy)
+    with run.accelerator.autocast():  # checked as it will run (bf16 on a GPU: FlashAttention needs it)
+        pack = cfg.padding_free and packing_works(policy)
     if cfg.padding_free and not pack:
         run.print("padding_free: this model does not compute packed sequences like padded ones; using padding")
     collate = lambda b: collate_pairs(b, tokenizer.pad_token_id, pack)  # noqa: E731

@@ -32,6 +32,7 @@ from ..data.tokenize import check_chat_template
 from ..data.report import bad_record_summary
 from ..models import (add_lora, check_model_path, enable_gradient_checkpointing, load_causal_lm, load_reward_model,
                       load_tokenizer, resolve_device, resolve_dtype)
+from ..resources import peak_memory_bytes
 from .distributed import batch_plan, my_share, partial_batch_note, reduce_sums, step_indices
 from .step import StepDriver
 
@@ -102,7 +103,7 @@ def load_trained_model(cfg, run: Run, path: str = "", reward_tokenizer=None):
     if reward_tokenizer is not None:
         model = load_reward_model(path, reward_tokenizer, **kw)
     else:
-        model = load_causal_lm(path, **kw)
+        model = load_causal_lm(path, **kw, **attention_kwargs(run.device, run.dtype))
     if lora:
         model = add_lora(model, path, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
                          reward=reward_tokenizer is not None, quantized=q4)
@@ -113,6 +114,21 @@ def load_trained_model(cfg, run: Run, path: str = "", reward_tokenizer=None):
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model if q4 else model.to(run.device)
+
+
+def attention_kwargs(device: torch.device, dtype: torch.dtype) -> dict:
+    """``from_pretrained``'s ``attn_implementation`` for a causal LM on this device: on CUDA with a
+    bf16/fp16 compute dtype and the ``flash_attn`` package installed, FlashAttention-2 (packed rows,
+    told apart by their position-id resets, then run through its varlen kernel); otherwise the
+    model's default, SDPA where the model has it (packed rows get a block-diagonal mask built from
+    the position ids). ``logprobs.packing_works`` checks either way, at start, that packed rows give
+    the padded log-probs before a run packs."""
+    import importlib.util
+
+    if torch.device(device).type == "cuda" and dtype in (torch.bfloat16, torch.float16) \
+            and importlib.util.find_spec("flash_attn") is not None:
+        return {"attn_implementation": "flash_attention_2"}
+    return {}
 
 
 def seed_everything(seed: int) -> None:
@@ -187,17 +203,17 @@ def train(run: Run, task: Task) -> dict:
     optimizer, scheduler = make_optimizer(task.model, cfg, total)
     driver = StepDriver.start(run, task.model, optimizer, scheduler, total, task.progress_keys)
     model, state = driver.model, driver.state
-    last, tokens_seen = {}, 0
+    last, tokens_seen, samples_seen = {}, 0, 0
     evaluate = (lambda: _evaluate(task, model)) if task.evaluate else None
     with driver.running() as steps:
         for step in steps:
             driver.begin(step)
             model.train()
             t0 = time.perf_counter()
-            metrics, ntok = _one_step(run, task, driver, step, steps_per_epoch, micro)
-            tokens_seen += ntok
-            metrics.update(lr=driver.scheduler.get_last_lr()[0], tokens_per_second=ntok / (time.perf_counter() - t0),
-                           skipped_steps=state["skipped_steps"])
+            metrics, ntok, nsamples = _one_step(run, task, driver, step, steps_per_epoch, micro)
+            tokens_seen, samples_seen = tokens_seen + ntok, samples_seen + nsamples
+            metrics.update(lr=driver.scheduler.get_last_lr()[0], skipped_steps=state["skipped_steps"],
+                           **throughput(run, ntok, nsamples, time.perf_counter() - t0))
             last = metrics
             done = step + 1
             # the data position, for the checkpoint
@@ -209,7 +225,20 @@ def train(run: Run, task: Task) -> dict:
             driver.logger.log(total, final_eval)
     return {"steps": total, "train_seconds": round(train_seconds, 3), "resumed_from_step": run.start_step,
             "skipped_steps": state["skipped_steps"], "train": last, **final_eval,
-            "tokens_per_second": round(tokens_seen / max(train_seconds, 1e-9), 1)}
+            **rates(tokens_seen, samples_seen, train_seconds)}
+
+
+def rates(tokens: int, samples: int, seconds: float) -> dict:
+    """``tokens_per_second`` and ``samples_per_second`` over ``seconds`` (every process's units)."""
+    return {"tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+            "samples_per_second": round(samples / max(seconds, 1e-9), 3)}
+
+
+def throughput(run: Run, tokens: int, samples: int, seconds: float) -> dict:
+    """A step's figures: tokens/s (real, non-padding tokens), samples/s (examples; online: sampled
+    completions), over every process, and this process's peak memory so far in MiB
+    (``resources.peak_memory_bytes``: CUDA allocated on a GPU, peak RSS on the CPU)."""
+    return {**rates(tokens, samples, seconds), "peak_memory_mib": round(peak_memory_bytes(run.device) / 2**20, 1)}
 
 
 def _evaluate(task: Task, model) -> dict:
@@ -221,7 +250,7 @@ def _evaluate(task: Task, model) -> dict:
 
 
 def _one_step(run: Run, task: Task, driver: StepDriver, step: int, steps_per_epoch: int,
-              micro: int) -> tuple[dict, int]:
+              micro: int) -> tuple[dict, int, int]:
     """Forward/backward over this process's micro-batches, then the driver's guarded optimiser step."""
     cfg = run.cfg
     indices = step_indices(step, len(task.examples), cfg.batch_size, steps_per_epoch, cfg.seed)
@@ -243,7 +272,7 @@ def _one_step(run: Run, task: Task, driver: StepDriver, step: int, steps_per_epo
     for name, (num, den) in task.ratios.items():
         sums[name] = sums.pop(num) / max(sums.pop(den), 1.0)
     driver.optimizer_step(step, sums, guard=("loss",))
-    return sums, ntok
+    return sums, ntok, len(indices)
 
 
 def load_data(cfg, load: Callable, kind: str, with_eval: bool = True, **kw) -> tuple[list, list, list]:

@@ -33,7 +33,8 @@ from ..rewards import make_reward
 from .checkpoint import finish, full_state_dict, on_main
 from .distributed import (TrainingError, all_sum, batch_plan, gather, inner, mean_over_processes,
                           partial_batch_note, reduce_sums)
-from .loop import Run, checked_tokenizer, load_trained_model, make_optimizer, open_run
+from .loop import (Run, attention_kwargs, checked_tokenizer, load_trained_model, make_optimizer, open_run, rates,
+                   throughput)
 from .rollout import Experience, KLPenalty, RunningMoments, entropy, seeded
 from .step import StepDriver
 
@@ -46,7 +47,7 @@ class Engine:
     driver: StepDriver
     tokenizer: object
     policy: torch.nn.Module         # the sampled policy (inside the trained module: PPO's ActorCritic.policy)
-    ref: torch.nn.Module
+    ref: torch.nn.Module | None     # None at kl_coef 0 (``needs_reference``): neither loaded nor run
     reward: object
     prompts: list
     prompt_rows: list[list[int]]
@@ -61,6 +62,9 @@ class Engine:
     max_steps: int = 0              # the run's steps and steps per epoch: the reward functions' trainer_state
     steps_per_epoch: int = 0
     unscored_warned: bool = False   # the "no source scored a completion" warning is printed once
+    step_start: float = 0.0          # when this step's collection began (rollout.collect sets it)
+    tokens_seen: int = 0             # real tokens (prompt + response) and completions of every process so far
+    samples_seen: int = 0
     last: dict = field(default_factory=dict)     # the last step's metrics and samples, for summary.json
     samples: list = field(default_factory=list)
 
@@ -93,15 +97,25 @@ def _check_online_engine(run: Run, cfg) -> None:
                             f"mini_batch_size is global (split evenly across processes); use a multiple of {world}")
 
 
+def needs_reference(cfg) -> bool:
+    """Whether the run uses the reference model: a KL penalty (``kl_coef`` > 0 or an adaptive
+    ``kl_target``) or the KL figures asked for (``log_kl``). At ``kl_coef: 0`` (TRL GRPO's default
+    beta) it is neither loaded nor run: one model's memory and one forward pass per step saved."""
+    return cfg.kl_coef > 0 or cfg.kl_target > 0 or cfg.log_kl
+
+
 def _load_models(cfg, run: Run, prompts: list, build_model: Callable) -> tuple:
-    """(tokenizer, policy, reference, reward, trained module) on the run's device."""
+    """(tokenizer, policy, reference or None, reward, trained module) on the run's device."""
     tokenizer = checked_tokenizer(cfg, prompts)
     policy = load_trained_model(cfg, run)
-    if cfg.lora_r > 0 and cfg.ref_model in ("", cfg.model):
+    if not needs_reference(cfg):
+        ref = None
+    elif cfg.lora_r > 0 and cfg.ref_model in ("", cfg.model):
         ref = policy  # the starting weights = the policy with its adapter switched off
     else:
         ref = load_causal_lm(cfg.ref_model or cfg.model, dtype=run.dtype, trust_remote_code=cfg.trust_remote_code,
-                             allow_pickle=cfg.allow_pickle).to(run.device).eval().requires_grad_(False)
+                             allow_pickle=cfg.allow_pickle, **attention_kwargs(run.device, run.dtype)
+                             ).to(run.device).eval().requires_grad_(False)
     reward = make_reward(cfg.reward_model, cfg.reward_fn, cfg.reward_weights, run.device, cfg.trust_remote_code)
     module = build_model(policy, run).to(run.device)
     return tokenizer, policy, ref, reward, module
@@ -128,10 +142,12 @@ def start_online(cfg, stage: str, build_model: Callable = lambda policy, run: po
     kl_ctl = make_kl_controller(cfg.kl_coef, cfg.kl_target or None, cfg.kl_horizon)
     if cfg.resume:
         kl_ctl.load_state_dict(state.get("kl_controller", kl_ctl.state_dict()))
+    with run.accelerator.autocast():  # the equality checks compute as the run will (bf16 on a GPU)
+        pack = all(packing_works(m) for m in (policy, ref) if m is not None)
+        share = cfg.share_prompts and cfg.num_generations > 1 and all(
+            prompt_sharing_works(m) for m in (policy, ref) if m is not None)
     eng = Engine(run, driver, tokenizer, policy, ref, reward, prompts, rows, kl_ctl, RunningMoments(state),
-                 pack=packing_works(policy) and packing_works(ref),
-                 share=cfg.share_prompts and cfg.num_generations > 1 and prompt_sharing_works(policy)
-                 and prompt_sharing_works(ref), max_steps=total, steps_per_epoch=steps_per_epoch)
+                 pack=pack, share=share, max_steps=total, steps_per_epoch=steps_per_epoch)
     if cfg.heldout_reward_model or cfg.heldout_reward_fn:
         from ..stats import DivergenceMonitor
 
@@ -187,7 +203,7 @@ def micro_loss(eng: Engine, module, exp: Experience, part: list[int], tokens: fl
     loss = pg_loss
     stats = {"policy_loss": pg_loss.item() * share, "clip_frac": float(clip_frac) * share,
              "approx_kl": float(approx_kl) * share, "entropy": entropy(logits) * share}
-    kl_term, kl_loss = kl.loss_term(logp, exp.ref_logp[part], mask)
+    kl_term, kl_loss = kl.loss_term(logp, None if exp.ref_logp is None else exp.ref_logp[part], mask)
     if kl_term is not None:
         loss = loss + kl_term
         stats["kl_loss"] = kl_loss * share
@@ -203,8 +219,11 @@ def end_step(eng: Engine, step: int, exp: Experience, metrics: dict) -> None:
     """After step ``step``'s update: timings and counters, the KL controller, the divergence test,
     then the driver's log / checkpoint (with the KL controller, reward moments and test history)."""
     run, driver = eng.run, eng.driver
-    metrics.update(eng.timings, lr=driver.scheduler.get_last_lr()[0], skipped_steps=driver.state["skipped_steps"])
-    eng.kl_ctl.update(metrics["kl"], len(exp) * run.accelerator.num_processes)
+    ntok, nsamples = int(eng.all_sum(exp.attention_mask.sum())), len(exp) * run.accelerator.num_processes
+    eng.tokens_seen, eng.samples_seen = eng.tokens_seen + ntok, eng.samples_seen + nsamples
+    metrics.update(eng.timings, lr=driver.scheduler.get_last_lr()[0], skipped_steps=driver.state["skipped_steps"],
+                   **throughput(run, ntok, nsamples, time.perf_counter() - eng.step_start))
+    eng.kl_ctl.update(metrics.get("kl", 0.0), len(exp) * run.accelerator.num_processes)  # no "kl" at kl_coef 0
     if eng.monitor is not None:
         _check_overoptimisation(eng, metrics, step + 1)
     eng.last, eng.samples = metrics, exp.texts[:4]
@@ -233,15 +252,26 @@ def finish_online(eng: Engine, save_extra: Callable[[Run, torch.nn.Module, dict 
     """summary.json and the final policy folder; ``save_extra(run, module, full)`` writes e.g. PPO's
     critic (``full``: the trained module's gathered state dict under FSDP2, else None)."""
     run = eng.run
-    summary = {"stage": run.stage, "steps": eng.max_steps,
-               "train_seconds": round(time.perf_counter() - run.clock_start, 3),
+    seconds = time.perf_counter() - run.clock_start
+    summary = {"stage": run.stage, "steps": eng.max_steps, "train_seconds": round(seconds, 3),
                "resumed_from_step": run.start_step, "skipped_steps": eng.driver.state["skipped_steps"],
-               "train": eng.last, "final_kl_coef": eng.kl_ctl.value, "samples": eng.samples}
+               "train": eng.last, "final_kl_coef": eng.kl_ctl.value, "samples": eng.samples,
+               **rates(eng.tokens_seen, eng.samples_seen, seconds),
+               "reference_loaded": eng.ref is not None and eng.ref is not eng.policy,
+               "parameters_held": held_parameters(eng)}
     if eng.monitor is not None:  # steps (1-based, this process's run) where the divergence test fired
         summary["overopt_warning_steps"] = list(eng.monitor.warned_at)
     full = full_state_dict(run, eng.module) if save_extra is not None else None  # a collective under FSDP2
     on_main(run, lambda: save_extra(run, eng.module, full) if save_extra is not None else None)
     return finish(run, eng.policy, eng.tokenizer, summary)
+
+
+def held_parameters(eng: Engine) -> int:
+    """Parameters this process holds in the trained module, the reference and a reward model
+    (each tensor counted once: a LoRA reference is the policy itself)."""
+    models = [eng.module, eng.ref] + [getattr(src, "model", None) for src in getattr(eng.reward, "sources", [])]
+    seen = {id(p): p.numel() for m in models if isinstance(m, torch.nn.Module) for p in m.parameters()}
+    return sum(seen.values())
 
 
 def mean_of_processes(eng: Engine, figures: dict) -> dict:

@@ -43,8 +43,8 @@ class Experience:
     attention_mask: torch.Tensor   # (N, T)
     mask: torch.Tensor             # (N, T-1) float: 1 where token t+1 is a response token
     old_logp: torch.Tensor         # (N, T-1) sampler log-probs
-    ref_logp: torch.Tensor         # (N, T-1)
-    kl: torch.Tensor               # (N, T-1) per-token KL estimate (configured estimator)
+    ref_logp: torch.Tensor | None  # (N, T-1); None when no reference runs (kl_coef 0: online.needs_reference)
+    kl: torch.Tensor               # (N, T-1) per-token KL estimate (configured estimator); 0 without a reference
     scores: torch.Tensor           # (N,) reward after penalty/clip/normalisation
     raw_scores: torch.Tensor       # (N,) reward as the sources gave it
     ended: torch.Tensor            # (N,) bool
@@ -91,7 +91,7 @@ class KLPenalty:
 
     def loss_term(self, logp, ref_logp, mask) -> tuple[torch.Tensor | None, float]:
         """(coef x token-mean KL estimate, the estimate) when the KL goes into the loss, else (None, 0)."""
-        if self.kl_in != "loss":
+        if self.kl_in != "loss" or ref_logp is None:
             return None, 0.0
         kl_loss = masked_mean(kl_estimate(logp, ref_logp, self.estimator), mask)
         return self.coef * kl_loss, kl_loss.item()
@@ -198,10 +198,11 @@ def _collect(eng, step: int, values: Callable | None) -> Experience:
     indices = my_share(run, step_indices(step, len(eng.prompts), cfg.batch_size, eng.steps_per_epoch, cfg.seed))
     prompt_idx = [i for i in indices for _ in range(cfg.num_generations)]
     rows = [eng.prompt_rows[i] for i in prompt_idx]
-    t0 = time.perf_counter()
-    rollout = generate(eng.policy, eng.tokenizer, rows, cfg,
-                       generator=row_generators(cfg.seed, step, prompt_idx),
-                       batch_size=max(len(rows), 1))
+    t0 = eng.step_start = time.perf_counter()
+    with run.accelerator.autocast():  # rollouts compute as training does: bf16 on a GPU, fp32 on the CPU
+        rollout = generate(eng.policy, eng.tokenizer, rows, cfg,
+                           generator=row_generators(cfg.seed, step, prompt_idx),
+                           batch_size=max(len(rows), 1))
     t1 = time.perf_counter()
     state = TrainerState(global_step=step, max_steps=eng.max_steps, epoch=step / max(eng.steps_per_epoch, 1))
     raw, scores = score(eng, prompt_idx, rollout.texts, rollout.ended,
@@ -210,9 +211,11 @@ def _collect(eng, step: int, values: Callable | None) -> Experience:
     ids, attn, mask, old = rollout_rows(rows, rollout, eng.tokenizer.pad_token_id)
     dev = run.device
     ids, attn, mask, old = ids.to(dev), attn.to(dev), mask.to(dev), old.to(dev)
-    with run.accelerator.autocast(), adapter_disabled(eng.ref):  # a LoRA policy as its own reference
-        ref_logp = response_logprobs(eng.ref, ids, attn, mask, cfg.temperature, eng.pack, eng.share)[0].float()
-    kl = kl_estimate(old, ref_logp, cfg.kl_estimator) * mask
+    ref_logp, kl = None, torch.zeros_like(old)
+    if eng.ref is not None:
+        with run.accelerator.autocast(), adapter_disabled(eng.ref):  # a LoRA policy as its own reference
+            ref_logp = response_logprobs(eng.ref, ids, attn, mask, cfg.temperature, eng.pack, eng.share)[0].float()
+        kl = kl_estimate(old, ref_logp, cfg.kl_estimator) * mask
     exp = Experience(ids, attn, mask, old, ref_logp, kl, scores.to(dev), raw.to(dev), rollout.ended.to(dev),
                      rollout.texts, all_sum=eng.all_sum)
     t3 = time.perf_counter()
@@ -222,7 +225,7 @@ def _collect(eng, step: int, values: Callable | None) -> Experience:
             exp.values = eng.model(lambda module: values(module, ids, attn)).float() * mask
     # generation / reward scoring / reference forward / critic forward; training is timed by `update`
     eng.timings = {"time_generation": t1 - t0, "time_scoring": t2 - t1, "time_reference": t3 - t2,
-                   "time_values": time.perf_counter() - t3}
+                   "time_values": time.perf_counter() - t3, "time_collect": time.perf_counter() - t0}
     return exp
 
 
@@ -230,8 +233,9 @@ def experience_metrics(eng, exp: Experience, step: int) -> dict:
     """Per-sample figures of every process's samples (gathered), then their means; warns once when
     no reward source scored some completions."""
     acc = eng.run.accelerator
-    k1 = masked_sum(exp.old_logp - exp.ref_logp, exp.mask, dim=1)
-    k3 = masked_sum(kl_estimate(exp.old_logp, exp.ref_logp, "k3"), exp.mask, dim=1)
+    ref = exp.ref_logp if exp.ref_logp is not None else exp.old_logp  # no reference: KL figures not logged
+    k1 = masked_sum(exp.old_logp - ref, exp.mask, dim=1)
+    k3 = masked_sum(kl_estimate(exp.old_logp, ref, "k3"), exp.mask, dim=1)
     per_sample_N6 = torch.stack([exp.raw_scores.float(), sequence_kl(exp), k1, k3, exp.mask.sum(1),
                                  exp.ended.float()], dim=1)
     raw, seq_kl, k1, k3, length, ended = eng.gather(per_sample_N6).unbind(1)
@@ -242,6 +246,9 @@ def experience_metrics(eng, exp: Experience, step: int) -> dict:
                "kl": float(seq_kl.mean()), "kl_k1": float(k1.mean()), "kl_k3": float(k3.mean()),
                "kl_coef": eng.kl_ctl.value, "response_length": float(length.mean()),
                "eos_rate": float(ended.mean())}
+    if exp.ref_logp is None:
+        for key in ("kl", "kl_k1", "kl_k3"):
+            del metrics[key]
     parts = getattr(eng.reward, "last_parts", {})
     if len(parts) > 1:
         metrics.update(mean_over_processes(acc, {f"reward/{k}": v for k, v in parts.items()}))

@@ -51,7 +51,8 @@ def run_sft(cfg: SFTConfig) -> dict:
         run.print(f"truncated to max_length={cfg.max_length}: {n_cut} of {len(train_set)} training "
                   f"and {n_cut_eval} of {len(eval_set)} eval examples")
     pad = tokenizer.pad_token_id
-    pack = cfg.padding_free and packing_works(model)
+    with run.accelerator.autocast():  # checked as it will run (bf16 on a GPU: FlashAttention needs it)
+        pack = cfg.padding_free and packing_works(model)
     if cfg.padding_free and not pack:
         run.print("padding_free: this model does not compute packed sequences like padded ones; using padding")
     collate = lambda b: collate_sft(b, pad, pack)  # noqa: E731
