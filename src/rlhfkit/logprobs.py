@@ -7,7 +7,8 @@
   rows (``sampling.rollout_rows``), at the sampling temperature.
 - Shared-prompt scoring (``plan``, ``shared_prompt_logprobs``, ``prompt_sharing_works``): several
   responses to one prompt with the prompt computed once.
-- ``packing_works``: whether a model computes packed sequences exactly as padded ones.
+- ``packing_works``: whether a model computes packed sequences exactly as padded ones;
+  ``tree_pairs_work``: whether it scores pairs with a shared prompt (``data.pair_tree``) exactly.
 
 Shared-prompt scoring: RLOO and GRPO sample ``num_generations`` responses per prompt, and the reference and policy
 forward passes of a step then run each prompt ``num_generations`` times. Here the distinct
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from .data.tokenize import layout
+from .data.pair_tree import tree_pairs
+from .data.tokenize import TokenizedPair, layout
 from .kv_cache import forward_params, new_cache
 from .losses import sequence_logprobs, token_logprobs
 from .models import packed_rewards, position_ids_from_mask, reward_forward, unwrap_peft
@@ -283,6 +285,32 @@ def packing_works(model: PreTrainedModel, reward: bool = False) -> bool:
                                   position_ids_BT=packed["position_ids"])
         return got.shape == want.shape and bool(torch.allclose(got.float(), want.float(), atol=1e-4, rtol=1e-4))
     except Exception:  # a model whose forward rejects the packed form
+        return False
+    finally:
+        model.train(was_training)
+
+
+def tree_pairs_work(model: PreTrainedModel) -> bool:
+    """Whether this reward model scores pairs laid out with a shared prompt (``data.pair_tree``, an
+    explicit boolean attention mask) exactly as the padded prompt + response rows, checked on two
+    short pairs. Models that ignore or reject a 4D mask fall back to plain packing (False)."""
+    model = unwrap_peft(model)
+    if not hasattr(model, "score"):
+        return False
+    vocab = model.config.vocab_size
+    toks = lambda n, a, b: [(a * i + b) % vocab for i in range(n)]  # noqa: E731
+    pairs = [TokenizedPair(toks(3, 7, 3), toks(4, 5, 11), toks(2, 3, 5)), TokenizedPair(toks(2, 11, 1), toks(1, 2, 9), toks(3, 13, 2))]
+    rows = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
+    dev = next(model.parameters()).device
+    padded = {k: v.to(dev) for k, v in layout(rows, [[1] * len(r) for r in rows], 0).items()}
+    tree = {k: v.to(dev) for k, v in tree_pairs(pairs, 0).items()}
+    was_training = model.training
+    model.eval()
+    try:
+        want = reward_forward(model, padded["input_ids"], padded["attention_mask"])
+        got = packed_rewards(model, tree["input_ids"], tree["position_ids"], tree["last_index"], tree["tree_mask"])
+        return got.shape == want.shape and bool(torch.allclose(got.float(), want.float(), atol=1e-4, rtol=1e-4))
+    except Exception:  # a model whose forward rejects the mask
         return False
     finally:
         model.train(was_training)
