@@ -52,6 +52,17 @@ def pair_rewards(model, batch):
     return rewards.chunk(2)
 
 
+def pair_collate(model, pad_id: int, padding_free: bool):
+    """(collate function, its layout): with ``padding_free``, each pair's prompt computed once for
+    both responses ("shared-prompt", ``data.pair_tree``) where the model scores that exactly, else
+    packed rows ("packed") where it scores those exactly, else "padded"."""
+    if padding_free and packing_works(model, reward=True):
+        if tree_pairs_work(model):
+            return (lambda b: tree_pairs(b, pad_id)), "shared-prompt"
+        return (lambda b: collate_pairs(b, pad_id, True)), "packed"
+    return (lambda b: collate_pairs(b, pad_id, False)), "padded"
+
+
 def run_rm(cfg: RMConfig) -> dict:
     run, pairs, eval_pairs = open_run(cfg, "rm", load_preference, "prefs", margin_from_scores=cfg.margin_from_scores)
     tokenizer = checked_tokenizer(cfg, pairs + eval_pairs)
@@ -66,13 +77,9 @@ def run_rm(cfg: RMConfig) -> dict:
     weighted = apply_source_weights(train_set, cfg.source_weights)
     if weighted:
         run.print(f"source weights: {weighted}")
-    pack = cfg.padding_free and packing_works(model, reward=True)
-    if cfg.padding_free and not pack:
+    collate, how = pair_collate(model, tokenizer.pad_token_id, cfg.padding_free)
+    if cfg.padding_free and how == "padded":
         run.print("padding_free: this model cannot score packed sequences like padded ones; using padding")
-    if pack and tree_pairs_work(model):  # the prompt once for chosen and rejected (data.pair_tree)
-        collate = lambda b: tree_pairs(b, tokenizer.pad_token_id)  # noqa: E731
-    else:
-        collate = lambda b: collate_pairs(b, tokenizer.pad_token_id, pack)  # noqa: E731
 
     def loss_fn(model, batch, num_pairs):
         chosen, rejected = pair_rewards(model, batch)
