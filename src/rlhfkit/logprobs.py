@@ -295,7 +295,8 @@ def tree_pairs_work(model: PreTrainedModel) -> bool:
     explicit boolean attention mask) exactly as the padded prompt + response rows, checked on two
     short pairs. Models that ignore or reject a 4D mask fall back to plain packing (False)."""
     model = unwrap_peft(model)
-    if not hasattr(model, "score"):
+    cfg = model.config  # a 4D mask replaces the model's own, sliding window included: too short to probe
+    if not hasattr(model, "score") or (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)):
         return False
     vocab = model.config.vocab_size
     toks = lambda n, a, b: [(a * i + b) % vocab for i in range(n)]  # noqa: E731
