@@ -282,16 +282,23 @@ def main() -> None:
                  + (["rlhfkit-base"] if args.baseline_src else []))
         got: dict[str, list[dict]] = {s: [] for s in sides}
         for rep in range(args.reps):
-            for side in sides if rep % 2 == 0 else sides[::-1]:
-                r = spawn("trl" if side.startswith("trl") else "rlhfkit", stage, args, variants.get(side),
-                          args.baseline_src if side == "rlhfkit-base" else args.src)
+            for side in [s for s in (sides if rep % 2 == 0 else sides[::-1]) if s in got]:
+                try:
+                    r = spawn("trl" if side.startswith("trl") else "rlhfkit", stage, args, variants.get(side),
+                              args.baseline_src if side == "rlhfkit-base" else args.src)
+                except SystemExit as e:  # an optional TRL setting this TRL or device cannot run: drop it
+                    if side in ("rlhfkit", "trl", "rlhfkit-base"):
+                        raise
+                    print(f"  {stage} {side}: dropped ({str(e).strip().splitlines()[-1][:200]})", flush=True)
+                    del got[side]
+                    continue
                 r["variant"] = side
                 got[side].append(r)
                 raw.append(r)
                 print(f"  {stage} {side:15s} {r['seconds']:7.2f} s  {r['rate']:9.1f} {UNITS[stage]}  "
                       f"rss {r['peak_rss_mib']:.0f} MiB  load {r['load_before']:.2f}->{r['load_after']:.2f}", flush=True)
-        med = {s: statistics.median(x["rate"] for x in got[s]) for s in sides}
-        best_trl = max((s for s in sides if s.startswith("trl")), key=med.get)
+        med = {s: statistics.median(x["rate"] for x in got[s]) for s in got}
+        best_trl = max((s for s in got if s.startswith("trl")), key=med.get)
         base = f"{med['rlhfkit-base']:.1f} ({med['rlhfkit'] / med['rlhfkit-base']:.2f}x)" if args.baseline_src else "-"
         rss = {s: statistics.median(x["peak_rss_mib"] for x in got[s]) for s in ("rlhfkit", best_trl)}
         loads = [x[k] for x in raw if x["stage"] == stage for k in ("load_before", "load_after")]
