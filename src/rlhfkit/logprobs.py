@@ -104,6 +104,12 @@ def response_logps(model: PreTrainedModel, batch: dict) -> torch.Tensor:
     for a preference batch 2B values, chosen then rejected (``losses.sequence_logprobs`` over the
     per-token values, by the batch's sequence ids)."""
     seq_N = batch["seq_id"][:, 1:][batch["loss_mask"][:, 1:].bool()]
+    if "tree_mask" in batch:  # data.pair_tree: the prompt once; each target from its own source position
+        backbone, head = split_head(model)
+        hidden_NH = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                             attention_mask=batch["tree_mask"]).last_hidden_state.flatten(0, 1)[batch["tree_src"]]
+        logps_N = token_logprobs(head(hidden_NH), batch["input_ids"][:, 1:][batch["loss_mask"][:, 1:].bool()])
+        return sequence_logprobs(logps_N, seq_N, len(batch["last_index"]))
     return sequence_logprobs(batch_logprobs(model, batch), seq_N, len(batch["last_index"]))
 
 
@@ -290,26 +296,33 @@ def packing_works(model: PreTrainedModel, reward: bool = False) -> bool:
         model.train(was_training)
 
 
-def tree_pairs_work(model: PreTrainedModel) -> bool:
-    """Whether this reward model scores pairs laid out with a shared prompt (``data.pair_tree``, an
-    explicit boolean attention mask) exactly as the padded prompt + response rows, checked on two
-    short pairs. Models that ignore or reject a 4D mask fall back to plain packing (False)."""
+def tree_pairs_work(model: PreTrainedModel, reward: bool = True) -> bool:
+    """Whether this reward model scores pairs (``reward``), or this causal LM gives their response
+    log-probs, laid out with a shared prompt (``data.pair_tree``, an explicit boolean attention
+    mask) exactly as from the padded prompt + response rows, checked on two short pairs. Models
+    that ignore or reject a 4D mask fall back to plain packing (False)."""
     model = unwrap_peft(model)
     cfg = model.config  # a 4D mask replaces the model's own, sliding window included: too short to probe
-    if not hasattr(model, "score") or (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)):
+    if (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)) or (
+            not hasattr(model, "score") if reward else split_head(model) is None):
         return False
     vocab = model.config.vocab_size
     toks = lambda n, a, b: [(a * i + b) % vocab for i in range(n)]  # noqa: E731
     pairs = [TokenizedPair(toks(3, 7, 3), toks(4, 5, 11), toks(2, 3, 5)), TokenizedPair(toks(2, 11, 1), toks(1, 2, 9), toks(3, 13, 2))]
     rows = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
     dev = next(model.parameters()).device
-    padded = {k: v.to(dev) for k, v in layout(rows, [[1] * len(r) for r in rows], 0).items()}
+    masks = [[0] * len(p.prompt_ids) + [1] * len(p.chosen_ids) for p in pairs] + [
+        [0] * len(p.prompt_ids) + [1] * len(p.rejected_ids) for p in pairs]
+    padded = {k: v.to(dev) for k, v in layout(rows, masks, 0).items()}
     tree = {k: v.to(dev) for k, v in tree_pairs(pairs, 0).items()}
     was_training = model.training
     model.eval()
     try:
-        want = reward_forward(model, padded["input_ids"], padded["attention_mask"])
-        got = packed_rewards(model, tree["input_ids"], tree["position_ids"], tree["last_index"], tree["tree_mask"])
+        if reward:
+            want = reward_forward(model, padded["input_ids"], padded["attention_mask"])
+            got = packed_rewards(model, tree["input_ids"], tree["position_ids"], tree["last_index"], tree["tree_mask"])
+        else:
+            want, got = response_logps(model, padded), response_logps(model, tree)
         return got.shape == want.shape and bool(torch.allclose(got.float(), want.float(), atol=1e-4, rtol=1e-4))
     except Exception:  # a model whose forward rejects the mask
         return False

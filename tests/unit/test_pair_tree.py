@@ -87,3 +87,35 @@ def test_probe_accepts_sdpa_and_rejects_a_model_that_ignores_the_mask():
         got = packed_rewards(model, tree["input_ids"], tree["position_ids"], tree["last_index"], tree["tree_mask"])
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert not torch.allclose(model.score(bad.flatten(0, 1)[tree["last_index"]]).squeeze(-1), want, atol=1e-3)
+
+
+def test_layout_targets_by_hand():
+    # the same two pairs: targets 21 (from flat 1), 31 (from the prompt's last, 1), 32 (from 3);
+    # 22 (from 5), 23 (from 6), 33 (from the prompt's last, 5)
+    pairs = [TokenizedPair([11, 12], [21], [31, 32], ref_chosen=-1.0, ref_rejected=-2.0),
+             TokenizedPair([13], [22, 23], [33], ref_chosen=-3.0, ref_rejected=-4.0)]
+    b = tree_pairs(pairs, pad_id=0)
+    assert b["input_ids"][:, 1:][b["loss_mask"][:, 1:].bool()].tolist() == [21, 31, 32, 22, 23, 33]
+    assert b["tree_src"].tolist() == [1, 1, 3, 5, 6, 5]
+    assert b["seq_id"][:, 1:][b["loss_mask"][:, 1:].bool()].tolist() == [0, 2, 2, 1, 1, 3]
+    assert b["ref_logps"].tolist() == [-1.0, -3.0, -2.0, -4.0]
+
+
+def test_tree_response_logps_and_gradients_equal_padded():
+    from rlhfkit.logprobs import response_logps
+    from rlhfkit.tiny_models import build_word_tokenizer, tiny_causal_lm
+
+    tok = build_word_tokenizer([" ".join(f"w{i}" for i in range(40))])
+    pairs = _pairs(6, seed=5)
+    pairs[0].prompt_ids = []  # no prompt: the first response token has no prediction in either layout
+    padded, tree = collate_pairs(pairs, 0), tree_pairs(pairs, 0)
+    out = []
+    for batch in (padded, tree):
+        model = tiny_causal_lm(tok, hidden_size=32, num_layers=2, seed=6)
+        logps = response_logps(model, batch)
+        logps.sum().backward()
+        out.append((logps.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=0, atol=1e-4)
+    for g_tree, g_pad in zip(out[1][1], out[0][1]):
+        torch.testing.assert_close(g_tree, g_pad, rtol=1e-4, atol=1e-5)
+    assert tree_pairs_work(tiny_causal_lm(tok, hidden_size=32, num_layers=2), reward=False)

@@ -30,7 +30,8 @@ from ..config import ConfigError, PaddingFreeConfig, SourceWeightsConfig, TrainC
 from ..data import load_preference
 from ..data.sources import apply_source_weights
 from ..data.tokenize import collate_pairs, tokenize_preference
-from ..logprobs import packing_works, response_logps
+from ..data.pair_tree import tree_pairs
+from ..logprobs import packing_works, response_logps, tree_pairs_work
 from ..losses import dpo_loss
 from ..models import adapter_disabled, load_causal_lm
 from .checkpoint import finish
@@ -135,7 +136,10 @@ def run_dpo(cfg: DPOConfig) -> dict:
     pack = cfg.padding_free and packing_works(policy)
     if cfg.padding_free and not pack:
         run.print("padding_free: this model does not compute packed sequences like padded ones; using padding")
-    collate = lambda b: collate_pairs(b, tokenizer.pad_token_id, pack)  # noqa: E731
+    if pack and tree_pairs_work(policy, reward=False) and (ref is policy or tree_pairs_work(ref, reward=False)):
+        collate = lambda b: tree_pairs(b, tokenizer.pad_token_id)  # noqa: E731  # each prompt once (data.pair_tree)
+    else:
+        collate = lambda b: collate_pairs(b, tokenizer.pad_token_id, pack)  # noqa: E731
     if cfg.precompute_ref:
         run.print(f"precomputing reference log-probs for {len(train_set) + len(eval_set)} pairs")
         precompute_reference(run, ref, train_set + eval_set, collate)
