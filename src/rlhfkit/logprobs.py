@@ -105,10 +105,14 @@ def response_logps(model: PreTrainedModel, batch: dict) -> torch.Tensor:
     per-token values, by the batch's sequence ids)."""
     seq_N = batch["seq_id"][:, 1:][batch["loss_mask"][:, 1:].bool()]
     if "tree_mask" in batch:  # data.pair_tree: the prompt once; each target from its own source position
-        backbone, head = split_head(model)
-        hidden_NH = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
-                             attention_mask=batch["tree_mask"]).last_hidden_state.flatten(0, 1)[batch["tree_src"]]
-        logps_N = token_logprobs(head(hidden_NH), batch["input_ids"][:, 1:][batch["loss_mask"][:, 1:].bool()])
+        split, src_N = split_head(model), batch["tree_src"]
+        kw = dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch["tree_mask"],
+                  use_cache=False)
+        if split is None:  # a wrapper (DDP, ...): full logits, then the sources' rows
+            logits_NV = model(**kw).logits.flatten(0, 1)[src_N]
+        else:
+            logits_NV = split[1](split[0](**kw).last_hidden_state.flatten(0, 1)[src_N])
+        logps_N = token_logprobs(logits_NV, batch["input_ids"][:, 1:][batch["loss_mask"][:, 1:].bool()])
         return sequence_logprobs(logps_N, seq_N, len(batch["last_index"]))
     return sequence_logprobs(batch_logprobs(model, batch), seq_N, len(batch["last_index"]))
 

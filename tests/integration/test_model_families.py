@@ -28,7 +28,7 @@ from rlhfkit.train.sft import SFTConfig
 from rlhfkit.data.formats import parse_preference, parse_sft
 from rlhfkit.data.tokenize import collate_pairs, collate_sft, tokenize_preference, tokenize_sft
 from rlhfkit.data.pair_tree import tree_pairs
-from rlhfkit.logprobs import packing_works, target_logprobs, tree_pairs_work
+from rlhfkit.logprobs import packing_works, response_logps, target_logprobs, tree_pairs_work
 from rlhfkit.models import load_causal_lm, load_reward_model, load_tokenizer, packed_rewards, reward_forward
 from rlhfkit.train.dpo import run_dpo
 from rlhfkit.train.grpo import run_grpo
@@ -116,7 +116,7 @@ def test_shared_prompt_rewards_equal_padded_on_the_family_data(family):
     tok = load_tokenizer(family["model"])
     rm = load_reward_model(family["model"], tok).eval()
     window = getattr(rm.config, "sliding_window", None) and getattr(rm.config, "use_sliding_window", True)
-    assert tree_pairs_work(rm) == (not window)
+    assert tree_pairs_work(rm) == (not window) and tree_pairs_work(load_causal_lm(family["model"]), reward=False) == (not window)
     if window:
         return
     pairs, _ = tokenize_preference([parse_preference(json.loads(x)) for x in open(family["prefs"])], tok, 256, 128)
@@ -126,6 +126,11 @@ def test_shared_prompt_rewards_equal_padded_on_the_family_data(family):
         want = reward_forward(rm, padded["input_ids"], padded["attention_mask"])
         got = packed_rewards(rm, tree["input_ids"], tree["position_ids"], tree["last_index"], tree["tree_mask"])
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    lm = load_causal_lm(family["model"]).eval()  # DPO's response log-probs, the same way
+    assert tree_pairs_work(lm, reward=False)
+    padded = collate_pairs(pairs, tok.pad_token_id, pack=False)
+    with torch.no_grad():
+        torch.testing.assert_close(response_logps(lm, tree), response_logps(lm, padded), atol=1e-4, rtol=0)
 
 
 

@@ -119,3 +119,15 @@ def test_tree_response_logps_and_gradients_equal_padded():
     for g_tree, g_pad in zip(out[1][1], out[0][1]):
         torch.testing.assert_close(g_tree, g_pad, rtol=1e-4, atol=1e-5)
     assert tree_pairs_work(tiny_causal_lm(tok, hidden_size=32, num_layers=2), reward=False)
+
+    class Wrapper(torch.nn.Module):  # as DDP: no split head, so the full-logits path
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kw):
+            return self.inner(**kw)
+
+    with torch.no_grad():
+        wrapped = response_logps(Wrapper(tiny_causal_lm(tok, hidden_size=32, num_layers=2, seed=6)), tree)
+    torch.testing.assert_close(wrapped, out[0][0], rtol=0, atol=1e-4)

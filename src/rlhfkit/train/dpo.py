@@ -103,6 +103,17 @@ def score_pairs(model, ref, batch, cfg: DPOConfig):
     return losses, chosen_r, rejected_r, pc, pr, kl_sum, batch["loss_mask"][:, 1:].sum()
 
 
+def pair_collate(policy, ref, pad_id: int, padding_free: bool):
+    """(collate function, its layout): with ``padding_free``, each pair's prompt computed once for
+    both responses ("shared-prompt", ``data.pair_tree``) where policy and reference give the same
+    log-probs that way, else packed rows ("packed") where they do, else "padded"."""
+    if padding_free and packing_works(policy) and (ref is policy or packing_works(ref)):
+        if tree_pairs_work(policy, reward=False) and (ref is policy or tree_pairs_work(ref, reward=False)):
+            return (lambda b: tree_pairs(b, pad_id)), "shared-prompt"
+        return (lambda b: collate_pairs(b, pad_id, True)), "packed"
+    return (lambda b: collate_pairs(b, pad_id, False)), "padded"
+
+
 def load_reference(cfg: DPOConfig, run: Run, policy):
     """(the reference model, how it is had: logged in summary.json as ``reference``).
 
@@ -133,13 +144,9 @@ def run_dpo(cfg: DPOConfig) -> dict:
     weighted = apply_source_weights(train_set, cfg.source_weights)
     if weighted:
         run.print(f"source weights: {weighted}")
-    pack = cfg.padding_free and packing_works(policy)
-    if cfg.padding_free and not pack:
+    collate, how = pair_collate(policy, ref, tokenizer.pad_token_id, cfg.padding_free)
+    if cfg.padding_free and how == "padded":
         run.print("padding_free: this model does not compute packed sequences like padded ones; using padding")
-    if pack and tree_pairs_work(policy, reward=False) and (ref is policy or tree_pairs_work(ref, reward=False)):
-        collate = lambda b: tree_pairs(b, tokenizer.pad_token_id)  # noqa: E731  # each prompt once (data.pair_tree)
-    else:
-        collate = lambda b: collate_pairs(b, tokenizer.pad_token_id, pack)  # noqa: E731
     if cfg.precompute_ref:
         run.print(f"precomputing reference log-probs for {len(train_set) + len(eval_set)} pairs")
         precompute_reference(run, ref, train_set + eval_set, collate)
