@@ -7,8 +7,10 @@ and restart at P for each response; and an explicit attention mask lets every to
 causal order within its segment, to the prompt and to its own response only (rejected tokens never
 see chosen ones). Each response token then has exactly the keys, values and positions it has in
 the plain prompt + response sequence, so its hidden state, and a reward read at its last token,
-are the same; a pair costs P + C + R tokens instead of 2P + C + R. Segments are packed into rows
-as wide as the longest (first fit decreasing, ``tokenize.pack_bins``).
+are the same; a pair costs P + C + R tokens instead of 2P + C + R. The rejected response's first
+token is predicted from the prompt's last position (``tree_src``), not from the token before it
+in the row. Segments are packed into rows as wide as the longest (first fit decreasing,
+``tokenize.pack_bins``). Used by ``rm`` and ``dpo`` where ``logprobs.tree_pairs_work`` passes.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ else from ``ref_model``, which is then freed): only the policy is in memory whil
 the same result since the reference is frozen. Without it the reference runs alongside, under
 ``torch.no_grad``. With LoRA (``lora_r > 0``) the reference is the policy with its adapter switched
 off (``models.adapter_disabled``): exactly the starting weights, and never a second copy. With ``padding_free`` (the default) the 2B sequences of a micro-batch are packed
-without padding and the LM head runs only at response positions (``logprobs.target_logprobs``).
+without padding, each pair's prompt computed once for both responses where the model allows
+(``data.pair_tree``), and the LM head runs only at response positions.
 
 Logged per step: the implicit rewards of chosen and rejected responses, their margin, reward
 accuracy, summed log-probs, and ``kl``: the per-token k1 estimate log pi - log ref averaged over
