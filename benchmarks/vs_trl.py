@@ -94,7 +94,8 @@ def prepare(workdir: Path, shape: str = "small") -> dict:
     """Write the data files and the model folder once (per shape); returns their paths."""
     from rlhfkit.tiny_models import make_tiny_model_dir
 
-    workdir = workdir if shape == "small" else workdir / shape
+    s = shapes.SHAPES[shape]
+    workdir = workdir if shape == "small" else workdir / f"{shape}-{s.n_pairs}p-{s.vocab}v"  # a changed shape: new data
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {k: workdir / f"{k}.jsonl" for k in ("pairs", "sft", "prompts")}
     paths["model"] = workdir / "model"
