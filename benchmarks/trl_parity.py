@@ -146,12 +146,14 @@ def _pack(model, reward: bool = False) -> bool:
 def ours_dpo(tok, start, lm, rows) -> tuple[float, dict]:
     from rlhfkit.train.dpo import DPOConfig
     from rlhfkit.data.formats import parse_preference
-    from rlhfkit.data.tokenize import collate_pairs, tokenize_preference
-    from rlhfkit.train.dpo import score_pairs
+    from rlhfkit.data.tokenize import tokenize_preference
+    from rlhfkit.train.dpo import pair_collate, score_pairs
 
     policy, ref = copy.deepcopy(start).train(), copy.deepcopy(lm).eval().requires_grad_(False)
     pairs, _ = tokenize_preference([parse_preference(r) for r in rows], tok, MAX_LENGTH, MAX_LENGTH)
-    batch = collate_pairs(pairs, tok.pad_token_id, _pack(policy))
+    collate, how = pair_collate(policy, ref, tok.pad_token_id, padding_free=True)  # the recipe's default layout
+    assert how == "shared-prompt", how
+    batch = collate(pairs)
     cfg = DPOConfig(beta=BETA, loss_type="sigmoid")
     losses = score_pairs(policy, ref, batch, cfg)[0]
     loss = losses.sum() / len(pairs)  # the recipe's loss: summed over pairs / the step's pairs
@@ -161,13 +163,15 @@ def ours_dpo(tok, start, lm, rows) -> tuple[float, dict]:
 
 def ours_rm(tok, rm, rows) -> tuple[float, dict]:
     from rlhfkit.data.formats import parse_preference
-    from rlhfkit.data.tokenize import collate_pairs, tokenize_preference
+    from rlhfkit.data.tokenize import tokenize_preference
     from rlhfkit.losses import bradley_terry
-    from rlhfkit.train.rm import pair_rewards
+    from rlhfkit.train.rm import pair_collate, pair_rewards
 
     model = copy.deepcopy(rm).train()
     pairs, _ = tokenize_preference([parse_preference(r) for r in rows], tok, MAX_LENGTH, MAX_LENGTH)
-    batch = collate_pairs(pairs, tok.pad_token_id, _pack(model, reward=True))
+    collate, how = pair_collate(model, tok.pad_token_id, padding_free=True)  # the recipe's default layout
+    assert how == "shared-prompt", how
+    batch = collate(pairs)
     chosen, rejected = pair_rewards(model, batch)
     margin = batch["margin"] if any("margin" in r for r in rows) else None  # use_margin: true
     loss = bradley_terry(chosen, rejected, margin)

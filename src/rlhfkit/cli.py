@@ -76,6 +76,10 @@ def _run_stage(stage: str, rest: list[str], debug: bool) -> int:
 
             cls, fn = find(stage).load()
             cfg = parse_config(cls, rest, prog=f"rlhfkit {stage}")
+            if "torch" in sys.modules:  # a stage that computes: threads from the cores free now
+                from .resources import set_cpu_threads
+
+                set_cpu_threads()
             summary = fn(cfg)
     except (DataError, ConfigError, TrainingError, JudgeError, ValueError, OSError) as e:
         if debug:

@@ -187,7 +187,8 @@ class PaddingFreeConfig:
 
     padding_free: bool = option(True, "Pack each micro-batch's sequences end to end with no padding (attention stays within "
                                       "a sequence through position-id resets): no compute on padding. Checked on the model at "
-                                      "start; models that cannot pack fall back to padded batches.")
+                                      "start; models that cannot pack fall back to padded batches. Preference pairs (rm, dpo) "
+                                      "then compute each prompt once for both responses where the model allows it.")
 
 
 @dataclass

@@ -7,7 +7,8 @@
   rows (``sampling.rollout_rows``), at the sampling temperature.
 - Shared-prompt scoring (``plan``, ``shared_prompt_logprobs``, ``prompt_sharing_works``): several
   responses to one prompt with the prompt computed once.
-- ``packing_works``: whether a model computes packed sequences exactly as padded ones.
+- ``packing_works``: whether a model computes packed sequences exactly as padded ones;
+  ``tree_pairs_work``: whether it scores pairs with a shared prompt (``data.pair_tree``) exactly.
 
 Shared-prompt scoring: RLOO and GRPO sample ``num_generations`` responses per prompt, and the reference and policy
 forward passes of a step then run each prompt ``num_generations`` times. Here the distinct
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from .data.tokenize import layout
+from .data.pair_tree import tree_pairs
+from .data.tokenize import TokenizedPair, layout
 from .kv_cache import forward_params, new_cache
 from .losses import sequence_logprobs, token_logprobs
 from .models import packed_rewards, position_ids_from_mask, reward_forward, unwrap_peft
@@ -102,6 +104,16 @@ def response_logps(model: PreTrainedModel, batch: dict) -> torch.Tensor:
     for a preference batch 2B values, chosen then rejected (``losses.sequence_logprobs`` over the
     per-token values, by the batch's sequence ids)."""
     seq_N = batch["seq_id"][:, 1:][batch["loss_mask"][:, 1:].bool()]
+    if "tree_mask" in batch:  # data.pair_tree: the prompt once; each target from its own source position
+        split, src_N = split_head(model), batch["tree_src"]
+        kw = dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch["tree_mask"],
+                  use_cache=False)
+        if split is None:  # a wrapper (DDP, ...): full logits, then the sources' rows
+            logits_NV = model(**kw).logits.flatten(0, 1)[src_N]
+        else:
+            logits_NV = split[1](split[0](**kw).last_hidden_state.flatten(0, 1)[src_N])
+        logps_N = token_logprobs(logits_NV, batch["input_ids"][:, 1:][batch["loss_mask"][:, 1:].bool()])
+        return sequence_logprobs(logps_N, seq_N, len(batch["last_index"]))
     return sequence_logprobs(batch_logprobs(model, batch), seq_N, len(batch["last_index"]))
 
 
@@ -295,6 +307,40 @@ def packing_works(model: PreTrainedModel, reward: bool = False) -> bool:
         tol = check_tolerance(model)
         return got.shape == want.shape and bool(torch.allclose(got.float(), want.float(), atol=tol, rtol=tol))
     except Exception:  # a model whose forward rejects the packed form
+        return False
+    finally:
+        model.train(was_training)
+
+
+def tree_pairs_work(model: PreTrainedModel, reward: bool = True) -> bool:
+    """Whether this reward model scores pairs (``reward``), or this causal LM gives their response
+    log-probs, laid out with a shared prompt (``data.pair_tree``, an explicit boolean attention
+    mask) exactly as from the padded prompt + response rows, checked on two short pairs. Models
+    that ignore or reject a 4D mask fall back to plain packing (False)."""
+    model = unwrap_peft(model)
+    cfg = model.config  # a 4D mask replaces the model's own, sliding window included: too short to probe
+    if (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)) or (
+            not hasattr(model, "score") if reward else split_head(model) is None):
+        return False
+    vocab = model.config.vocab_size
+    toks = lambda n, a, b: [(a * i + b) % vocab for i in range(n)]  # noqa: E731
+    pairs = [TokenizedPair(toks(3, 7, 3), toks(4, 5, 11), toks(2, 3, 5)), TokenizedPair(toks(2, 11, 1), toks(1, 2, 9), toks(3, 13, 2))]
+    rows = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
+    dev = next(model.parameters()).device
+    masks = [[0] * len(p.prompt_ids) + [1] * len(p.chosen_ids) for p in pairs] + [
+        [0] * len(p.prompt_ids) + [1] * len(p.rejected_ids) for p in pairs]
+    padded = {k: v.to(dev) for k, v in layout(rows, masks, 0).items()}
+    tree = {k: v.to(dev) for k, v in tree_pairs(pairs, 0).items()}
+    was_training = model.training
+    model.eval()
+    try:
+        if reward:
+            want = reward_forward(model, padded["input_ids"], padded["attention_mask"])
+            got = packed_rewards(model, tree["input_ids"], tree["position_ids"], tree["last_index"], tree["tree_mask"])
+        else:
+            want, got = response_logps(model, padded), response_logps(model, tree)
+        return got.shape == want.shape and bool(torch.allclose(got.float(), want.float(), atol=1e-4, rtol=1e-4))
+    except Exception:  # a model whose forward rejects the mask
         return False
     finally:
         model.train(was_training)

@@ -391,10 +391,10 @@ def reward_forward(model: PreTrainedModel, input_ids_BT: torch.Tensor,
 
 
 def packed_rewards(model: PreTrainedModel, input_ids_BT: torch.Tensor, position_ids_BT: torch.Tensor,
-                   last_index: torch.Tensor) -> torch.Tensor:
+                   last_index: torch.Tensor, tree_mask_B1TT: torch.Tensor | None = None) -> torch.Tensor:
     """Scalar reward of each packed sequence (decoder classifiers with a ``score`` head), read at its
-    last token by flat index (``data.tokenize.layout``'s ``last_index``). Returns (S,)."""
+    last token by flat index (``layout``'s ``last_index``); ``tree_mask``: ``data.pair_tree``'s. Returns (S,)."""
     model = unwrap_peft(model)
-    backbone = getattr(model, model.base_model_prefix)
-    hidden_BTH = backbone(input_ids=input_ids_BT, position_ids=position_ids_BT, use_cache=False).last_hidden_state
+    hidden_BTH = getattr(model, model.base_model_prefix)(input_ids=input_ids_BT, position_ids=position_ids_BT,
+                                                         attention_mask=tree_mask_B1TT, use_cache=False).last_hidden_state
     return model.score(hidden_BTH.flatten(0, 1)[last_index]).squeeze(-1).float()

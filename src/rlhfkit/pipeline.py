@@ -196,6 +196,8 @@ def folder_lock(root: Path):
 
 
 def _run_stages(path, spec: dict, stages: dict, root: Path, force: tuple[str, ...]) -> dict:
+    from .resources import set_cpu_threads
+
     outputs, run_ids, summaries = {}, {}, {}
     for st in spec["stages"]:
         name, kind, where = st["name"], st["stage"], f"{path}: stage {st['name']!r}"
@@ -214,6 +216,7 @@ def _run_stages(path, spec: dict, stages: dict, root: Path, force: tuple[str, ..
         else:
             print(f"[rlhfkit pipeline] {name}: running {kind} -> {out}")
             (out / MARKER).unlink(missing_ok=True)
+            set_cpu_threads(lambda m: print(f"[rlhfkit pipeline] {name}: {m}", flush=True))  # cores free now
             t0 = time.perf_counter()
             summary = fn(cfg)
             marker = {"fingerprint": fingerprint, "run_id": uuid.uuid4().hex, "stage": kind,

@@ -1,13 +1,24 @@
-"""What a process holds: peak memory and the bytes of training state on this rank.
+"""What a process holds and may use: peak memory, the bytes of training state on this rank, and
+how many CPU threads to run.
 
 Ground floor (torch only). ``summary.json`` of every stage and the step metrics read these, so a
 user can check a memory plan against what actually ran, per process.
+
+Threads: PyTorch's OpenMP threads meet at a barrier after every parallel op, so when another
+process holds one of the cores, every op waits for the thread that was descheduled (a 2-core
+``make demo`` ran 8x slower beside two busy processes with 2 threads). ``set_cpu_threads`` runs
+one thread per core that is actually free, measured from ``/proc/stat`` over a short sample,
+never more than the cores this process may use (affinity, cgroup quota); ``OMP_NUM_THREADS``
+set by the user always wins, and so does a multi-process launcher (``LOCAL_WORLD_SIZE`` > 1).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import resource
 import sys
+import time
 
 import torch
 
@@ -42,3 +53,82 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None 
         out["optimizer"] = sum(tensor_bytes(v) for st in optimizer.state.values() for v in st.values()
                                if isinstance(v, torch.Tensor) and v.dim() > 0)
     return out
+
+
+def choose_threads(allowed: int, busy: float | None, quota: float | None = None) -> int:
+    """Threads for this process: the cores it may use (``allowed``, capped by a cgroup CPU
+    ``quota`` in cores) less those other processes keep ``busy`` (in cores; None when unknown).
+    A core counts as free when it is at least 75% idle (``floor(free + 0.25)``); never below 1."""
+    limit = allowed if quota is None else max(1, min(allowed, int(quota)))
+    if busy is None:
+        return max(1, limit)
+    return max(1, min(limit, int(allowed - busy + 0.25)))
+
+
+def allowed_cpus() -> list[int]:
+    """CPU ids this process may run on (its affinity mask), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def cgroup_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    """The cgroup v2 CPU quota in cores (``cpu.max`` "quota period"), None when unlimited or unknown."""
+    try:
+        quota, period = open(path).read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _idle_and_total(cpus: list[int]) -> tuple[int, int] | None:
+    """Summed (idle + iowait, total) jiffies of these CPUs from /proc/stat, None where unreadable."""
+    idle = total = 0
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *vals = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                    nums = [int(v) for v in vals[:8]]
+                    idle += nums[3] + nums[4]
+                    total += sum(nums)
+    except (OSError, ValueError, IndexError):
+        return None
+    return (idle, total) if total else None
+
+
+def busy_cores(cpus: list[int], sample_s: float = 0.3) -> float | None:
+    """Cores of ``cpus`` kept busy by other processes over a ``sample_s`` sample (this process
+    sleeps meanwhile); the 1-minute load average where /proc/stat is missing; None if neither."""
+    before = _idle_and_total(cpus)
+    if before is None:
+        try:
+            return min(float(len(cpus)), os.getloadavg()[0])
+        except (OSError, AttributeError):
+            return None
+    time.sleep(sample_s)
+    after = _idle_and_total(cpus)
+    if after is None or after[1] <= before[1]:
+        return None
+    return len(cpus) * (1.0 - (after[0] - before[0]) / (after[1] - before[1]))
+
+
+_LAST_CHOICE: list[int] = []
+
+
+def set_cpu_threads(log=logging.getLogger("rlhfkit").info) -> int:
+    """Set torch's intra-op threads from the cores actually free (see the module docstring) and
+    log the choice when it changes; ``OMP_NUM_THREADS`` set by the user is kept as is. Returns
+    the thread count in use."""
+    if os.environ.get("OMP_NUM_THREADS", "").strip() or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) > 1:
+        return torch.get_num_threads()  # the user's choice, or a launcher's split of the cores
+    cpus = allowed_cpus()
+    busy = busy_cores(cpus)
+    n = choose_threads(len(cpus), busy, cgroup_quota())
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    if _LAST_CHOICE != [n]:
+        _LAST_CHOICE[:] = [n]
+        seen = "unknown" if busy is None else f"{busy:.1f}"
+        log(f"threads: {n} (cores usable {len(cpus)}, busy elsewhere {seen}; set OMP_NUM_THREADS to choose)")
+    return n

@@ -27,8 +27,9 @@ from rlhfkit.train.rm import RMConfig
 from rlhfkit.train.sft import SFTConfig
 from rlhfkit.data.formats import parse_preference, parse_sft
 from rlhfkit.data.tokenize import collate_pairs, collate_sft, tokenize_preference, tokenize_sft
-from rlhfkit.logprobs import packing_works, target_logprobs
-from rlhfkit.models import load_causal_lm, load_reward_model, load_tokenizer, reward_forward
+from rlhfkit.data.pair_tree import tree_pairs
+from rlhfkit.logprobs import packing_works, response_logps, target_logprobs, tree_pairs_work
+from rlhfkit.models import load_causal_lm, load_reward_model, load_tokenizer, packed_rewards, reward_forward
 from rlhfkit.train.dpo import run_dpo
 from rlhfkit.train.grpo import run_grpo
 from rlhfkit.train.rm import run_rm
@@ -106,6 +107,30 @@ def test_packing_equals_padding_on_the_family_data(family):
     seq_got = packed["seq_id"][:, 1:][packed["loss_mask"][:, 1:].bool()]
     by_seq = lambda v, s: torch.zeros(len(rows)).index_add(0, s, v)  # noqa: E731
     torch.testing.assert_close(by_seq(got, seq_got), by_seq(want, seq_want), atol=1e-4, rtol=0)
+
+
+def test_shared_prompt_rewards_equal_padded_on_the_family_data(family):
+    """Where the reward model takes the shared-prompt layout (``data.pair_tree``; not with a sliding
+    window, which the explicit mask would replace), it scores the family's pairs (10-120 tokens,
+    longer than the windows) as the padded rows do."""
+    tok = load_tokenizer(family["model"])
+    rm = load_reward_model(family["model"], tok).eval()
+    window = getattr(rm.config, "sliding_window", None) and getattr(rm.config, "use_sliding_window", True)
+    assert tree_pairs_work(rm) == (not window) and tree_pairs_work(load_causal_lm(family["model"]), reward=False) == (not window)
+    if window:
+        return
+    pairs, _ = tokenize_preference([parse_preference(json.loads(x)) for x in open(family["prefs"])], tok, 256, 128)
+    assert max(len(p.prompt_ids) + len(p.chosen_ids) for p in pairs) > 8
+    padded, tree = collate_pairs(pairs, tok.pad_token_id), tree_pairs(pairs, tok.pad_token_id)
+    with torch.no_grad():
+        want = reward_forward(rm, padded["input_ids"], padded["attention_mask"])
+        got = packed_rewards(rm, tree["input_ids"], tree["position_ids"], tree["last_index"], tree["tree_mask"])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    lm = load_causal_lm(family["model"]).eval()  # DPO's response log-probs, the same way
+    assert tree_pairs_work(lm, reward=False)
+    padded = collate_pairs(pairs, tok.pad_token_id, pack=False)
+    with torch.no_grad():
+        torch.testing.assert_close(response_logps(lm, tree), response_logps(lm, padded), atol=1e-4, rtol=0)
 
 
 

@@ -11,7 +11,8 @@ else from ``ref_model``, which is then freed): only the policy is in memory whil
 the same result since the reference is frozen. Without it the reference runs alongside, under
 ``torch.no_grad``. With LoRA (``lora_r > 0``) the reference is the policy with its adapter switched
 off (``models.adapter_disabled``): exactly the starting weights, and never a second copy. With ``padding_free`` (the default) the 2B sequences of a micro-batch are packed
-without padding and the LM head runs only at response positions (``logprobs.target_logprobs``).
+without padding, each pair's prompt computed once for both responses where the model allows
+(``data.pair_tree``), and the LM head runs only at response positions.
 
 Logged per step: the implicit rewards of chosen and rejected responses, their margin, reward
 accuracy, summed log-probs, and ``logratio``: log pi - log ref per response token, averaged over
@@ -32,7 +33,8 @@ from ..config import ConfigError, PaddingFreeConfig, SourceWeightsConfig, TrainC
 from ..data import load_preference
 from ..data.sources import apply_source_weights
 from ..data.tokenize import collate_pairs, tokenize_preference
-from ..logprobs import packing_works, response_logps
+from ..data.pair_tree import tree_pairs
+from ..logprobs import packing_works, response_logps, tree_pairs_work
 from ..losses import dpo_loss
 from ..models import adapter_disabled, load_causal_lm
 from .checkpoint import finish
@@ -104,6 +106,17 @@ def score_pairs(model, ref, batch, cfg: DPOConfig):
     return losses, chosen_r, rejected_r, pc, pr, logratio_sum, batch["loss_mask"][:, 1:].sum()
 
 
+def pair_collate(policy, ref, pad_id: int, padding_free: bool):
+    """(collate function, its layout): with ``padding_free``, each pair's prompt computed once for
+    both responses ("shared-prompt", ``data.pair_tree``) where policy and reference give the same
+    log-probs that way, else packed rows ("packed") where they do, else "padded"."""
+    if padding_free and packing_works(policy) and (ref is policy or packing_works(ref)):
+        if tree_pairs_work(policy, reward=False) and (ref is policy or tree_pairs_work(ref, reward=False)):
+            return (lambda b: tree_pairs(b, pad_id)), "shared-prompt"
+        return (lambda b: collate_pairs(b, pad_id, True)), "packed"
+    return (lambda b: collate_pairs(b, pad_id, False)), "padded"
+
+
 def load_reference(cfg: DPOConfig, run: Run, policy):
     """(the reference model, how it is had: logged in summary.json as ``reference``).
 
@@ -135,10 +148,9 @@ def run_dpo(cfg: DPOConfig) -> dict:
     if weighted:
         run.print(f"source weights: {weighted}")
     with run.accelerator.autocast():  # checked as it will run (bf16 on a GPU: FlashAttention needs it)
-        pack = cfg.padding_free and packing_works(policy)
-    if cfg.padding_free and not pack:
+        collate, how = pair_collate(policy, ref, tokenizer.pad_token_id, cfg.padding_free)
+    if cfg.padding_free and how == "padded":
         run.print("padding_free: this model does not compute packed sequences like padded ones; using padding")
-    collate = lambda b: collate_pairs(b, tokenizer.pad_token_id, pack)  # noqa: E731
     if cfg.precompute_ref:
         run.print(f"precomputing reference log-probs for {len(train_set) + len(eval_set)} pairs")
         precompute_reference(run, ref, train_set + eval_set, collate)

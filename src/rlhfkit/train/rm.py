@@ -3,7 +3,8 @@
 Stage 2 of the RLHF pipeline. Bradley-Terry loss -log sigmoid(r(x, y_c) - r(x, y_r) - margin)
 (``losses.bradley_terry``); the scalar reward is read at the last real token of each sequence by
 attention mask (``models.reward_forward``), whatever the padding side. Chosen and rejected rows go
-through the model in one concatenated batch, packed without padding when ``padding_free``. Held-out accuracy is reported with a 95% Wilson
+through the model in one batch, packed without padding when ``padding_free``, each pair's prompt
+then computed once for both responses (``data.pair_tree``, where ``logprobs.tree_pairs_work``). Held-out accuracy is reported with a 95% Wilson
 interval from the first evaluation, and a warning is printed when it cannot be told from chance.
 With ``lora_r > 0`` the backbone trains through a LoRA adapter while the score head trains in full
 (peft's ``modules_to_save`` for sequence classification); the adapter folder carries both.
@@ -18,7 +19,8 @@ from ..config import PaddingFreeConfig, SourceWeightsConfig, TrainConfig, option
 from ..data import load_preference
 from ..data.sources import apply_source_weights
 from ..data.tokenize import collate_pairs, tokenize_preference
-from ..logprobs import packing_works
+from ..data.pair_tree import tree_pairs
+from ..logprobs import packing_works, tree_pairs_work
 from ..losses import bradley_terry
 from ..models import packed_rewards, reward_forward
 from ..stats import wilson_interval
@@ -42,11 +44,23 @@ class RMConfig(SourceWeightsConfig, PaddingFreeConfig, TrainConfig):
 
 def pair_rewards(model, batch):
     """(chosen rewards (B,), rejected rewards (B,)) from a concatenated pair batch, padded or packed."""
-    if "position_ids" in batch:
-        rewards = packed_rewards(model, batch["input_ids"], batch["position_ids"], batch["last_index"])
+    if "position_ids" in batch:  # packed; with a tree_mask, each prompt once for both responses
+        rewards = packed_rewards(model, batch["input_ids"], batch["position_ids"], batch["last_index"],
+                                 batch.get("tree_mask"))
     else:
         rewards = reward_forward(model, batch["input_ids"], batch["attention_mask"])
     return rewards.chunk(2)
+
+
+def pair_collate(model, pad_id: int, padding_free: bool):
+    """(collate function, its layout): with ``padding_free``, each pair's prompt computed once for
+    both responses ("shared-prompt", ``data.pair_tree``) where the model scores that exactly, else
+    packed rows ("packed") where it scores those exactly, else "padded"."""
+    if padding_free and packing_works(model, reward=True):
+        if tree_pairs_work(model):
+            return (lambda b: tree_pairs(b, pad_id)), "shared-prompt"
+        return (lambda b: collate_pairs(b, pad_id, True)), "packed"
+    return (lambda b: collate_pairs(b, pad_id, False)), "padded"
 
 
 def run_rm(cfg: RMConfig) -> dict:
@@ -63,10 +77,10 @@ def run_rm(cfg: RMConfig) -> dict:
     weighted = apply_source_weights(train_set, cfg.source_weights)
     if weighted:
         run.print(f"source weights: {weighted}")
-    pack = cfg.padding_free and packing_works(model, reward=True)
-    if cfg.padding_free and not pack:
+    with run.accelerator.autocast():  # checked as it will run (bf16 on a GPU: FlashAttention needs it)
+        collate, how = pair_collate(model, tokenizer.pad_token_id, cfg.padding_free)
+    if cfg.padding_free and how == "padded":
         run.print("padding_free: this model cannot score packed sequences like padded ones; using padding")
-    collate = lambda b: collate_pairs(b, tokenizer.pad_token_id, pack)  # noqa: E731
 
     def loss_fn(model, batch, num_pairs):
         chosen, rejected = pair_rewards(model, batch)
