@@ -79,7 +79,7 @@ def _run_stage(stage: str, rest: list[str], debug: bool) -> int:
             if "torch" in sys.modules:  # a stage that computes: threads from the cores free now
                 from .resources import set_cpu_threads
 
-                set_cpu_threads()
+                set_cpu_threads(lambda m: print(f"[rlhfkit] {m}", flush=True))  # stdout: stderr is for errors
             summary = fn(cfg)
     except (DataError, ConfigError, TrainingError, JudgeError, ValueError, OSError) as e:
         if debug:
