@@ -51,3 +51,17 @@ def test_no_request_on_one_process_is_the_plain_engine(monkeypatch):
     model, _ = prepare(run, *_model_and_optimizer())
     assert run.engine["engine"] == "single process" and run.engine["sharding"].startswith("none")
     assert isinstance(model.module, torch.nn.Linear)
+
+
+def test_a_sharded_checkpoint_resumes_only_on_the_process_count_that_wrote_it(tmp_path):
+    import json
+
+    from rlhfkit.train.dcp import load_sharded
+
+    ckpt = tmp_path / "step-0000002"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 2, "processes": 2, "sharded": "dcp"}))
+    run = SimpleNamespace(accelerator=SimpleNamespace(num_processes=4, process_index=0), print=lambda m: None)
+    with pytest.raises(TrainingError, match="written by 2 processes and this run has 4; a sharded checkpoint resumes "
+                                            "on as many processes as wrote it"):
+        load_sharded(run, None, None, None, {}, ckpt)
