@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from .kv_cache import PreallocatedLayer, forward_params, new_cache
 from .models import position_ids_from_mask, unwrap_peft
-from .sampling import eos_ids
+from .sampling import draw, eos_ids
 
 
 @dataclass
@@ -246,10 +246,8 @@ class Batcher:
                 cut_b1 = torch.tensor([[p if p < 1.0 else float("inf")] for p in top_p], device=self.device)
                 truncated_bV = nucleus(scaled_bV, cut_b1).softmax(-1)
                 probs_bV = torch.where(cut_b1 < 1.0, truncated_bV, probs_bV)
-            cdf_bV = probs_bV.cumsum(-1)
             u_b = torch.cat([torch.rand(1, generator=jobs[b].generator, device=self.device) for b in rows])
-            drawn_b = torch.searchsorted(cdf_bV, u_b[:, None] * cdf_bV[:, -1:], right=True).squeeze(1)
-            tokens_B[rows_b] = drawn_b.clamp_(max=logits_BV.shape[1] - 1)
+            tokens_B[rows_b] = draw(probs_bV, uniform_B1=u_b[:, None])
         return tokens_B.tolist()
 
 
