@@ -3,15 +3,22 @@
 For each model it starts ``rlhfkit serve`` in a subprocess on 127.0.0.1 (``--threads`` torch
 threads) and sends the same ``--requests`` completion requests (world prompts, ``max_tokens``
 fixed, temperature 1, a seed per request) from C client threads at once, each sending its next
-request as soon as its last one is answered (a closed loop). Tokens are the real ones the server
-reports (``usage.completion_tokens``: a random-init model ends a reply at EOS now and then, and
-those tokens are not counted). Each level reports tokens/s and its ratio to one client; then the
-same 16-client load against a server with ``--max_batch_size 1`` (the one-at-a-time server this
-replaces), in the same run. First, the same loads through ``serve.Server`` in the benchmark's own
-process (threads calling ``complete``: no HTTP, no client process), which shows the engine's
-scaling apart from the web layer and the client (on a shared 2-core machine those take CPU from
-the server). Every reply at every level is compared with the one-client reply to
-the same request (same seed): the count of identical replies is reported.
+request as soon as its last one is answered (a closed loop). Each client thread's
+``httpx.Client`` is built before the clock starts: real clients have theirs already, and building
+one is ~20 ms of Python (its SSL context), so 16 built inside the clock under this process's GIL
+were a third of a 16-client run (the "client setup timed (old)" row, at 16 clients, repeats that
+old measurement in the same run; RESULTS.md entries before 2026-12-05 are all of that kind).
+Client threads, client processes and one asyncio client measured the same once setup was out of
+the clock (within ~10%, 64 requests, 16 clients, under load), so the clients stay threads.
+Tokens are the real ones the server reports (``usage.completion_tokens``: a random-init model
+ends a reply at EOS now and then, and those tokens are not counted). Each level reports tokens/s
+and its ratio to one client; then the same 16-client load against a server with
+``--max_batch_size 1`` (the one-at-a-time server this replaces), in the same run. First, the same
+loads through ``serve.Server`` in the benchmark's own process (threads calling ``complete``: no
+HTTP, no client process), which shows the engine's scaling apart from the web layer and the
+client (on a shared 2-core machine those take CPU from the server). Every reply at every level is
+compared with the one-client reply to the same request (same seed): the count of identical
+replies is reported.
 
 Models (fp32, random init: tokens/s do not depend on what the weights learned):
 - demo: the demo world's base-model shape (world tokenizer trained as ``world.base`` trains it,
@@ -102,14 +109,24 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def load(url: str, bodies: list[dict], clients: int) -> tuple[float, int, list[str]]:
-    """(seconds, completion tokens, texts) for ``bodies`` sent by ``clients`` closed-loop threads."""
+def load(url: str, bodies: list[dict], clients: int, setup_timed: bool = False) -> tuple[float, int, list[str]]:
+    """(seconds, completion tokens, texts) for ``bodies`` sent by ``clients`` closed-loop threads.
+
+    Each thread's ``httpx.Client`` is built before the clock starts (a real client has its
+    connection library loaded already; building one is ~20 ms of Python, its SSL context, and
+    16 of them under this process's GIL were a third of a 16-client run). ``setup_timed``: build
+    them inside the clock, as this benchmark did before 2026-12-05 (kept to show the difference)."""
     texts: list[str | None] = [None] * len(bodies)
     tokens = [0] * len(bodies)
     errors: list[str] = []
 
+    def make() -> httpx.Client:
+        return httpx.Client(base_url=url, timeout=600)
+
+    ready = [None if setup_timed else make() for _ in range(clients)]
+
     def client(k: int) -> None:
-        with httpx.Client(base_url=url, timeout=600) as http:
+        with ready[k] or make() as http:
             for i in range(k, len(bodies), clients):
                 r = http.post("/v1/completions", json=bodies[i])
                 if r.status_code != 200:
@@ -167,15 +184,17 @@ def bench_model(name: str, model: str, bodies: list[dict], levels: list[int], th
         rows.append({"model": name, "server": "in-process, no HTTP", **r})
         print(f"  {name:6s} {'in-process':17s} {r['clients']:3d} clients: {r['tokens']} tokens in {r['seconds']:6.2f} s = "
               f"{r['tok_s']:8.1f} tok/s", flush=True)
-    for label, args, level_list in (("batched", [], levels), ("max_batch_size 1", ["--max_batch_size", "1"], [max(levels)])):
+    old = "batched, client setup timed (old)"
+    for args, runs in (([], [(c, "batched") for c in levels] + [(max(levels), old)]),
+                       (["--max_batch_size", "1"], [(max(levels), "max_batch_size 1")])):
         proc, url = start_server(model, threads, args, root / f"{name}.log")
         try:
             load(url, bodies[:min(4, len(bodies))], 2)  # warm-up: first-call allocations, thread pools
-            for clients in level_list:
-                seconds, tokens, texts = load(url, bodies, clients)
-                rows.append({"model": name, "server": label, "clients": clients, "seconds": seconds, "tokens": tokens,
-                             "tok_s": tokens / seconds, "texts": texts})
-                print(f"  {name:6s} {label:17s} {clients:3d} clients: {tokens} tokens in {seconds:6.2f} s = "
+            for clients, row_label in runs:
+                seconds, tokens, texts = load(url, bodies, clients, setup_timed=row_label == old)
+                rows.append({"model": name, "server": row_label, "clients": clients, "seconds": seconds,
+                             "tokens": tokens, "tok_s": tokens / seconds, "texts": texts})
+                print(f"  {name:6s} {row_label:17s} {clients:3d} clients: {tokens} tokens in {seconds:6.2f} s = "
                       f"{tokens / seconds:8.1f} tok/s", flush=True)
         finally:
             stop(proc)
