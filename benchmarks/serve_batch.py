@@ -10,6 +10,10 @@ were a third of a 16-client run (the "client setup timed (old)" row, at 16 clien
 old measurement in the same run; RESULTS.md entries before 2026-12-05 are all of that kind).
 Client threads, client processes and one asyncio client measured the same once setup was out of
 the clock (within ~10%, 64 requests, 16 clients, under load), so the clients stay threads.
+Where HTTP still trails in-process (2026-12-05, profiled): the server's batcher thread does not
+wait for the GIL (its step wall time = its CPU time + its run-queue wait, from /proc schedstat),
+so what is left is CPU on a shared 2-core machine: ~1 ms of HTTP work per request in the server
+(uvicorn, routing, JSON) and the client's own, both taken from the cores the decode loop runs on.
 Tokens are the real ones the server reports (``usage.completion_tokens``: a random-init model
 ends a reply at EOS now and then, and those tokens are not counted). Each level reports tokens/s
 and its ratio to one client; then the same 16-client load against a server with
