@@ -60,7 +60,11 @@ if _DynamicLayer is not None:
             super().__init__()
             self.capacity = capacity
 
+        prefix: tuple | None = None  # (keys, values) of the shared rows (``share_rows``), else None
+        rows: torch.Tensor | None = None  # (B,) the shared row each batch row continues
+
         def update(self, key_states, value_states, *args, **kwargs):
+            self._unshare()
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
                 self._k = self._v = None
@@ -86,6 +90,7 @@ if _DynamicLayer is not None:
             return self.length if self.is_initialized else 0
 
         def crop(self, tokens_to_remove: int) -> None:
+            self._unshare()
             if tokens_to_remove < 0 and self.get_seq_length() > 0:
                 self.length = max(self.length + tokens_to_remove, 0)
                 self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
@@ -94,8 +99,41 @@ if _DynamicLayer is not None:
             if self.get_seq_length() > 0:
                 self._k, self._v = self._k[indices], self._v[indices]
                 self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+                if self.prefix is not None:
+                    self.rows = self.rows[indices]
+
+        def share_rows(self, rows: torch.Tensor) -> None:
+            """Like ``batch_select_indices(rows)`` (row b continues stored row ``rows[b]``: copies of
+            one prompt), without copying the stored positions: they stay one shared prefix per stored
+            row, which the lean decode step attends to once per distinct row. The positions added
+            later are each row's own. Any other reader (``update`` from the model's forward, a
+            crop, a repeat) copies the prefix out to every row first, as ``batch_select_indices``
+            would have."""
+            if self.get_seq_length() == 0 or self.prefix is not None:
+                return self.batch_select_indices(rows)
+            self.prefix, self.rows = (self.keys, self.values), rows
+            self._k = self._k.new_empty(len(rows), *self._k.shape[1:])
+            self._v = self._v.new_empty(len(rows), *self._v.shape[1:])
+            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+
+        def _unshare(self) -> None:
+            if self.prefix is not None:
+                n = self.prefix[0].shape[-2]
+                self._k[:, :, :n], self._v[:, :, :n] = self.prefix[0][self.rows], self.prefix[1][self.rows]
+                self.prefix = self.rows = None
+
+        def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            """Write one position of every row (the lean step's ``update``: a shared prefix stays shared)."""
+            if self.length >= self._k.shape[-2]:  # full: the general path (copies the prefix out)
+                self.update(key_states, value_states)
+                return
+            self._k.select(2, self.length).copy_(key_states.select(2, 0))
+            self._v.select(2, self.length).copy_(value_states.select(2, 0))
+            self.length += 1
+            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
 
         def batch_repeat_interleave(self, repeats: int) -> None:
+            self._unshare()
             if self.get_seq_length() > 0:
                 self.batch_select_indices(torch.arange(self._k.shape[0], device=self._k.device).repeat_interleave(repeats))
 else:  # pragma: no cover
@@ -116,10 +154,15 @@ def lean_decode_step(model):
     Why: a decode step of a small model is mostly Python. The ``transformers`` forward spends it on
     mask construction, output dataclasses, kwargs plumbing and hooks around the same few kernels;
     this step runs those kernels (embedding, RMSNorm, projections, rotary embedding, cache write,
-    ``sdpa_attention_forward``, MLP, final norm, LM head on the last position) in the same order
-    with the same inputs, so its logits equal the forward's bit for bit (tests/unit/test_generation.py
-    checks it, sampling with the step on and off). The mask is what ``transformers`` builds for SDPA
-    at one query position: none when no row is padded, else the (B, 1, 1, L) padding mask.
+    attention, MLP, final norm, LM head on the last position) in the same order with the same inputs.
+    On an accelerator (or in bf16 / under CPU autocast) attention is ``sdpa_attention_forward`` with
+    the mask ``transformers`` builds for SDPA at one query position, so the logits equal the
+    forward's bit for bit. On the CPU in fp32 (where a decode step is per-op overhead and memory
+    traffic, not FLOPs) the step differs in three ways: q/k/v and gate/up run as one matmul each
+    (weights concatenated once per rollout, up to ``FUSE_BYTES``); attention is plain matmuls (the
+    CPU SDPA kernel costs more at one query); and a prefix shared by copies of a prompt
+    (``PreallocatedLayer.share_rows``) is attended once per prompt. Tokens equal the forward's and
+    log-probs agree to 1e-5 (tests/unit/test_generation.py: rounding, not maths, differs).
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -135,24 +178,126 @@ def lean_decode_step(model):
     if any(type(layer.get_submodule(n)) is not torch.nn.Linear for layer in inner.layers for n in names):
         return None
 
+    weight = inner.embed_tokens.weight
+    cpu = weight.device.type == "cpu" and weight.dtype == torch.float32
+    fused = [_fused(layer) for layer in inner.layers] if cpu and _fused_bytes(inner) <= FUSE_BYTES else None
+
     def step(ids_B1, mask_BL, positions_B1, cache):
         if not all(type(layer) is PreallocatedLayer for layer in getattr(cache, "layers", [None])):
             return None
         B = ids_B1.shape[0]
         h = inner.embed_tokens(ids_B1)
         cos, sin = inner.rotary_emb(h, positions_B1)
-        attn_mask = None if bool(mask_BL.all()) else mask_BL.bool()[:, None, None, :]
+        padded = not bool(mask_BL.all())
+        if not cpu or torch.is_autocast_enabled("cpu"):
+            attn_mask = mask_BL.bool()[:, None, None, :] if padded else None
+            for i, layer in enumerate(inner.layers):
+                a = layer.self_attn
+                x = layer.input_layernorm(h)
+                q = a.q_proj(x).view(B, 1, -1, a.head_dim).transpose(1, 2)
+                k = a.k_proj(x).view(B, 1, -1, a.head_dim).transpose(1, 2)
+                v = a.v_proj(x).view(B, 1, -1, a.head_dim).transpose(1, 2)
+                q, k = apply_rotary_pos_emb(q, k, cos, sin)
+                k, v = cache.layers[i].update(k, v)
+                o = sdpa_attention_forward(a, q, k, v, attn_mask, dropout=0.0, scaling=a.scaling)[0]
+                h = h + a.o_proj(o.reshape(B, 1, -1).contiguous())
+                h = h + layer.mlp(layer.post_attention_layernorm(h))
+            return model.lm_head(inner.norm(h))[:, -1]
+        mask = torch.zeros(mask_BL.shape, dtype=h.dtype).masked_fill_(mask_BL == 0, float("-inf")) if padded else None
+        slots = _slots(cache.layers[0])
         for i, layer in enumerate(inner.layers):
-            a = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = a.q_proj(x).view(B, 1, -1, a.head_dim).transpose(1, 2)
-            k = a.k_proj(x).view(B, 1, -1, a.head_dim).transpose(1, 2)
-            v = a.v_proj(x).view(B, 1, -1, a.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            k, v = cache.layers[i].update(k, v)
-            o = sdpa_attention_forward(a, q, k, v, attn_mask, dropout=0.0, scaling=a.scaling)[0]
-            h = h + a.o_proj(o.reshape(B, 1, -1).contiguous())
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            q, k, v = _qkv(layer, None if fused is None else fused[i], _norm(layer.input_layernorm, h), cos, sin)
+            cache.layers[i].append(k, v)
+            h = h + layer.self_attn.o_proj(_attend(q, cache.layers[i], mask, slots, layer.self_attn.scaling))
+            x = _norm(layer.post_attention_layernorm, h)
+            if fused is None:
+                h = h + layer.mlp(x)
+            else:
+                gate, up = torch.nn.functional.linear(x, fused[i][2]).chunk(2, dim=-1)
+                h = h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
         return model.lm_head(inner.norm(h))[:, -1]
 
     return step
+
+
+# --------------------------------------------------------------------------- its CPU path
+
+FUSE_BYTES = 256 * 2**20  # fused q/k/v and gate/up copies at most this large (else the separate projections)
+
+
+def _norm(norm, h: torch.Tensor) -> torch.Tensor:
+    """The (fp32) RMSNorm module's output as one fused op."""
+    return torch.nn.functional.rms_norm(h, norm.weight.shape, norm.weight, norm.variance_epsilon)
+
+
+def _fused_bytes(inner) -> int:
+    mods = [m for layer in inner.layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                                                   layer.mlp.gate_proj, layer.mlp.up_proj)]
+    return sum(m.weight.numel() * m.weight.element_size() for m in mods)
+
+
+def _fused(layer) -> tuple:
+    """(q/k/v weight, its bias or None, gate/up weight) concatenated: one matmul instead of three and
+    two. Built per rollout (the weights change every optimiser step); each output column is the same
+    dot product as the separate projection's (tests/unit/test_generation.py pins the tokens)."""
+    a, m = layer.self_attn, layer.mlp
+    with torch.no_grad():
+        bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]) if a.q_proj.bias is not None else None
+        return (torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), bias,
+                torch.cat([m.gate_proj.weight, m.up_proj.weight]))
+
+
+def _qkv(layer, fused, x_B1H, cos_B1D, sin_B1D) -> tuple:
+    """(queries (B, Hkv, G, D) grouped by their key/value head, keys and values (B, Hkv, 1, D)), the
+    rotary embedding applied to queries and keys."""
+    a, B = layer.self_attn, x_B1H.shape[0]
+    nq, nkv = a.config.num_attention_heads, a.config.num_key_value_heads
+    if fused is None:
+        qkv = torch.cat([a.q_proj(x_B1H), a.k_proj(x_B1H), a.v_proj(x_B1H)], -1)
+    else:
+        qkv = torch.nn.functional.linear(x_B1H, fused[0], fused[1])
+    qkv = qkv.view(B, -1, 1, a.head_dim)  # (B, nq + 2 nkv, 1, D)
+    qk, v = qkv[:, :nq + nkv], qkv[:, nq + nkv:]
+    half = a.head_dim // 2
+    qk = qk * cos_B1D[:, None] + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin_B1D[:, None]
+    return qk[:, :nq].reshape(B, nkv, nq // nkv, a.head_dim), qk[:, nq:], v
+
+
+def _slots(layer) -> tuple | None:
+    """(shared row of each batch row, its rank among that row's copies, most copies of one row),
+    or None when the layer shares no prefix."""
+    if layer.prefix is None:
+        return None
+    rows = layer.rows
+    onehot = rows[:, None] == torch.arange(layer.prefix[0].shape[0], device=rows.device)
+    rank = onehot.long().cumsum(0).gather(1, rows[:, None]).squeeze(1) - 1
+    return rows, rank, int(onehot.sum(0).max())
+
+
+def _attend(q, layer, mask, slots, scaling: float) -> torch.Tensor:
+    """(B, 1, Hq * D) attention output of queries (B, Hkv, G, D) over the layer's cache with the
+    additive (B, L) padding mask (or None), in plain matmuls (the CPU SDPA kernel costs more at one
+    query). A shared prefix (``share_rows``) runs once per distinct row: the copies of one prompt
+    are stacked as extra queries against their prompt's keys, so the prompt's keys and values are
+    read once per prompt, not once per copy."""
+    B, nkv, G, D = q.shape
+    n = 0 if slots is None else layer.prefix[0].shape[-2]
+    own_k, own_v = layer.keys[:, :, n:], layer.values[:, :, n:]
+    s = torch.matmul(q, own_k.transpose(-1, -2)) * scaling  # (B, Hkv, G, L - n)
+    if slots is not None:
+        rows, rank, S = slots
+        pk, pv = layer.prefix
+        P = pk.shape[0]
+        grid = q.new_zeros(P, S, nkv, G, D)
+        grid[rows, rank] = q
+        grid = torch.matmul(grid.transpose(1, 2).reshape(P, nkv, S * G, D), pk.transpose(-1, -2)) * scaling
+        s = torch.cat([grid.view(P, nkv, S, G, n).transpose(1, 2)[rows, rank], s], -1)
+    if mask is not None:
+        s = s + mask[:, None, None, :]
+    w = s.softmax(-1)
+    if slots is None:
+        return torch.matmul(w, own_v).reshape(B, 1, -1)
+    grid = w.new_zeros(P, S, nkv, G, n)
+    grid[rows, rank] = w[..., :n]
+    pre = torch.matmul(grid.transpose(1, 2).reshape(P, nkv, S * G, n), pv).view(P, nkv, S, G, D).transpose(1, 2)
+    return (pre[rows, rank] + torch.matmul(w[..., n:], own_v)).reshape(B, 1, -1)

@@ -12,7 +12,9 @@ demo); sampling takes most of an RLHF step's time, so it is batched and cached:
   (``kv_cache.PreallocatedLayer``); each decode step feeds one token per row and extends the attention
   mask by one column;
 - identical prompts in a chunk (RLOO/GRPO sample ``num_generations`` copies of each) are
-  prefilled once and their cache rows copied;
+  prefilled once; their cached keys/values stay one shared prefix per prompt
+  (``PreallocatedLayer.share_rows``: the lean CPU step attends to it once for all copies, any
+  other reader gets copied rows);
 - tokens are drawn by inverse-CDF sampling (``draw``), one uniform per row;
 - a row stops at an end token or when its text contains a stop string. End tokens are decided in
   one place, ``eos_ids``, so that every stage stops on the same set: the tokenizer's EOS, the
@@ -126,12 +128,15 @@ def _truncate(logits_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor
 
 
 def _picker(temperature: float, top_k: int, top_p: float,
-            generator: torch.Generator | Sequence[torch.Generator] | None) -> Callable:
-    """((B, V) logits, (B,) chunk row of each batch row) -> (B,) tokens and their (B,) log-probs under
-    the full tempered distribution. ``generator``: one for the chunk, or one per chunk row."""
+            generator: torch.Generator | Sequence[torch.Generator] | None, max_new_tokens: int = 0) -> Callable:
+    """((B, V) logits, (B,) chunk row of each batch row, step) -> (B,) tokens and their (B,) log-probs
+    under the full tempered distribution. ``generator``: one for the chunk, or one per chunk row; a
+    row's generator gives its ``max_new_tokens`` uniforms in one draw at the first step (the same
+    numbers as one draw per step: a CPU generator's ``rand(n)`` is n successive ``rand(1)``)."""
     truncate = bool(top_k) or top_p < 1.0
+    per_row: list = []  # (rows, max_new_tokens) uniforms of the per-row generators
 
-    def pick(logits_BV: torch.Tensor, row_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pick(logits_BV: torch.Tensor, row_B: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         logits_BV = logits_BV.float()
         if temperature == 0:
             token_B = logits_BV.argmax(-1)
@@ -140,8 +145,10 @@ def _picker(temperature: float, top_k: int, top_p: float,
         logp_BV = logits_BV.log_softmax(-1)
         probs_BV = _truncate(logits_BV, top_k, top_p).softmax(-1) if truncate else logp_BV.exp()
         if isinstance(generator, (list, tuple)):
-            u_B1 = torch.cat([torch.rand(1, generator=generator[r]) for r in row_B.tolist()]).to(probs_BV.device)
-            token_B = draw(probs_BV, uniform_B1=u_B1[:, None])
+            if not per_row:
+                per_row.append(torch.stack([torch.rand(max_new_tokens, generator=g) for g in generator]
+                                           ).to(probs_BV.device))
+            token_B = draw(probs_BV, uniform_B1=per_row[0][row_B, t, None])
         else:
             token_B = draw(probs_BV, generator)
         return token_B, logp_BV.gather(1, token_B[:, None]).squeeze(1)
@@ -225,7 +232,8 @@ def _decode_chunk(forward, pick, rows: list[list[int]], max_new_tokens: int, end
         keep = torch.tensor(first, device=device)
         logits_bV = forward(ids_BS[keep], attn_BS[keep], position_ids_from_mask(attn_BS[keep]), cache)
         inverse_B = torch.tensor(inverse, device=device)
-        cache.batch_select_indices(inverse_B)
+        for layer in getattr(cache, "layers", None) or [cache]:  # copies of a prompt share its cached keys/values
+            (layer.share_rows if hasattr(layer, "share_rows") else layer.batch_select_indices)(inverse_B)
         logits_bV = logits_bV[inverse_B]
     else:
         logits_bV = forward(ids_BS, attn_BS, position_ids_from_mask(attn_BS), cache)
@@ -233,7 +241,7 @@ def _decode_chunk(forward, pick, rows: list[list[int]], max_new_tokens: int, end
     live_b = torch.ones(B, dtype=torch.bool, device=device)
     steps = 0
     for t in range(max_new_tokens):
-        token_b, logp_b = pick(logits_bV, row_b)
+        token_b, logp_b = pick(logits_bV, row_b, t)
         # Rows that finished but are still in the batch write pad / 0: where(), no host sync.
         tokens_BT[row_b, t] = token_b.where(live_b, pad_id)
         logp_BT[row_b, t] = logp_b.where(live_b, 0.0)
@@ -295,7 +303,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], gen: GenerationConfi
     (e.g. ``"<|im_end|>"``) counts as an end id, since decoded texts skip special tokens.
     ``generator`` (on the model's device) makes sampling reproducible; a list of CPU generators, one
     per prompt, gives each row its own random stream, so a row draws the same tokens whatever else
-    is in the batch (how online RL samples alike on 1 and N processes). Tensors come back on the
+    is in the batch (how online RL samples alike on 1 and N processes); each such generator is
+    drawn ``max_new_tokens`` uniforms at once, whether or not its row runs that long. Tensors come back on the
     model's device. The model runs in eval mode under ``no_grad``; its train/eval mode is restored.
     """
     _check(gen, batch_size)
@@ -319,8 +328,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], gen: GenerationConfi
     if per_row and len(generator) != len(prompt_ids):
         raise ValueError(f"{len(generator)} generators for {len(prompt_ids)} prompts: give one per prompt")
     forward = _forward_fn(model)
-    picks = [_picker(gen.temperature, gen.top_k, gen.top_p, [generator[i] for i in c] if per_row else generator)
-             for c in chunks]
+    picks = [_picker(gen.temperature, gen.top_k, gen.top_p, [generator[i] for i in c] if per_row else generator,
+                     max_new_tokens) for c in chunks]
     was_training = model.training
     model.eval()
     try:

@@ -439,23 +439,59 @@ def _qwen2_gqa(tok):
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-@pytest.mark.parametrize("prompts", [PROMPTS * 2, ["the quick brown fox"] * 3 + ["a cat sat on"] * 3])
-def test_lean_decode_step_samples_exactly_as_the_forward(llama, monkeypatch, family, prompts):
-    """The lean decode step (kv_cache.lean_decode_step) gives bit-identical tokens and log-probs to
-    the model's forward, with left padding (varied prompt lengths) and without (equal lengths, so
-    no mask: the SDPA call transformers makes then), with and without grouped-query attention."""
+@pytest.mark.parametrize("prompts", [PROMPTS * 2, ["the quick brown fox"] * 3 + ["a cat sat on"] * 3,
+                                     ["a", "then ran"] + ["red green blue yellow purple orange cat"] * 5])
+@pytest.mark.parametrize("ends", [False, True])
+def test_lean_decode_step_samples_as_the_forward(llama, monkeypatch, family, prompts, ends):
+    """The lean decode step (kv_cache.lean_decode_step) samples the tokens the model's forward does,
+    with log-probs equal to 1e-5 (on the CPU it attends in plain matmuls, and each prompt's cached
+    keys/values once for all its copies: other rounding than the SDPA kernel): with left padding
+    (varied prompt lengths) and without, with and without grouped-query attention, with copies of a
+    prompt (a shared prefix) in equal and unequal numbers, and with rows ending at different steps
+    (``ends``: some word ids end a row), so finished rows leave the batch while the prefix is shared."""
     import rlhfkit.sampling as sampling
     from rlhfkit.kv_cache import lean_decode_step
 
     tok, model = llama[0], llama[1] if family == "llama" else _qwen2_gqa(llama[0])
     assert lean_decode_step(model) is not None  # the step under test is the one the sampler uses
     rows, gen = _prompt_rows(tok, prompts), GenerationConfig(max_new_tokens=10, temperature=1.0)
+    end_ids = tok.convert_tokens_to_ids(["the", "red", "blue"]) if ends else []
     got = {}
     for lean in (True, False):
         monkeypatch.setattr(sampling, "LEAN_DECODE", lean)
-        got[lean] = generate(model, tok, rows, gen, eos_token_ids=[], generator=torch.Generator().manual_seed(3))
+        got[lean] = generate(model, tok, rows, gen, eos_token_ids=end_ids, generator=torch.Generator().manual_seed(3))
     assert torch.equal(got[True].response_ids, got[False].response_ids)
-    assert torch.equal(got[True].logprobs, got[False].logprobs) and got[True].mask.sum() == 10 * len(rows)
+    assert torch.equal(got[True].mask, got[False].mask)
+    torch.testing.assert_close(got[True].logprobs, got[False].logprobs, atol=1e-5, rtol=0)
+    lengths = got[True].mask.sum(1)
+    assert (lengths == 10).all() if not ends else 0 < int((lengths < 10).sum()) < len(rows)
+
+
+def test_shared_prefix_reads_as_copied_rows(llama):
+    """``PreallocatedLayer.share_rows`` keeps copies of a prompt as one shared prefix; any reader
+    other than the lean step (the model's forward through ``update``) sees exactly the copied rows
+    ``batch_select_indices`` gives, also after finished rows are dropped."""
+    from rlhfkit.kv_cache import forward_params, new_cache
+    from rlhfkit.models import position_ids_from_mask
+
+    tok, model = llama
+    ids, mask = _left_pad(_prompt_rows(tok, PROMPTS[:2]), tok.pad_token_id)
+    rows, keep = torch.tensor([0, 1, 1, 0, 1]), torch.tensor([0, 2, 4])
+    cache_kw, logits = "cache" if "cache" in forward_params(model) else "past_key_values", []
+    for share in (True, False):
+        cache = new_cache(model, ids.shape[1] + 4)
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), **{cache_kw: cache})
+            for layer in cache.layers:
+                (layer.share_rows if share else layer.batch_select_indices)(rows)
+            assert (cache.layers[0].prefix is not None) == share
+            cache.batch_select_indices(keep)
+            m = torch.cat([mask[rows[keep]], mask.new_ones(3, 1)], 1)
+            out = model(input_ids=torch.tensor([[5], [6], [7]]), attention_mask=m,
+                        position_ids=position_ids_from_mask(m)[:, -1:], **{cache_kw: cache})
+        assert cache.layers[0].prefix is None  # the forward copied the prefix out
+        logits.append(out.logits)
+    assert torch.equal(logits[0], logits[1])
 
 
 def test_lean_decode_step_declines_other_models(gpt2, llama):

@@ -50,7 +50,6 @@ class Engine:
     ref: torch.nn.Module | None     # None at kl_coef 0 (``needs_reference``): neither loaded nor run
     reward: object
     prompts: list
-    prompt_rows: list[list[int]]
     kl_ctl: object
     moments: RunningMoments
     timings: dict = field(default_factory=dict)
@@ -65,8 +64,17 @@ class Engine:
     step_start: float = 0.0          # when this step's collection began (rollout.collect sets it)
     tokens_seen: int = 0             # real tokens (prompt + response) and completions of every process so far
     samples_seen: int = 0
+    prompt_rows: dict = field(default_factory=dict)  # prompt index -> its token ids, tokenised when first sampled
     last: dict = field(default_factory=dict)     # the last step's metrics and samples, for summary.json
     samples: list = field(default_factory=list)
+
+    def prompt_row(self, i: int) -> list[int]:
+        """Prompt ``i``'s token ids (its last ``max_prompt_length``), tokenised the first time it is
+        sampled (as TRL tokenises each batch): a run of a few steps over a large prompt set does not
+        tokenise all of it first."""
+        if i not in self.prompt_rows:
+            self.prompt_rows[i] = prompt_ids(self.tokenizer, self.prompts[i].prompt)[-self.run.cfg.max_prompt_length:]
+        return self.prompt_rows[i]
 
     @property
     def model(self):
@@ -130,7 +138,6 @@ def start_online(cfg, stage: str, build_model: Callable = lambda policy, run: po
     _check_online_engine(run, cfg)
     tokenizer, policy, ref, reward, module = _load_models(cfg, run, prompts, build_model)
     run.start_clock()
-    rows = [prompt_ids(tokenizer, p.prompt)[-cfg.max_prompt_length:] for p in prompts]
     steps_per_epoch, total, _ = batch_plan(len(prompts), cfg, run.accelerator.num_processes)
     if partial_batch_note(len(prompts), cfg.batch_size):
         run.print(partial_batch_note(len(prompts), cfg.batch_size))
@@ -146,7 +153,7 @@ def start_online(cfg, stage: str, build_model: Callable = lambda policy, run: po
         pack = all(packing_works(m) for m in (policy, ref) if m is not None)
         share = cfg.share_prompts and cfg.num_generations > 1 and all(
             prompt_sharing_works(m) for m in (policy, ref) if m is not None)
-    eng = Engine(run, driver, tokenizer, policy, ref, reward, prompts, rows, kl_ctl, RunningMoments(state),
+    eng = Engine(run, driver, tokenizer, policy, ref, reward, prompts, kl_ctl, RunningMoments(state),
                  pack=pack, share=share, max_steps=total, steps_per_epoch=steps_per_epoch)
     if cfg.heldout_reward_model or cfg.heldout_reward_fn:
         from ..stats import DivergenceMonitor

@@ -197,7 +197,7 @@ def _collect(eng, step: int, values: Callable | None) -> Experience:
     cfg, run = eng.run.cfg, eng.run
     indices = my_share(run, step_indices(step, len(eng.prompts), cfg.batch_size, eng.steps_per_epoch, cfg.seed))
     prompt_idx = [i for i in indices for _ in range(cfg.num_generations)]
-    rows = [eng.prompt_rows[i] for i in prompt_idx]
+    rows = [eng.prompt_row(i) for i in prompt_idx]
     t0 = eng.step_start = time.perf_counter()
     with run.accelerator.autocast():  # rollouts compute as training does: bf16 on a GPU, fp32 on the CPU
         rollout = generate(eng.policy, eng.tokenizer, rows, cfg,
