@@ -35,7 +35,7 @@ def builtin_config() -> str:
 def headline(summaries: dict) -> dict:
     """The figures summary.json promises: RM accuracy and its noise ceiling, and per policy the
     gold win rate over SFT with its 95% interval and the KL to SFT."""
-    rm, labels, evals = summaries.get("rm", {}), summaries.get("labels", {}), summaries.get("eval", {})
+    rm, labels, (_, evals) = summaries.get("rm", {}), summaries.get("labels", {}), report.final_eval(summaries)
     out = {"rm_eval_accuracy": rm.get("eval_accuracy"), "rm_eval_accuracy_ci": rm.get("eval_accuracy_ci"),
            "rm_accuracy_ceiling": labels.get("ceiling_accuracy")}
     if "coverage" in summaries:

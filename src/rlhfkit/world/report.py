@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .. import report
@@ -13,24 +14,40 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def final_eval(summaries: dict) -> tuple[str, dict]:
+    """The name and summary of the last gold evaluation: the last round's (``round<r>/eval``)
+    when the pipeline has ``rounds``, else ``eval``."""
+    rounds = sorted((int(m.group(1)), k) for k in summaries if (m := re.fullmatch(r"round(\d+)/eval", k)))
+    name = rounds[-1][1] if rounds else "eval"
+    return name, summaries.get(name, {})
+
+
 def build(root: str | Path, summaries: dict) -> Path:
     """``runs/demo/report.html`` from the pipeline's stage folders and summaries."""
     root = Path(root)
     sections = []
-    evals = summaries.get("eval", {})
+    eval_name, evals = final_eval(summaries)
     if evals:
         cols = ["policy", "gold_reward", "gold_winrate_vs_sft", "gold_winrate_ci_low", "gold_winrate_ci_high",
-                "kl_to_baseline", "length_words", "gap_correct", "gap_wrong", "gap_unsure"]
-        sections.append(("Policies on held-out prompts (gold preference)", report.table(list(evals.values()), cols) +
+                "kl_to_baseline", "length_words", "degenerate", "gap_correct", "gap_wrong", "gap_unsure"]
+        when = "" if eval_name == "eval" else f", after the last round ({eval_name.split('/')[0]})"
+        sections.append((f"Policies on held-out prompts (gold preference){when}", report.table(list(evals.values()), cols) +
                          "<p class=note>Win rate: share of held-out samples the gold preference scores above "
                          "the SFT sample for the same prompt (ties count half), with a 95% bootstrap interval. "
                          "KL: sequence-level KL(policy || SFT) estimated from the policy's samples, in nats. "
+                         "Degenerate: share of samples that are empty, over-long (over 35 words), padded with "
+                         "filler words or repeat a content word 3+ times (per kind below). "
                          "Knowledge gap: shares of samples on questions whose answer pretraining never "
                          "taught that state the right answer, a wrong one (confidently wrong) or none while "
                          "saying it does not know; RLHF changes tone, not what pretraining never taught.</p>"))
         cats = sorted(k for k in next(iter(evals.values())) if k.startswith("gold/"))
         sections.append(("Gold reward per prompt category",
                          report.table([{"policy": r["policy"], **{c[5:]: r[c] for c in cats}} for r in evals.values()])))
+        kinds = [k for k in next(iter(evals.values())) if k.startswith("degenerate/")]
+        if kinds:
+            sections.append(("Degenerate outputs (share of held-out samples)",
+                             report.table([{"policy": r["policy"], **{k[11:]: r.get(k) for k in kinds}}
+                                           for r in evals.values()])))
     rm, labels = summaries.get("rm", {}), summaries.get("labels", {})
     if rm:
         sections.append(("Reward model", report.table([{
