@@ -14,12 +14,39 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _rounds_of(summaries: dict, stage: str) -> dict[int, dict]:
+    """Round -> summary of the stage named ``stage`` in that round (round 0: the stages before
+    ``rounds``; round r: ``round<r>/<stage>``)."""
+    out = {0: summaries[stage]} if stage in summaries else {}
+    for key, summary in summaries.items():
+        if m := re.fullmatch(rf"round(\d+)/{re.escape(stage)}", key):
+            out[int(m.group(1))] = summary
+    return out
+
+
 def final_eval(summaries: dict) -> tuple[str, dict]:
-    """The name and summary of the last gold evaluation: the last round's (``round<r>/eval``)
-    when the pipeline has ``rounds``, else ``eval``."""
-    rounds = sorted((int(m.group(1)), k) for k in summaries if (m := re.fullmatch(r"round(\d+)/eval", k)))
-    name = rounds[-1][1] if rounds else "eval"
-    return name, summaries.get(name, {})
+    """The held-out rows to report, per policy from one round: the round whose policy scored the
+    highest gold win rate on the validation prompts (stages ``val``), the earliest on a tie, so the
+    number of rounds is chosen like any other hyperparameter, never on the held-out prompts. With no
+    validation stages, the last round's. Returns (a description of the choice, {policy: row});
+    each chosen row carries its ``round``."""
+    evals, vals = _rounds_of(summaries, "eval"), _rounds_of(summaries, "val")
+    if not evals:
+        return "", {}
+    last = max(evals)
+    if len(evals) == 1 and not vals:  # no rounds: nothing to choose
+        return "", evals[last]
+    chosen = {}
+    for name, row in evals[last].items():
+        rounds = [r for r in sorted(evals) if name in evals[r] and name in vals.get(r, {})]
+        if name == "sft" or not rounds:
+            chosen[name] = {**row, "round": last, "round_chosen_by": "last round"} if name != "sft" else row
+            continue
+        best = max(rounds, key=lambda r: (vals[r][name].get("gold_winrate_vs_sft") or 0.0, -r))
+        chosen[name] = {**evals[best][name], "round": best, "round_chosen_by": "validation win rate",
+                        "val_winrate_vs_sft": vals[best][name].get("gold_winrate_vs_sft")}
+    how = "round chosen on validation prompts" if vals else ("last round" if len(evals) > 1 else "")
+    return how, chosen
 
 
 def build(root: str | Path, summaries: dict) -> Path:
@@ -28,9 +55,10 @@ def build(root: str | Path, summaries: dict) -> Path:
     sections = []
     eval_name, evals = final_eval(summaries)
     if evals:
-        cols = ["policy", "gold_reward", "gold_winrate_vs_sft", "gold_winrate_ci_low", "gold_winrate_ci_high",
-                "kl_to_baseline", "length_words", "degenerate", "gap_correct", "gap_wrong", "gap_unsure"]
-        when = "" if eval_name == "eval" else f", after the last round ({eval_name.split('/')[0]})"
+        cols = ["policy"] + (["round"] if eval_name else []) + [
+            "gold_reward", "gold_winrate_vs_sft", "gold_winrate_ci_low", "gold_winrate_ci_high", "kl_to_baseline",
+            "length_words", "degenerate", "gap_correct", "gap_wrong", "gap_unsure"]
+        when = f" ({eval_name})" if eval_name else ""
         sections.append((f"Policies on held-out prompts (gold preference){when}", report.table(list(evals.values()), cols) +
                          "<p class=note>Win rate: share of held-out samples the gold preference scores above "
                          "the SFT sample for the same prompt (ties count half), with a 95% bootstrap interval. "
