@@ -33,7 +33,8 @@ def sft_dir(world_dir, tmp_path_factory):
 
 
 # The built-in demo pipeline at smoke-test size (the full run is `make demo`).
-SHRINK = {"base": {"steps": 30}, "data": {"n_sft": 200, "train_prompts_per_category": 6, "eval_prompts_per_category": 2},
+SHRINK = {"base": {"steps": 30}, "data": {"n_sft": 200, "train_prompts_per_category": 6, "eval_prompts_per_category": 2,
+                   "val_prompts_per_category": 2},
           "sft": {"max_steps": 10}, "pairs": {"k": 4, "max_new_tokens": 16}, "rm": {"max_steps": 4, "eval_steps": 2},
           "dpo": {"max_steps": 4}, "ppo": {"max_steps": 2, "batch_size": 4, "max_new_tokens": 16},
           "eval": {"max_new_tokens": 16}}
