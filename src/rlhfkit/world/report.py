@@ -49,11 +49,10 @@ def final_eval(summaries: dict) -> tuple[str, dict]:
     return how, chosen
 
 
-def build(root: str | Path, summaries: dict) -> Path:
-    """``runs/demo/report.html`` from the pipeline's stage folders and summaries."""
-    root = Path(root)
-    sections = []
+def _policy_sections(summaries: dict) -> list[tuple[str, str]]:
+    """The policies' held-out table, their gold reward per category and their degenerate outputs."""
     eval_name, evals = final_eval(summaries)
+    sections: list[tuple[str, str]] = []
     if evals:
         cols = ["policy"] + (["round"] if eval_name else []) + [
             "gold_reward", "gold_winrate_vs_sft", "gold_winrate_ci_low", "gold_winrate_ci_high", "kl_to_baseline",
@@ -76,6 +75,13 @@ def build(root: str | Path, summaries: dict) -> Path:
             sections.append(("Degenerate outputs (share of held-out samples)",
                              report.table([{"policy": r["policy"], **{k[11:]: r.get(k) for k in kinds}}
                                            for r in evals.values()])))
+    return sections
+
+
+def build(root: str | Path, summaries: dict) -> Path:
+    """``runs/demo/report.html`` from the pipeline's stage folders and summaries."""
+    root = Path(root)
+    sections = _policy_sections(summaries)
     rm, labels = summaries.get("rm", {}), summaries.get("labels", {})
     if rm:
         sections.append(("Reward model", report.table([{
@@ -95,7 +101,7 @@ def build(root: str | Path, summaries: dict) -> Path:
             "data's chosen and rejected responses: not a KL (those responses are not the policy's samples), so "
             "it goes negative as DPO lowers the rejected ones. PPO's KL is estimated on its own samples, summed "
             "over the tokens of a response (k3: Schulman's non-negative estimator).</p>"))
-    frontier = root / "eval" / "frontier.json"
+    frontier, (_, evals) = root / "eval" / "frontier.json", final_eval(summaries)
     if evals and frontier.exists():
         sections.append(("Reward vs KL", reward_vs_kl(json.loads(frontier.read_text()), evals, root) +
                          "<p class=note>Left: the hidden gold reward; right: the reward model's score (the proxy "
