@@ -71,8 +71,9 @@ def test_shared_stages_are_the_demos_and_skip_in_a_demo_folder(tmp_path):
     assert ran == ["runs/tune/dpo_beta0.1", "runs/tune/ppo_kl0.1", "runs/tune/eval_val"]
 
 
-def _row(method, winrate, degenerate):
-    return {"variant": f"{method}{winrate}", "method": method, "value": winrate, "winrate": winrate, "degenerate": degenerate}
+def _row(method, winrate, degenerate, kl=1.0, half_width=0.01):
+    return {"variant": f"{method}{winrate}", "method": method, "value": winrate, "winrate": winrate, "degenerate": degenerate,
+            "kl": kl, "ci_low": winrate - half_width}
 
 
 def test_pick_is_the_best_win_rate_among_variants_no_more_degenerate_than_sft_plus_two_points():
@@ -83,6 +84,14 @@ def test_pick_is_the_best_win_rate_among_variants_no_more_degenerate_than_sft_pl
     assert picks["ppo"] is None
     assert tune.pick(rows, sft_degenerate=0.11)["dpo"]["winrate"] == 0.70  # exactly SFT + 0.02: in
     assert "none" in tune.pick_lines(picks, 0.10)[1] and "beta = 0.65" in tune.pick_lines(picks, 0.10)[0]
+
+
+def test_pick_takes_the_lowest_kl_the_validation_interval_cannot_tell_from_the_best():
+    rows = [_row("dpo", 0.736, 0.04, kl=4.45, half_width=0.034), _row("dpo", 0.732, 0.02, kl=1.79),
+            _row("dpo", 0.726, 0.03, kl=1.13), _row("dpo", 0.697, 0.03, kl=0.66)]  # 0.697 < 0.702: out
+    assert tune.pick(rows, sft_degenerate=0.1)["dpo"]["kl"] == 1.13
+    rows[0]["ci_low"] = 0.730  # a tighter interval: only 0.732 is as good
+    assert tune.pick(rows, sft_degenerate=0.1)["dpo"]["kl"] == 1.79
 
 
 def test_tiny_tuning_run_end_to_end(tmp_path, small_demo_pipeline):
