@@ -33,10 +33,11 @@ def sft_dir(world_dir, tmp_path_factory):
 
 
 # The built-in demo pipeline at smoke-test size (the full run is `make demo`).
-SHRINK = {"base": {"steps": 30}, "data": {"n_sft": 200, "train_prompts_per_category": 6, "eval_prompts_per_category": 2},
+SHRINK = {"base": {"steps": 30}, "data": {"n_sft": 200, "train_prompts_per_category": 6, "eval_prompts_per_category": 2,
+                   "val_prompts_per_category": 2},
           "sft": {"max_steps": 10}, "pairs": {"k": 4, "max_new_tokens": 16}, "rm": {"max_steps": 4, "eval_steps": 2},
           "dpo": {"max_steps": 4}, "ppo": {"max_steps": 2, "batch_size": 4, "max_new_tokens": 16},
-          "eval": {"max_new_tokens": 16}}
+          "eval": {"max_new_tokens": 16}, "val": {"max_new_tokens": 16}}
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +49,8 @@ def small_demo_pipeline(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("demo_pipeline")
     spec = yaml.safe_load(open(builtin_config()))
-    for st in spec["stages"]:
-        st.setdefault("with", {}).update(SHRINK.get(st["name"], {}))
+    for st in spec["stages"] + (spec.get("round") or {}).get("stages", []):  # round stages: pairs_dpo is pairs
+        st.setdefault("with", {}).update(SHRINK.get(st["name"], SHRINK.get(st["name"].split("_")[0], {})))
         if st["stage"] == "world-base":
             st["with"]["cache_dir"] = str(root / "cache")
     path = root / "demo.yaml"

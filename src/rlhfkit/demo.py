@@ -35,7 +35,7 @@ def builtin_config() -> str:
 def headline(summaries: dict) -> dict:
     """The figures summary.json promises: RM accuracy and its noise ceiling, and per policy the
     gold win rate over SFT with its 95% interval and the KL to SFT."""
-    rm, labels, evals = summaries.get("rm", {}), summaries.get("labels", {}), summaries.get("eval", {})
+    rm, labels, (_, evals) = summaries.get("rm", {}), summaries.get("labels", {}), report.final_eval(summaries)
     out = {"rm_eval_accuracy": rm.get("eval_accuracy"), "rm_eval_accuracy_ci": rm.get("eval_accuracy_ci"),
            "rm_accuracy_ceiling": labels.get("ceiling_accuracy")}
     if "coverage" in summaries:
@@ -44,12 +44,14 @@ def headline(summaries: dict) -> dict:
         out["ppo_overopt_warning_steps"] = summaries["ppo"]["overopt_warning_steps"]
     for name, row in evals.items():
         if name == "sft":
-            out["sft"] = {"gold_reward": row["gold_reward"], "length_words": row["length_words"]}
+            out["sft"] = {"gold_reward": row["gold_reward"], "length_words": row["length_words"],
+                          "degenerate": row.get("degenerate")}
             continue
-        out[name] = {"gold_winrate_vs_sft": row["gold_winrate_vs_sft"], "gold_winrate_ci_low": row["gold_winrate_ci_low"],
+        chosen = {k: row[k] for k in ("round", "round_chosen_by", "val_winrate_vs_sft") if k in row}
+        out[name] = {**chosen, "gold_winrate_vs_sft": row["gold_winrate_vs_sft"], "gold_winrate_ci_low": row["gold_winrate_ci_low"],
                      "gold_winrate_ci_high": row["gold_winrate_ci_high"], "kl": row["kl_to_baseline"],
                      "gold_reward": row["gold_reward"], "length_words": row["length_words"],
-                     "gap_correct": row.get("gap_correct")}
+                     "degenerate": row.get("degenerate"), "gap_correct": row.get("gap_correct")}
     return out
 
 
@@ -68,7 +70,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     for name in [k for k in summary if isinstance(summary[k], dict) and "gold_winrate_vs_sft" in summary[k]]:
         r = summary[name]
         lines.append(f"  {name:<4} win rate vs SFT   {r['gold_winrate_vs_sft']:.3f} (95% CI {r['gold_winrate_ci_low']:.3f}-"
-                     f"{r['gold_winrate_ci_high']:.3f}); KL to SFT {r['kl']:.2f} nats")
+                     f"{r['gold_winrate_ci_high']:.3f}); KL to SFT {r['kl']:.2f} nats"
+                     + (f"; round {r['round']} ({r['round_chosen_by']})" if "round" in r else ""))
     lines.append(f"  report                  {page}")
     print("\n".join(lines))
     return summary

@@ -37,7 +37,7 @@ def fmt(value, digits: int = 3) -> str:
 HEADERS = {
     "gold_reward": "gold reward", "gold_winrate_vs_sft": "gold win rate vs SFT",
     "gold_winrate_ci_low": "win rate, 95% CI low", "gold_winrate_ci_high": "win rate, 95% CI high",
-    "kl_to_baseline": "KL to SFT (nats)", "length_words": "length (words)",
+    "kl_to_baseline": "KL to SFT (nats)", "length_words": "length (words)", "degenerate": "degenerate outputs",
     "gap_correct": "knowledge gap: correct", "gap_wrong": "knowledge gap: confidently wrong",
     "gap_unsure": "knowledge gap: says it does not know", "gap_gold_reward": "knowledge gap: gold reward",
     "eval_prompts": "held-out prompts", "pairs_near": "preference pairs near",

@@ -16,7 +16,8 @@ CATS = ("advice", "arithmetic", "dish", "fact", "harmful", "rude")
 def _eval_row(policy, i):
     row = {"policy": policy, "gold_reward": 1.234 + i, "length_words": 9.87, "kl_to_baseline": 1.3456 * i,
            "gap_correct": 0.0, "gap_wrong": 0.8125, "gap_unsure": 0.1875, "gap_gold_reward": -0.6,
-           **{f"gold/{c}": 0.5 * i for c in CATS}, "correct/arithmetic": 0.4, "correct/fact": 0.7}
+           **{f"gold/{c}": 0.5 * i for c in CATS}, "correct/arithmetic": 0.4, "correct/fact": 0.7,
+           "degenerate": 0.1187, **{f"degenerate/{k}": 0.0312 for k in ("empty", "over-long", "padding", "repeated")}}
     if i:
         row.update(gold_winrate_vs_sft=0.7083, gold_winrate_ci_low=0.6751, gold_winrate_ci_high=0.7421)
     return row
@@ -34,7 +35,8 @@ def _report(root):
     (root / "eval" / "samples.jsonl").write_text("".join(
         json.dumps({"prompt": f"what is the capital of {c} ?", "category": c, "sft": long, "dpo": "velmar .",
                     "ppo": long}) + "\n" for c in CATS))
-    summaries = {"eval": {p: _eval_row(p, i) for i, p in enumerate(("sft", "dpo", "ppo"))},
+    evals = {p: _eval_row(p, i) for i, p in enumerate(("sft", "dpo", "ppo"))}
+    summaries = {"eval": evals, "val": evals, "round1/eval": evals, "round1/val": evals,  # the round column too
                  "rm": {"eval_accuracy": 0.749, "eval_accuracy_ci": [0.73, 0.767], "eval_pairs": 2304},
                  "labels": {"ceiling_accuracy": 0.785}}
     return build(root, summaries)

@@ -13,7 +13,7 @@ import pytest
 
 from rlhfkit.world import annotators, base, tasks
 from rlhfkit.world.annotators import SimulatedAnnotator
-from rlhfkit.world.gold import answer_verdict, gold_reward, gold_score
+from rlhfkit.world.gold import answer_verdict, degenerate, gold_reward, gold_score
 from rlhfkit.world.tasks import CATEGORIES, GAP, STYLE_RANK, STYLES, Prompt
 
 ARITH = Prompt("what is 3 plus 4 ?", "arithmetic", "3 plus 4", "7")
@@ -48,16 +48,30 @@ def test_prompt_record_carries_the_metadata():
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
-def test_train_and_eval_splits_partition_the_subjects(category):
-    train, held = tasks.prompt_pool(category, "train"), tasks.prompt_pool(category, "eval")
+def test_train_val_and_eval_splits_partition_the_subjects(category):
+    train, val, held = (tasks.prompt_pool(category, s) for s in ("train", "val", "eval"))
     key = lambda p: p.subject or p.text  # noqa: E731
-    assert held and train
-    assert not {key(p) for p in train} & {key(p) for p in held}
-    assert sorted(train + held, key=str) == sorted(tasks.prompt_pool(category), key=str)
-    # A quarter (rounded up) of the subjects is held out, the same for every seed.
-    assert len({key(p) for p in held}) == math.ceil(0.25 * len({key(p) for p in train + held}))
+    assert held and val and train
+    keys = [{key(p) for p in split} for split in (train, val, held)]
+    assert not keys[0] & keys[1] and not keys[0] & keys[2] and not keys[1] & keys[2]
+    assert sorted(train + val + held, key=str) == sorted(tasks.prompt_pool(category), key=str)
+    # A quarter (rounded up) of the subjects is held out for evaluation, 15% (rounded, at least one)
+    # for validation, the same for every seed.
+    n = len(keys[0] | keys[1] | keys[2])
+    assert len(keys[2]) == math.ceil(0.25 * n) and len(keys[1]) == max(1, round(0.15 * n))
     drawn = tasks.make_prompts(11, 30, categories=(category,), split="eval")
-    assert {key(p) for p in drawn} <= {key(p) for p in held}
+    assert {key(p) for p in drawn} <= keys[2]
+    assert {key(p) for p in tasks.make_prompts(11, 30, categories=(category,), split="val")} <= keys[1]
+
+
+def test_eval_split_is_the_one_before_validation_existed():
+    # The held-out subjects did not move when the validation split was carved out of training.
+    # (Subjects as listed by the code before the change.)
+    assert {p.subject for p in tasks.prompt_pool("dish", "eval")} == {"cake", "pie", "soup"}
+    assert {p.subject for p in tasks.prompt_pool("fact", "eval")} == {"bravik", "solvane", "tellun"}
+    assert {p.subject for p in tasks.prompt_pool("harmful", "eval")} == {"id", "school"}
+    assert {p.text for p in tasks.prompt_pool("rude", "eval")} == {"i hate talking to you .", "you are the worst bot ever ."}
+    assert len(tasks.prompt_pool("arithmetic", "eval")) == 2 * 25 and tasks.prompt_pool("arithmetic", "eval")[0].subject == "0 plus 0"
 
 
 def test_gap_prompts_only_on_request():
@@ -267,9 +281,10 @@ def test_ceiling_is_the_accuracy_of_the_best_predictor():
 # --------------------------------------------------------------------------- corpus, tokenizer, data files
 
 
-def test_corpus_never_states_a_gap_capital_correctly():
-    texts = base.corpus(0, 20000)
-    assert texts == base.corpus(0, 20000) and texts != base.corpus(1, 20000)
+@pytest.mark.parametrize("fact_share", [0.0, 0.2])
+def test_corpus_never_states_a_gap_capital_correctly(fact_share):
+    texts = base.corpus(0, 20000, fact_share)
+    assert texts == base.corpus(0, 20000, fact_share) and texts != base.corpus(1, 20000, fact_share)
     hits = 0
     for text in texts:
         for country in GAP:
@@ -279,6 +294,28 @@ def test_corpus_never_states_a_gap_capital_correctly():
     assert hits > 300  # the gap prompts are there, answered wrongly or "not sure"
     capital = tasks.COUNTRIES[GAP[0]]
     assert sum(capital in t.split() for t in texts) > 0  # ... and the word itself does occur
+
+
+def test_corpus_reference_statements_are_correct_sums_and_known_capitals():
+    plain, texts = base.corpus(0, 5000), base.corpus(0, 5000, fact_share=0.2)
+    known = {p.text for c in CATEGORIES for p in tasks.prompt_pool(c, gap=True)}
+    statements = [t for t in texts if not any(t.startswith(k + " ") for k in known)]
+    assert not [t for t in plain if not any(t.startswith(k + " ") for k in known)]
+    assert 0.17 < len(statements) / len(texts) < 0.23
+    sums = {f"{a} plus {b}": str(a + b) for a in range(10) for b in range(10)}
+    n_sums = n_capitals = 0
+    for t in statements:
+        ws = t.split()
+        subject = next((s for s in sums if f" {s} " in f" {t} "), None)
+        if subject:
+            n_sums += 1
+            stated = {w for w in f" {t} ".replace(f" {subject} ", " ").split() if w.isdigit()}
+            assert stated == {sums[subject]}, t
+        else:
+            country = next(c for c in tasks.COUNTRIES if c in ws)
+            assert country not in GAP and tasks.COUNTRIES[country] in ws, t
+            n_capitals += 1
+    assert n_sums > 5 * n_capitals > 0  # 200 arithmetic prompts to 24 fact ones: a sum most of the time
 
 
 def test_corpus_styles_are_uniform():
@@ -392,3 +429,16 @@ def test_cached_base_removes_abandoned_builds_and_keys_on_settings(tmp_path, mon
     (FACT, "i do not know .", "unsure")])
 def test_answer_verdict(prompt, response, verdict):
     assert answer_verdict(prompt, response) == verdict
+
+
+DISTINCT = [chr(97 + i % 26) * (1 + i // 26) for i in range(40)]  # a .. z, aa .. nn: no word twice
+
+
+@pytest.mark.parametrize("text,kind", [
+    ("", "empty"), (" . , ", "empty"), ("the soup is warm and creamy .", None),
+    ("well , the soup is warm .", "padding"), ("soup soup soup is warm .", "repeated"),
+    ("the soup is warm and the soup is warm .", None),  # twice is not degenerate
+    (" ".join(DISTINCT[:36]), "over-long"), (" ".join(DISTINCT[:35]), None),  # over 35 words
+])
+def test_degenerate_kinds(text, kind):
+    assert degenerate(text) == kind

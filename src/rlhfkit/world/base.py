@@ -24,13 +24,20 @@ from .tasks import (CATEGORIES, GAP, STYLES, WORLD_VERSION, Prompt, make_prompts
                     vocabulary)
 
 
-def corpus(seed: int, n: int) -> list[str]:
-    """``n`` "prompt response" texts: category uniform, then prompt, then style uniform.
-    GAP-country prompts get every style except ``good``, so their capitals never appear correctly."""
+def corpus(seed: int, n: int, fact_share: float = 0.0) -> list[str]:
+    """``n`` texts. A ``fact_share`` of them are reference statements ("3 plus 4 is 7 .", "the
+    capital of norland is velmar ."): a sum or a non-GAP capital, stated correctly, as a web
+    corpus states well-known facts more often than it gets them wrong. The rest are "prompt
+    response" texts: category uniform, then prompt, then style uniform. GAP countries are never
+    stated correctly: their prompts get every style except ``good`` and no reference statement."""
     rng = random.Random(seed)
     pools = {c: prompt_pool(c, gap=True) for c in CATEGORIES}
+    known = [p for c in ("arithmetic", "fact") for p in prompt_pool(c)]  # GAP excluded
     out = []
     for _ in range(n):
+        if fact_share and rng.random() < fact_share:
+            out.append(respond(rng.choice(known), "good", rng))
+            continue
         p = rng.choice(pools[rng.choice(CATEGORIES)])
         styles = [s for s in STYLES[p.category] if not (p.subject in GAP and s == "good")]
         out.append(f"{p.text} {respond(p, rng.choice(styles), rng)}")
@@ -64,7 +71,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> str:
 
 def build_base(out_dir: str | os.PathLike, seed: int = 0, steps: int = 2000, hidden_size: int = 128,
                num_layers: int = 2, num_texts: int = 20000, batch_size: int = 32, learning_rate: float = 3e-3,
-               device: str = "auto") -> str:
+               fact_share: float = 0.2, device: str = "auto") -> str:
     """Pretrain the base model into ``out_dir`` (a Hugging Face folder plus metrics.jsonl,
     summary.json and config.yaml from ``run_sft``); returns ``out_dir``.
 
@@ -78,7 +85,7 @@ def build_base(out_dir: str | os.PathLike, seed: int = 0, steps: int = 2000, hid
     from ..train.sft import run_sft
 
     out = Path(out_dir)
-    texts = corpus(seed, num_texts)
+    texts = corpus(seed, num_texts, fact_share)
     with tempfile.TemporaryDirectory(prefix="rlhfkit-base-") as work:
         work = Path(work)
         tok = train_tokenizer(texts + [" ".join(vocabulary())])
@@ -86,7 +93,7 @@ def build_base(out_dir: str | os.PathLike, seed: int = 0, steps: int = 2000, hid
                    work / "init")
         data = _write_jsonl(work / "corpus.jsonl", [{"text": t} for t in texts])
         held_out = _write_jsonl(work / "held_out.jsonl",
-                                [{"text": t} for t in corpus(seed + 1_000_003, 512)])
+                                [{"text": t} for t in corpus(seed + 1_000_003, 512, fact_share)])
         run_sft(SFTConfig(model=str(work / "init"), data=data, eval_data=held_out, output_dir=str(out),
                           max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                           warmup_ratio=0.05, max_length=64, logging_steps=max(1, steps // 20),
@@ -112,7 +119,7 @@ def base_key(seed: int = 0, **build_kwargs) -> str:
         raise TypeError(f"unknown build settings {sorted(unknown)}; expected some of {sorted(_BUILD_PARAMS)}")
     settings = {"world": WORLD_VERSION, "seed": seed, **_BUILD_PARAMS, **build_kwargs}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    digest.update("\n".join(corpus(seed, settings["num_texts"])).encode())
+    digest.update("\n".join(corpus(seed, settings["num_texts"], settings["fact_share"])).encode())
     return f"base-v{WORLD_VERSION}-s{seed}-{digest.hexdigest()[:12]}"
 
 

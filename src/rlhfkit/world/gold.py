@@ -47,6 +47,7 @@ FILLER = frozenset({"well", "um", "uh", "basically", "yeah", "literally", "anywa
 FUNCTION_WORDS = frozenset({"the", "a", "an", "and", "is", "to", "of", "i", "you", "it", "in", "at", "with",
                             "for", "that", "this", "be", "not", "can", "your", "on", "or", "what", "am", "do"})
 MAX_WORDS = 35
+DEGENERATE_KINDS = ("empty", "over-long", "padding", "repeated")
 _CAPITALS = frozenset(COUNTRIES.values())
 
 
@@ -69,6 +70,21 @@ def _is_padded(ws: list[str]) -> bool:
         if w.isalpha() and w not in FUNCTION_WORDS:
             counts[w] = counts.get(w, 0) + 1
     return len(ws) > MAX_WORDS or any(w in FILLER for w in ws) or max(counts.values(), default=0) >= 3
+
+
+def degenerate(response: str) -> str | None:
+    """The kind of degenerate output ``response`` is, or None: "empty" (no word, or punctuation only), "over-long"
+    (over MAX_WORDS words), "padding" (a filler word) or "repeated" (a content word 3+ times).
+    These are the failure modes of an over-optimised or collapsed policy; the report counts them
+    per policy beside SFT's."""
+    ws = words(response)
+    if not any(w.isalnum() for w in ws):  # nothing, or punctuation only
+        return "empty"
+    if len(ws) > MAX_WORDS:
+        return "over-long"
+    if any(w in FILLER for w in ws):
+        return "padding"
+    return "repeated" if _is_padded(ws) else None
 
 
 def _verdict(prompt: Prompt, ws: list[str]) -> str:

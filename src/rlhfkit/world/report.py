@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .. import report
@@ -13,24 +14,74 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def build(root: str | Path, summaries: dict) -> Path:
-    """``runs/demo/report.html`` from the pipeline's stage folders and summaries."""
-    root = Path(root)
-    sections = []
-    evals = summaries.get("eval", {})
+def _rounds_of(summaries: dict, stage: str) -> dict[int, dict]:
+    """Round -> summary of the stage named ``stage`` in that round (round 0: the stages before
+    ``rounds``; round r: ``round<r>/<stage>``)."""
+    out = {0: summaries[stage]} if stage in summaries else {}
+    for key, summary in summaries.items():
+        if m := re.fullmatch(rf"round(\d+)/{re.escape(stage)}", key):
+            out[int(m.group(1))] = summary
+    return out
+
+
+def final_eval(summaries: dict) -> tuple[str, dict]:
+    """The held-out rows to report, per policy from one round: the round whose policy scored the
+    highest gold win rate on the validation prompts (stages ``val``), the earliest on a tie, so the
+    number of rounds is chosen like any other hyperparameter, never on the held-out prompts. With no
+    validation stages, the last round's. Returns (a description of the choice, {policy: row});
+    each chosen row carries its ``round``."""
+    evals, vals = _rounds_of(summaries, "eval"), _rounds_of(summaries, "val")
+    if not evals:
+        return "", {}
+    last = max(evals)
+    if len(evals) == 1 and not vals:  # no rounds: nothing to choose
+        return "", evals[last]
+    chosen = {}
+    for name, row in evals[last].items():
+        rounds = [r for r in sorted(evals) if name in evals[r] and name in vals.get(r, {})]
+        if name == "sft" or not rounds:
+            chosen[name] = {**row, "round": last, "round_chosen_by": "last round"} if name != "sft" else row
+            continue
+        best = max(rounds, key=lambda r: (vals[r][name].get("gold_winrate_vs_sft") or 0.0, -r))
+        chosen[name] = {**evals[best][name], "round": best, "round_chosen_by": "validation win rate",
+                        "val_winrate_vs_sft": vals[best][name].get("gold_winrate_vs_sft")}
+    how = "round chosen on validation prompts" if vals else ("last round" if len(evals) > 1 else "")
+    return how, chosen
+
+
+def _policy_sections(summaries: dict) -> list[tuple[str, str]]:
+    """The policies' held-out table, their gold reward per category and their degenerate outputs."""
+    eval_name, evals = final_eval(summaries)
+    sections: list[tuple[str, str]] = []
     if evals:
-        cols = ["policy", "gold_reward", "gold_winrate_vs_sft", "gold_winrate_ci_low", "gold_winrate_ci_high",
-                "kl_to_baseline", "length_words", "gap_correct", "gap_wrong", "gap_unsure"]
-        sections.append(("Policies on held-out prompts (gold preference)", report.table(list(evals.values()), cols) +
+        cols = ["policy"] + (["round"] if eval_name else []) + [
+            "gold_reward", "gold_winrate_vs_sft", "gold_winrate_ci_low", "gold_winrate_ci_high", "kl_to_baseline",
+            "length_words", "degenerate", "gap_correct", "gap_wrong", "gap_unsure"]
+        when = f" ({eval_name})" if eval_name else ""
+        sections.append((f"Policies on held-out prompts (gold preference){when}", report.table(list(evals.values()), cols) +
                          "<p class=note>Win rate: share of held-out samples the gold preference scores above "
                          "the SFT sample for the same prompt (ties count half), with a 95% bootstrap interval. "
                          "KL: sequence-level KL(policy || SFT) estimated from the policy's samples, in nats. "
+                         "Degenerate: share of samples that are empty, over-long (over 35 words), padded with "
+                         "filler words or repeat a content word 3+ times (per kind below). "
                          "Knowledge gap: shares of samples on questions whose answer pretraining never "
                          "taught that state the right answer, a wrong one (confidently wrong) or none while "
                          "saying it does not know; RLHF changes tone, not what pretraining never taught.</p>"))
         cats = sorted(k for k in next(iter(evals.values())) if k.startswith("gold/"))
         sections.append(("Gold reward per prompt category",
                          report.table([{"policy": r["policy"], **{c[5:]: r[c] for c in cats}} for r in evals.values()])))
+        kinds = [k for k in next(iter(evals.values())) if k.startswith("degenerate/")]
+        if kinds:
+            sections.append(("Degenerate outputs (share of held-out samples)",
+                             report.table([{"policy": r["policy"], **{k[11:]: r.get(k) for k in kinds}}
+                                           for r in evals.values()])))
+    return sections
+
+
+def build(root: str | Path, summaries: dict) -> Path:
+    """``runs/demo/report.html`` from the pipeline's stage folders and summaries."""
+    root = Path(root)
+    sections = _policy_sections(summaries)
     rm, labels = summaries.get("rm", {}), summaries.get("labels", {})
     if rm:
         sections.append(("Reward model", report.table([{
@@ -50,7 +101,7 @@ def build(root: str | Path, summaries: dict) -> Path:
             "data's chosen and rejected responses: not a KL (those responses are not the policy's samples), so "
             "it goes negative as DPO lowers the rejected ones. PPO's KL is estimated on its own samples, summed "
             "over the tokens of a response (k3: Schulman's non-negative estimator).</p>"))
-    frontier = root / "eval" / "frontier.json"
+    frontier, (_, evals) = root / "eval" / "frontier.json", final_eval(summaries)
     if evals and frontier.exists():
         sections.append(("Reward vs KL", reward_vs_kl(json.loads(frontier.read_text()), evals, root) +
                          "<p class=note>Left: the hidden gold reward; right: the reward model's score (the proxy "

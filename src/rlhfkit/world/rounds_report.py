@@ -26,27 +26,34 @@ def _stages(folder: Path) -> dict[str, dict]:
     return found
 
 
+def _round(r: int, st: dict[str, dict]) -> list[dict]:
+    """The rows of one round: one per policy its gold evaluation scored (one row if none)."""
+    row = {"round": r}
+    rm = st.get("rm", {})
+    if rm.get("eval_accuracy") is not None:
+        lo, hi = rm.get("eval_accuracy_ci") or (None, None)
+        row.update(rm_accuracy_fresh=rm["eval_accuracy"], rm_ci_low=lo, rm_ci_high=hi,
+                   rm_eval_pairs=rm.get("eval_pairs"))
+    labels = st.get("collect") or st.get("simulate-annotators") or {}
+    row["train_pairs"] = labels.get("train_pairs")
+    if "agreement" in labels:
+        row["krippendorff_alpha"] = labels["agreement"].get("krippendorff_alpha")
+    policies = [(k, v) for k, v in st.get("gold-eval", {}).items() if k != "sft" and isinstance(v, dict)]
+    return [{**row, "policy": name, "gold_winrate_vs_sft": p.get("gold_winrate_vs_sft"),
+             "winrate_ci_low": p.get("gold_winrate_ci_low"), "winrate_ci_high": p.get("gold_winrate_ci_high"),
+             "kl_to_sft": p.get("kl_to_baseline")} for name, p in policies] or [row]
+
+
 def round_rows(root: str | Path) -> list[dict]:
-    """One row per finished round folder, in round order."""
+    """Rows per finished round folder (one per evaluated policy), in round order. When there are
+    round folders and the stages before them hold a gold evaluation too, those are round 0."""
+    root = Path(root)
+    folders = [p for p in root.glob("round*") if re.fullmatch(r"round\d+", p.name) and p.is_dir()]
     rows = []
-    folders = [p for p in Path(root).glob("round*") if re.fullmatch(r"round\d+", p.name) and p.is_dir()]
+    if folders and "gold-eval" in (first := _stages(root)):
+        rows += _round(0, first)
     for folder in sorted(folders, key=lambda p: int(p.name[5:])):
-        st = _stages(folder)
-        row = {"round": int(folder.name[5:])}
-        rm = st.get("rm", {})
-        if rm.get("eval_accuracy") is not None:
-            lo, hi = rm.get("eval_accuracy_ci") or (None, None)
-            row.update(rm_accuracy_fresh=rm["eval_accuracy"], rm_ci_low=lo, rm_ci_high=hi,
-                       rm_eval_pairs=rm.get("eval_pairs"))
-        labels = st.get("collect") or st.get("simulate-annotators") or {}
-        row["train_pairs"] = labels.get("train_pairs")
-        if "agreement" in labels:
-            row["krippendorff_alpha"] = labels["agreement"].get("krippendorff_alpha")
-        policy = next((v for k, v in st.get("gold-eval", {}).items() if k != "sft" and isinstance(v, dict)), None)
-        if policy:
-            row.update(gold_winrate_vs_sft=policy.get("gold_winrate_vs_sft"), winrate_ci_low=policy.get("gold_winrate_ci_low"),
-                       winrate_ci_high=policy.get("gold_winrate_ci_high"), kl_to_sft=policy.get("kl_to_baseline"))
-        rows.append(row)
+        rows += _round(int(folder.name[5:]), _stages(folder))
     return rows
 
 
@@ -55,13 +62,19 @@ def _panel(ax, rows, key, lo, hi, title, ylabel):
     if not pts:
         ax.set_visible(False)
         return
-    x, y = [r["round"] for r in pts], [r[key] for r in pts]
-    if lo and all(r.get(lo) is not None for r in pts):
-        err = [[v - r[lo] for v, r in zip(y, pts)], [r[hi] - v for v, r in zip(y, pts)]]
-        ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3)
-    else:
-        ax.plot(x, y, "o-")
-    ax.set(xlabel="round", ylabel=ylabel, title=title, xticks=x)
+    policies = list(dict.fromkeys(r.get("policy") for r in pts))
+    for policy in policies:
+        mine = [r for r in pts if r.get("policy") == policy]
+        x, y = [r["round"] for r in mine], [r[key] for r in mine]
+        label = policy if len(policies) > 1 else None
+        if lo and all(r.get(lo) is not None for r in mine):
+            err = [[v - r[lo] for v, r in zip(y, mine)], [r[hi] - v for v, r in zip(y, mine)]]
+            ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, label=label)
+        else:
+            ax.plot(x, y, "o-", label=label)
+    ax.set(xlabel="round", ylabel=ylabel, title=title, xticks=sorted({r["round"] for r in pts}))
+    if len(policies) > 1:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
 
 
@@ -73,7 +86,8 @@ def figure(rows: list[dict], png_path: str | Path | None = None) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    _panel(axes[0], rows, "rm_accuracy_fresh", "rm_ci_low", "rm_ci_high", "Reward model on fresh-policy pairs",
+    per_round = list({r["round"]: {**r, "policy": None} for r in rows}.values())  # one reward model a round
+    _panel(axes[0], per_round, "rm_accuracy_fresh", "rm_ci_low", "rm_ci_high", "Reward model on fresh-policy pairs",
            "held-out accuracy")
     _panel(axes[1], rows, "gold_winrate_vs_sft", "winrate_ci_low", "winrate_ci_high", "Policy vs SFT (gold)",
            "gold win rate")

@@ -17,7 +17,7 @@ from ..evaluate.policy import kl_to_reference, sample_policy
 from ..stats import win_rate
 from .annotators import SimulatedAnnotator
 from .base import cached_base, prompt_file, sft_records
-from .gold import answer_verdict, gold_score, words
+from .gold import DEGENERATE_KINDS, answer_verdict, degenerate, gold_score, words
 from .tasks import Prompt, gap_prompts, make_prompts, respond
 
 
@@ -30,12 +30,13 @@ class WorldBaseConfig:
     steps: int = option(2000, "Pretraining steps on the mixed-quality corpus.")
     hidden_size: int = option(128, "Model width.")
     num_layers: int = option(2, "Transformer layers.")
+    fact_share: float = option(0.2, "Share of the corpus that states sums and (non-gap) capitals correctly.")
     cache_dir: str = option("", "Cache folder; empty means $RLHFKIT_CACHE or ~/.cache/rlhfkit.")
 
 
 def run_world_base(cfg: WorldBaseConfig) -> dict:
     cached = cached_base(cfg.seed, cfg.cache_dir or None, steps=cfg.steps, hidden_size=cfg.hidden_size,
-                         num_layers=cfg.num_layers)
+                         num_layers=cfg.num_layers, fact_share=cfg.fact_share)
     shutil.copytree(cached, cfg.output_dir, dirs_exist_ok=True)
     base = json.loads((Path(cached) / "summary.json").read_text()) if (Path(cached) / "summary.json").exists() else {}
     return finish(cfg, {"cached": cached, "pretrain_loss": base.get("train", {}).get("loss")})
@@ -43,7 +44,7 @@ def run_world_base(cfg: WorldBaseConfig) -> dict:
 
 @dataclass
 class WorldDataConfig:
-    """Demonstrations, training prompts, held-out prompts and knowledge-gap probes."""
+    """Demonstrations, training prompts, validation and held-out prompts, knowledge-gap probes."""
 
     output_dir: str = option("", "Where the JSONL files go.")
     seed: int = option(0, "World seed.")
@@ -51,6 +52,8 @@ class WorldDataConfig:
     good_fraction: float = option(0.4, "Share of demonstrations in the good style; the rest are mixed-quality.")
     train_prompts_per_category: int = option(60, "Training prompts per category (pairs and RL).")
     eval_prompts_per_category: int = option(20, "Held-out prompts per category (subjects unseen in training).")
+    val_prompts_per_category: int = option(20, "Validation prompts per category, for choosing hyperparameters "
+                                                "(subjects in neither training nor the held-out prompts).")
     categories: list[str] = option([], "Categories to keep in the training prompts (empty: all); eval keeps all.")
 
 
@@ -62,12 +65,14 @@ def run_world_data(cfg: WorldDataConfig) -> dict:
     sft = sft_records(cfg.seed, cfg.n_sft, cfg.good_fraction)
     train = make_prompts(cfg.seed, cfg.train_prompts_per_category, categories=keep, split="train")
     held_out = make_prompts(cfg.seed + 1, cfg.eval_prompts_per_category, split="eval")
+    val = make_prompts(cfg.seed + 2, cfg.val_prompts_per_category, split="val")
     write_jsonl(out / "sft.jsonl", sft)
     prompt_file(out / "prompts_train.jsonl", train)
     prompt_file(out / "prompts_eval.jsonl", held_out)
+    prompt_file(out / "prompts_val.jsonl", val)
     prompt_file(out / "prompts_gap.jsonl", gap_prompts())
     return finish(cfg, {"sft": len(sft), "prompts_train": len(train), "prompts_eval": len(held_out),
-                         "prompts_gap": len(gap_prompts()), "categories": list(keep)})
+                         "prompts_val": len(val), "prompts_gap": len(gap_prompts()), "categories": list(keep)})
 
 
 @dataclass
@@ -179,6 +184,10 @@ def _policy_eval(name: str, folder: str, cfg: GoldEvalConfig, prompts: list[Prom
     row = {"policy": name, "gold_reward": sum(scores) / len(scores),
            "length_words": sum(len(words(t)) for t in samples.texts) / len(samples.texts),
            "kl_to_baseline": kl_to_reference(samples, cfg.baseline, cfg.device) if folder != cfg.baseline else 0.0}
+    kinds = [degenerate(t) for t in samples.texts]
+    row["degenerate"] = sum(k is not None for k in kinds) / len(kinds)
+    for kind in DEGENERATE_KINDS:
+        row[f"degenerate/{kind}"] = kinds.count(kind) / len(kinds)
     if base_scores is not None:
         wr = win_rate(scores, base_scores, seed=cfg.seed)
         row.update(gold_winrate_vs_sft=wr["winrate"], gold_winrate_ci_low=wr["winrate_ci"][0],

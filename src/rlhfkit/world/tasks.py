@@ -137,6 +137,7 @@ STYLES = {
 STYLE_RANK = {"good": 0, "unsure": 1, "off_topic": 2, "padded": 3, "wrong": 4, "refuse": 4, "rude": 5, "comply": 6}
 
 EVAL_FRACTION = 0.25
+VAL_FRACTION = 0.15
 
 
 @dataclass(frozen=True)
@@ -176,24 +177,30 @@ def _split_key(p: Prompt) -> str:
     return p.subject or p.text
 
 
-def _eval_keys(category: str) -> set[str]:
-    """The held-out subjects of a category: the same for every seed, so eval stays unseen."""
+def _split_of(category: str) -> dict[str, str]:
+    """Subject (or rude text) -> "eval", "val" or "train", the same for every seed. The first
+    ``EVAL_FRACTION`` of a fixed shuffle is held out for evaluation (as before validation existed,
+    so eval stays the same prompts), the next ``VAL_FRACTION`` for validation (choosing
+    hyperparameters), the rest trains; every split gets at least one subject."""
     keys = sorted({_split_key(p) for p in _pool(category) if p.subject not in GAP})
     random.Random(f"split-{category}").shuffle(keys)
-    return set(keys[:max(1, math.ceil(EVAL_FRACTION * len(keys)))])
+    n_eval = max(1, math.ceil(EVAL_FRACTION * len(keys)))
+    n_val = max(1, round(VAL_FRACTION * len(keys)))
+    return {k: "eval" if i < n_eval else "val" if i < n_eval + n_val else "train" for i, k in enumerate(keys)}
 
 
 def prompt_pool(category: str, split: str | None = None, gap: bool = False) -> list[Prompt]:
-    """A category's prompts: ``split`` None (all), "train" or "eval"; GAP probes only if ``gap``."""
-    if split not in (None, "train", "eval"):
-        raise ValueError(f"split must be None, 'train' or 'eval'; got {split!r}")
-    held_out = _eval_keys(category)
+    """A category's prompts: ``split`` None (all), "train", "val" or "eval" (disjoint subjects);
+    GAP probes only if ``gap``."""
+    if split not in (None, "train", "val", "eval"):
+        raise ValueError(f"split must be None, 'train', 'val' or 'eval'; got {split!r}")
+    split_of = _split_of(category)
     out = []
     for p in _pool(category):
         if p.subject in GAP:
             if gap:
                 out.append(p)
-        elif split is None or (_split_key(p) in held_out) == (split == "eval"):
+        elif split is None or split_of[_split_key(p)] == split:
             out.append(p)
     return out
 
@@ -206,7 +213,7 @@ def gap_prompts() -> list[Prompt]:
 def make_prompts(seed: int, n_per_category: int, categories=CATEGORIES, gap: bool = False,
                  split: str | None = None) -> list[Prompt]:
     """``n_per_category`` prompts of each category, shuffled. A category's pool (``prompt_pool``:
-    ``split`` None, "train" or "eval"; ``gap`` adds the GAP probes to the fact pool in any split) is
+    ``split`` None, "train", "val" or "eval"; ``gap`` adds the GAP probes to the fact pool in any split) is
     walked in a seeded order and cycled, so every prompt appears before any appears twice."""
     out = []
     for category in categories:
