@@ -137,6 +137,13 @@ def sharded(world_dir, tmp_path_factory):
     return root, procs, kept
 
 
+# PPO's old log-probs are the sampler's: its CPU decode step (fused projections, matmul attention)
+# rounds by the number of rows it decodes, 8 on one process and 4 on each of two, so the ratio
+# starts 1 +- 1e-6 instead of exactly 1 and the weights end ~1.3e-5 apart (2026-12-04). Still 30x
+# under the ~1e-3 a wrong gradient leaves.
+PPO_TOL = 3e-5
+
+
 @pytest.mark.parametrize("stage", list(ONE_PROCESS))
 def test_two_sharded_processes_end_with_the_weights_and_losses_of_one(world_dir, sharded, stage):
     root, procs, _ = sharded
@@ -145,7 +152,8 @@ def test_two_sharded_processes_end_with_the_weights_and_losses_of_one(world_dir,
     diff, moved = _max_diff(one, two), _max_diff(one, Path(world_dir["base"])) if stage != "rm" else None
     extra = _max_diff(one, two, "value_model/model.safetensors") if stage == "ppo" else 0.0
     print(f"{stage}: max abs diff 1 process vs 2 sharded {diff:.3g} (critic {extra:.3g}), moved {moved}")
-    assert diff <= 1e-5 and extra <= 1e-5
+    tol = PPO_TOL if stage == "ppo" else 1e-5
+    assert diff <= tol and extra <= tol
     if moved is not None:
         assert moved > 1e-3
     rows1, rows2 = _rows(one), _rows(two)
@@ -153,7 +161,7 @@ def test_two_sharded_processes_end_with_the_weights_and_losses_of_one(world_dir,
     for r1, r2 in zip(rows1, rows2):
         for key in ("loss", "eval_loss", "value_loss", "reward"):
             if key in r1:
-                assert abs(r2[key] - r1[key]) <= 1e-5, (key, r1, r2)
+                assert abs(r2[key] - r1[key]) <= tol, (key, r1, r2)
 
 
 @pytest.mark.parametrize("stage", list(ONE_PROCESS))
