@@ -64,12 +64,22 @@ def _remove(ws: list[str], phrase: str) -> list[str]:
     return f" {' '.join(ws)} ".replace(f" {phrase} ", " ").split()
 
 
-def _is_padded(ws: list[str]) -> bool:
+def _padding(ws: list[str]) -> str | None:
+    """Why the "padded" rule fires: "over-long" (over MAX_WORDS words), "padding" (a filler word),
+    "repeated" (a content word 3+ times; digits and function words exempt), or None."""
+    if len(ws) > MAX_WORDS:
+        return "over-long"
+    if any(w in FILLER for w in ws):
+        return "padding"
     counts: dict[str, int] = {}
     for w in ws:
         if w.isalpha() and w not in FUNCTION_WORDS:
             counts[w] = counts.get(w, 0) + 1
-    return len(ws) > MAX_WORDS or any(w in FILLER for w in ws) or max(counts.values(), default=0) >= 3
+    return "repeated" if max(counts.values(), default=0) >= 3 else None
+
+
+def _is_padded(ws: list[str]) -> bool:
+    return _padding(ws) is not None
 
 
 def degenerate(response: str) -> str | None:
@@ -80,11 +90,7 @@ def degenerate(response: str) -> str | None:
     ws = words(response)
     if not any(w.isalnum() for w in ws):  # nothing, or punctuation only
         return "empty"
-    if len(ws) > MAX_WORDS:
-        return "over-long"
-    if any(w in FILLER for w in ws):
-        return "padding"
-    return "repeated" if _is_padded(ws) else None
+    return _padding(ws)
 
 
 def _verdict(prompt: Prompt, ws: list[str]) -> str:

@@ -39,19 +39,20 @@ def final_eval(summaries: dict) -> tuple[str, dict]:
     chosen = {}
     for name, row in evals[last].items():
         rounds = [r for r in sorted(evals) if name in evals[r] and name in vals.get(r, {})]
-        if name == "sft" or not rounds:
-            chosen[name] = {**row, "round": last, "round_chosen_by": "last round"} if name != "sft" else row
-            continue
-        best = max(rounds, key=lambda r: (vals[r][name].get("gold_winrate_vs_sft") or 0.0, -r))
-        chosen[name] = {**evals[best][name], "round": best, "round_chosen_by": "validation win rate",
-                        "val_winrate_vs_sft": vals[best][name].get("gold_winrate_vs_sft")}
-    how = "round chosen on validation prompts" if vals else ("last round" if len(evals) > 1 else "")
-    return how, chosen
+        if name == "sft":  # the baseline: the same samples in every round
+            chosen[name] = row
+        elif not rounds:
+            chosen[name] = {**row, "round": last, "round_chosen_by": "last round"}
+        else:
+            best = max(rounds, key=lambda r: (vals[r][name].get("gold_winrate_vs_sft") or 0.0, -r))
+            chosen[name] = {**evals[best][name], "round": best, "round_chosen_by": "validation win rate",
+                            "val_winrate_vs_sft": vals[best][name].get("gold_winrate_vs_sft")}
+    return ("round chosen on validation prompts" if vals else "last round"), chosen
 
 
-def _policy_sections(summaries: dict) -> list[tuple[str, str]]:
-    """The policies' held-out table, their gold reward per category and their degenerate outputs."""
-    eval_name, evals = final_eval(summaries)
+def _policy_sections(eval_name: str, evals: dict) -> list[tuple[str, str]]:
+    """The policies' held-out table (``final_eval``'s rows), their gold reward per category and their
+    degenerate outputs."""
     sections: list[tuple[str, str]] = []
     if evals:
         cols = ["policy"] + (["round"] if eval_name else []) + [
@@ -80,8 +81,8 @@ def _policy_sections(summaries: dict) -> list[tuple[str, str]]:
 
 def build(root: str | Path, summaries: dict) -> Path:
     """``runs/demo/report.html`` from the pipeline's stage folders and summaries."""
-    root = Path(root)
-    sections = _policy_sections(summaries)
+    root, (eval_name, evals) = Path(root), final_eval(summaries)
+    sections = _policy_sections(eval_name, evals)
     rm, labels = summaries.get("rm", {}), summaries.get("labels", {})
     if rm:
         sections.append(("Reward model", report.table([{
@@ -101,7 +102,7 @@ def build(root: str | Path, summaries: dict) -> Path:
             "data's chosen and rejected responses: not a KL (those responses are not the policy's samples), so "
             "it goes negative as DPO lowers the rejected ones. PPO's KL is estimated on its own samples, summed "
             "over the tokens of a response (k3: Schulman's non-negative estimator).</p>"))
-    frontier, (_, evals) = root / "eval" / "frontier.json", final_eval(summaries)
+    frontier = root / "eval" / "frontier.json"
     if evals and frontier.exists():
         sections.append(("Reward vs KL", reward_vs_kl(json.loads(frontier.read_text()), evals, root) +
                          "<p class=note>Left: the hidden gold reward; right: the reward model's score (the proxy "
