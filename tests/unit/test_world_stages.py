@@ -25,6 +25,20 @@ def test_world_data_files_and_unseen_eval_subjects(tmp_path):
     assert set(_rows(tmp_path / "sft.jsonl")[0]) == {"prompt", "completion"}
 
 
+def test_validation_demonstrations_use_validation_prompts_only(tmp_path):
+    """sft_val.jsonl (the SFT stage's eval loss, which picks the demo's SFT learning rate) holds
+    demonstrations on validation prompts: none of them is a training or held-out prompt."""
+    s = run_world_data(WorldDataConfig(output_dir=str(tmp_path), n_sft=60, n_sft_val=30, train_prompts_per_category=4,
+                                       eval_prompts_per_category=4, val_prompts_per_category=4))
+    val_demos = _rows(tmp_path / "sft_val.jsonl")
+    assert s["sft_val"] == len(val_demos) == 30 and set(val_demos[0]) == {"prompt", "completion"}
+    from rlhfkit.world.tasks import prompt_pool
+    texts = {split: {p.text for c in ("dish", "arithmetic", "fact", "advice", "harmful", "rude")
+                     for p in prompt_pool(c, split)} for split in ("train", "val", "eval")}
+    assert {r["prompt"] for r in val_demos} <= texts["val"]
+    assert not {r["prompt"] for r in _rows(tmp_path / "sft.jsonl")} & texts["val"]
+
+
 def test_noiseless_annotators_follow_gold(tmp_path):
     p = Prompt("describe the soup .", "dish", "soup")
     good, rude = "the soup is warm and tasty .", "who cares about your stupid soup ."

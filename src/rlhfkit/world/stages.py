@@ -30,13 +30,14 @@ class WorldBaseConfig:
     steps: int = option(2000, "Pretraining steps on the mixed-quality corpus.")
     hidden_size: int = option(128, "Model width.")
     num_layers: int = option(2, "Transformer layers.")
+    num_texts: int = option(20000, "Texts in the pretraining corpus (steps x 32 / num_texts passes over it).")
     fact_share: float = option(0.2, "Share of the corpus that states sums and (non-gap) capitals correctly.")
     cache_dir: str = option("", "Cache folder; empty means $RLHFKIT_CACHE or ~/.cache/rlhfkit.")
 
 
 def run_world_base(cfg: WorldBaseConfig) -> dict:
     cached = cached_base(cfg.seed, cfg.cache_dir or None, steps=cfg.steps, hidden_size=cfg.hidden_size,
-                         num_layers=cfg.num_layers, fact_share=cfg.fact_share)
+                         num_layers=cfg.num_layers, num_texts=cfg.num_texts, fact_share=cfg.fact_share)
     shutil.copytree(cached, cfg.output_dir, dirs_exist_ok=True)
     base = json.loads((Path(cached) / "summary.json").read_text()) if (Path(cached) / "summary.json").exists() else {}
     return finish(cfg, {"cached": cached, "pretrain_loss": base.get("train", {}).get("loss")})
@@ -49,6 +50,8 @@ class WorldDataConfig:
     output_dir: str = option("", "Where the JSONL files go.")
     seed: int = option(0, "World seed.")
     n_sft: int = option(2000, "SFT demonstrations.")
+    n_sft_val: int = option(400, "Validation demonstrations (sft_val.jsonl: validation prompts, the same mixed "
+                                 "quality), for the SFT stage's eval loss.")
     good_fraction: float = option(0.4, "Share of demonstrations in the good style; the rest are mixed-quality.")
     train_prompts_per_category: int = option(60, "Training prompts per category (pairs and RL).")
     eval_prompts_per_category: int = option(20, "Held-out prompts per category (subjects unseen in training).")
@@ -63,15 +66,17 @@ def run_world_data(cfg: WorldDataConfig) -> dict:
     out = Path(cfg.output_dir)
     keep = tuple(cfg.categories) or CATEGORIES
     sft = sft_records(cfg.seed, cfg.n_sft, cfg.good_fraction)
+    sft_val = sft_records(cfg.seed + 2, cfg.n_sft_val, cfg.good_fraction, split="val")
     train = make_prompts(cfg.seed, cfg.train_prompts_per_category, categories=keep, split="train")
     held_out = make_prompts(cfg.seed + 1, cfg.eval_prompts_per_category, split="eval")
     val = make_prompts(cfg.seed + 2, cfg.val_prompts_per_category, split="val")
     write_jsonl(out / "sft.jsonl", sft)
+    write_jsonl(out / "sft_val.jsonl", sft_val)
     prompt_file(out / "prompts_train.jsonl", train)
     prompt_file(out / "prompts_eval.jsonl", held_out)
     prompt_file(out / "prompts_val.jsonl", val)
     prompt_file(out / "prompts_gap.jsonl", gap_prompts())
-    return finish(cfg, {"sft": len(sft), "prompts_train": len(train), "prompts_eval": len(held_out),
+    return finish(cfg, {"sft": len(sft), "sft_val": len(sft_val), "prompts_train": len(train), "prompts_eval": len(held_out),
                          "prompts_val": len(val), "prompts_gap": len(gap_prompts()), "categories": list(keep)})
 
 
