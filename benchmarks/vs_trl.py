@@ -287,6 +287,9 @@ def main() -> None:
     p.add_argument("--baseline-src", type=Path, help="also run an older rlhfkit checkout (a folder holding its "
                    "src/) as side 'rlhfkit-base', e.g. from `git archive main src | tar -x -C DIR`")
     p.add_argument("--grpo-beta", type=float, default=0.04, help="GRPO's KL coefficient, both sides (TRL's default: 0)")
+    p.add_argument("--trl-variants", default="", help="comma-separated TRL settings to run (default: every one the stage "
+                   "has: trl, trl-precompute, trl-padding-free, trl-precompute-padding-free); the table's TRL figure "
+                   "is the fastest of those run, so name the ones a single run showed fastest")
     p.add_argument("--worker", nargs=2, metavar=("SIDE", "STAGE"), help=argparse.SUPPRESS)
     p.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -307,6 +310,14 @@ def main() -> None:
                  + [v for v in padding_free if args.shape != "small" and (stage == "dpo" or "precompute" not in v)
                     and stage in ("sft", "dpo")]
                  + (["rlhfkit-base"] if args.baseline_src else []))
+        if args.trl_variants:
+            keep = set(args.trl_variants.split(","))
+            unknown = keep - set(variants)
+            if unknown:
+                sys.exit(f"--trl-variants: unknown {sorted(unknown)}; known: {sorted(variants)}")
+            sides = [s for s in sides if not s.startswith("trl") or s in keep]
+            if not any(s.startswith("trl") for s in sides):
+                sys.exit(f"--trl-variants {args.trl_variants}: none of them applies to stage {stage}")
         got: dict[str, list[dict]] = {s: [] for s in sides}
         for rep in range(args.reps):
             for side in [s for s in (sides if rep % 2 == 0 else sides[::-1]) if s in got]:
