@@ -213,8 +213,11 @@ def _collect(eng, step: int, values: Callable | None) -> Experience:
     ids, attn, mask, old = ids.to(dev), attn.to(dev), mask.to(dev), old.to(dev)
     ref_logp, kl = None, torch.zeros_like(old)
     if eng.ref is not None:
-        with run.accelerator.autocast(), adapter_disabled(eng.ref):  # a LoRA policy as its own reference
+        # a LoRA policy as its own reference; inference_mode: each op skips the autograd dispatch
+        # layer, and the result is copied out (an inference tensor cannot enter the KL loss's graph)
+        with run.accelerator.autocast(), adapter_disabled(eng.ref), torch.inference_mode():
             ref_logp = response_logprobs(eng.ref, ids, attn, mask, cfg.temperature, eng.pack, eng.share)[0].float()
+        ref_logp = ref_logp.clone()
         kl = kl_estimate(old, ref_logp, cfg.kl_estimator) * mask
     exp = Experience(ids, attn, mask, old, ref_logp, kl, scores.to(dev), raw.to(dev), rollout.ended.to(dev),
                      rollout.texts, all_sum=eng.all_sum)
