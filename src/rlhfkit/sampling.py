@@ -141,7 +141,8 @@ def _picker(temperature: float, top_k: int, top_p: float,
         if temperature == 0:
             token_B = logits_BV.argmax(-1)
             return token_B, logits_BV.log_softmax(-1).gather(1, token_B[:, None]).squeeze(1)
-        logits_BV = logits_BV / temperature
+        if temperature != 1.0:  # x / 1.0 is x: one (B, V) op a step saved at the RL default
+            logits_BV = logits_BV / temperature
         logp_BV = logits_BV.log_softmax(-1)
         probs_BV = _truncate(logits_BV, top_k, top_p).softmax(-1) if truncate else logp_BV.exp()
         if isinstance(generator, (list, tuple)):
@@ -238,6 +239,9 @@ def _decode_chunk(forward, pick, rows: list[list[int]], max_new_tokens: int, end
     else:
         logits_bV = forward(ids_BS, attn_BS, position_ids_from_mask(attn_BS), cache)
     row_b = torch.arange(B, device=device)  # chunk row of each row still in the batch (b <= B)
+    # position of each row's newest token: its real tokens so far - 1 (position_ids_from_mask's last
+    # column), carried forward one a step instead of recounted over the grown mask
+    pos_b1 = position_ids_from_mask(attn_BS)[:, -1:]
     live_b = torch.ones(B, dtype=torch.bool, device=device)
     steps = 0
     for t in range(max_new_tokens):
@@ -266,8 +270,10 @@ def _decode_chunk(forward, pick, rows: list[list[int]], max_new_tokens: int, end
             keep_b = live_b.nonzero().squeeze(1)
             cache.batch_select_indices(keep_b)
             attn_BS, row_b, token_b, live_b = attn_BS[keep_b], row_b[keep_b], token_b[keep_b], live_b[keep_b]
+            pos_b1 = pos_b1[keep_b]
         attn_BS = torch.cat([attn_BS, attn_BS.new_ones(len(attn_BS), 1)], dim=1)
-        logits_bV = forward(token_b[:, None], attn_BS, position_ids_from_mask(attn_BS)[:, -1:], cache)
+        pos_b1 = pos_b1 + 1
+        logits_bV = forward(token_b[:, None], attn_BS, pos_b1, cache)
     return tokens_BT[:, :steps], logp_BT[:, :steps], mask_BT[:, :steps], ended_B
 
 
