@@ -36,7 +36,31 @@ def token_logprobs(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> torch.
     Works for any leading shape, e.g. (N, V) logits of selected positions and (N,) targets.
     """
     logits = logits_BTV.float()
+    if logits.requires_grad and torch.is_grad_enabled():
+        return _TokenLogprobs.apply(logits, targets_BT)
     return logits.gather(-1, targets_BT.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """``token_logprobs`` with a backward of three passes over the (..., V) logits where autograd
+    takes six (a zero tensor and a scatter for the gather, then subtract, exp and multiply for the
+    logsumexp, then their sum): d/dx [x_t - logsumexp(x)] = onehot(t) - softmax(x), written as
+    -g * exp(x - lse) with g added at each target. The same products and sums as autograd's
+    (floating-point addition commutes), so the gradient is the same, bit for bit
+    (tests/unit/test_losses.py)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        lse = logits.logsumexp(-1)
+        ctx.save_for_backward(logits, lse, targets)
+        return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        logits, lse, targets = ctx.saved_tensors
+        grad_V = (logits - lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))
+        return grad_V.scatter_add_(-1, targets.unsqueeze(-1), grad.unsqueeze(-1)), None
 
 
 def sequence_logprobs(logps_N: torch.Tensor, seq_N: torch.Tensor, num_seqs: int) -> torch.Tensor:
