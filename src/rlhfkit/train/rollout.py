@@ -26,7 +26,7 @@ import torch
 from transformers import TrainerState
 
 from ..logprobs import response_logprobs
-from ..losses import kl_estimate, masked_mean, masked_sum
+from ..losses import kl_estimate, masked_mean, masked_sum, row_chunks
 from ..models import adapter_disabled
 from ..rewards import RewardFunctionError, completion_ids
 from ..sampling import generate, rollout_rows
@@ -106,9 +106,13 @@ def sequence_advantage_metrics(exp: Experience, rewards: torch.Tensor, adv: torc
 
 @torch.no_grad()
 def entropy(logits_NV: torch.Tensor) -> float:
-    """Mean entropy of the (N, V) logits of the response positions (the only ones computed)."""
-    logp_NV = torch.log_softmax(logits_NV.float(), -1)
-    return float(-(logp_NV.exp() * logp_NV).sum() / max(logp_NV.shape[0], 1))
+    """Mean entropy of the (N, V) logits of the response positions (the only ones computed), a
+    cache-sized block of rows at a time on the CPU (``losses.row_chunks``: 2.5x faster there)."""
+    total = logits_NV.new_zeros((), dtype=torch.float32)
+    for rows in row_chunks(logits_NV):
+        logp_nV = torch.log_softmax(logits_NV[rows].float(), -1)
+        total += (logp_nV.exp() * logp_nV).sum()
+    return float(-total / max(logits_NV.shape[0], 1))
 
 
 class RunningMoments:
