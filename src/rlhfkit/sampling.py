@@ -383,17 +383,23 @@ def sample(model, tokenizer, prompts: list, gen: GenerationConfig, *, batch_size
 def rollout_rows(prompt_rows: list[list[int]], rollout: Rollout, pad_id: int) -> tuple[torch.Tensor, ...]:
     """Prompt + response as right-padded training rows: (ids (N, T), attention mask (N, T),
     response mask (N, T-1), sampler log-probs (N, T-1)), the per-token tensors in the shifted
-    layout where position t concerns token t+1."""
-    lengths = rollout.mask.sum(1).tolist()
-    seqs = [p + rollout.response_ids[i, :n].tolist() for i, (p, n) in enumerate(zip(prompt_rows, lengths))]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    mask = torch.zeros(len(seqs), width - 1)
-    old = torch.zeros(len(seqs), width - 1)
-    for i, (p, s, n) in enumerate(zip(prompt_rows, seqs, lengths)):
-        ids[i, :len(s)] = torch.tensor(s)
-        attn[i, :len(s)] = 1
-        mask[i, len(p) - 1:len(p) - 1 + n] = 1
-        old[i, len(p) - 1:len(p) - 1 + n] = rollout.logprobs[i, :n].float().cpu()
+    layout where position t concerns token t+1. Built with a few whole-batch ops (the response
+    tokens of row i go to columns len(prompt i) + j), on the CPU."""
+    response_NR, logp_NR = rollout.response_ids.cpu(), rollout.logprobs.float().cpu()
+    N, R = response_NR.shape
+    n_N = rollout.mask.cpu().sum(1)  # response lengths (each mask is a prefix of its row)
+    plen_N = torch.tensor([len(p) for p in prompt_rows], dtype=torch.long)
+    width = int((plen_N + n_N).max())
+    ids = torch.full((N, width), pad_id, dtype=torch.long)
+    P = int(plen_N.max())
+    ids[:, :P] = torch.tensor([list(p) + [pad_id] * (P - len(p)) for p in prompt_rows], dtype=torch.long)
+    keep_NR = torch.arange(R) < n_N[:, None]
+    row_n = torch.arange(N)[:, None].expand(N, R)[keep_NR]
+    col_n = (plen_N[:, None] + torch.arange(R))[keep_NR]  # the response token's column
+    ids[row_n, col_n] = response_NR[keep_NR]
+    attn = (torch.arange(width) < (plen_N + n_N)[:, None]).long()
+    mask = torch.zeros(N, width - 1)
+    old = torch.zeros(N, width - 1)
+    mask[row_n, col_n - 1] = 1.0
+    old[row_n, col_n - 1] = logp_NR[keep_NR]
     return ids, attn, mask, old
