@@ -239,9 +239,7 @@ def _decode_chunk(forward, pick, rows: list[list[int]], max_new_tokens: int, end
     else:
         logits_bV = forward(ids_BS, attn_BS, position_ids_from_mask(attn_BS), cache)
     row_b = torch.arange(B, device=device)  # chunk row of each row still in the batch (b <= B)
-    # position of each row's newest token: its real tokens so far - 1 (position_ids_from_mask's last
-    # column), carried forward one a step instead of recounted over the grown mask
-    pos_b1 = position_ids_from_mask(attn_BS)[:, -1:]
+    pos_b1 = position_ids_from_mask(attn_BS)[:, -1:]  # the newest token's; +1 a step (not recounted)
     live_b = torch.ones(B, dtype=torch.bool, device=device)
     steps = 0
     for t in range(max_new_tokens):
@@ -340,9 +338,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], gen: GenerationConfi
     was_training = model.training
     model.eval()
     try:
-        # inference_mode, not just no_grad: each of the decode loop's many small ops skips the
-        # autograd dispatch layer (~5% of a CPU rollout of the benchmark model). Its (inference)
-        # tensors stay inside: the pieces are copied into ordinary tensors below.
+        # inference_mode, not just no_grad: the loop's many small ops skip the autograd dispatch
+        # layer (~5% of a CPU rollout); its tensors are copied into ordinary ones below
         with torch.inference_mode():
             pieces = [_decode_chunk(forward, pick, [list(prompt_ids[i]) for i in c], max_new_tokens, end_ids,
                                     stops, pad_id, model) if max_new_tokens else None for c, pick in zip(chunks, picks)]
@@ -383,8 +380,7 @@ def sample(model, tokenizer, prompts: list, gen: GenerationConfig, *, batch_size
 def rollout_rows(prompt_rows: list[list[int]], rollout: Rollout, pad_id: int) -> tuple[torch.Tensor, ...]:
     """Prompt + response as right-padded training rows: (ids (N, T), attention mask (N, T),
     response mask (N, T-1), sampler log-probs (N, T-1)), the per-token tensors in the shifted
-    layout where position t concerns token t+1. Built with a few whole-batch ops (the response
-    tokens of row i go to columns len(prompt i) + j), on the CPU."""
+    layout where position t concerns token t+1 (whole-batch ops, on the CPU)."""
     response_NR, logp_NR = rollout.response_ids.cpu(), rollout.logprobs.float().cpu()
     N, R = response_NR.shape
     n_N = rollout.mask.cpu().sum(1)  # response lengths (each mask is a prefix of its row)
@@ -398,8 +394,7 @@ def rollout_rows(prompt_rows: list[list[int]], rollout: Rollout, pad_id: int) ->
     col_n = (plen_N[:, None] + torch.arange(R))[keep_NR]  # the response token's column
     ids[row_n, col_n] = response_NR[keep_NR]
     attn = (torch.arange(width) < (plen_N + n_N)[:, None]).long()
-    mask = torch.zeros(N, width - 1)
-    old = torch.zeros(N, width - 1)
+    mask, old = torch.zeros(N, width - 1), torch.zeros(N, width - 1)
     mask[row_n, col_n - 1] = 1.0
     old[row_n, col_n - 1] = logp_NR[keep_NR]
     return ids, attn, mask, old
