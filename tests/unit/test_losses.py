@@ -27,6 +27,29 @@ def test_token_logprobs():
     torch.testing.assert_close(got, t([[-0.2876821, -1.3862944]]), **TOL)
 
 
+@pytest.mark.parametrize("row_chunk", [2**17, 20])
+def test_token_logprobs_gradient_equals_autograd_of_the_formula(monkeypatch, row_chunk):
+    """With gradients, token_logprobs runs its own backward (-g softmax(x), g added at the
+    target); its values and gradient equal autograd's through gather - logsumexp, bit for bit,
+    for (N, V) and (B, T, V) logits, repeated targets included, in one block of rows and in
+    several (``row_chunk`` 20: 1-2 rows a block)."""
+    monkeypatch.setattr(losses, "ROW_CHUNK", row_chunk)
+    g = torch.Generator().manual_seed(0)
+    for shape in [(7, 13), (2, 5, 11)]:
+        x = (torch.randn(*shape, generator=g) * 3).requires_grad_()
+        targets = torch.randint(0, shape[-1], shape[:-1], generator=g)
+        weights = torch.randn(shape[:-1], generator=g)
+        got = losses.token_logprobs(x, targets)
+        (got * weights).sum().backward()
+        got_grad, x.grad = x.grad, None
+        want = x.gather(-1, targets[..., None]).squeeze(-1) - x.logsumexp(-1)
+        (want * weights).sum().backward()
+        assert torch.equal(got, want) and torch.equal(got_grad, x.grad)
+        assert got.grad_fn is not None and want.grad_fn is not None
+        with torch.no_grad():
+            assert torch.equal(losses.token_logprobs(x, targets), want)
+
+
 def test_sequence_logprobs_sums_by_sequence_id():
     """Per-token log-probs [-0.5, -1, -2, -4] of sequences [0, 0, 2, 0] (3 sequences): sequence 0
     sums -0.5 - 1 - 4 = -5.5, sequence 1 has no token -> 0, sequence 2 -> -2."""

@@ -80,9 +80,9 @@ def test_heldout_reward_is_scored_on_the_same_samples_and_never_enters_the_score
     torch.testing.assert_close(scores, _engine().reward(["p0", "p1", "p2"], ["a", "b", "c"]).float())
 
 
-def test_entropy_at_response_positions_equals_full_masked_mean():
-    """The fast entropy (log-softmax of the response positions' logits only) against the reference
-    path (log-softmax over every position, then a masked mean)."""
+def test_entropy_at_response_positions_equals_full_masked_mean(monkeypatch):
+    """The fast entropy (log-softmax of the response positions' logits only, in blocks of rows)
+    against the reference path (log-softmax over every position, then a masked mean)."""
     from rlhfkit.losses import masked_mean
     from rlhfkit.train.rollout import entropy
 
@@ -91,6 +91,10 @@ def test_entropy_at_response_positions_equals_full_masked_mean():
     mask = torch.tensor([[0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]], dtype=torch.float32)
     logp = torch.log_softmax(logits, -1)
     want = float(masked_mean(-(logp.exp() * logp).sum(-1), mask))
+    assert abs(entropy(logits[mask.bool()]) - want) < 1e-6
+    import rlhfkit.losses
+
+    monkeypatch.setattr(rlhfkit.losses, "ROW_CHUNK", 40)  # 2 rows a block: 5 blocks
     assert abs(entropy(logits[mask.bool()]) - want) < 1e-6
     assert want > 0.5  # 17-way distributions from N(0, 9) logits are far from one-hot
 

@@ -26,7 +26,7 @@ import torch
 from transformers import TrainerState
 
 from ..logprobs import response_logprobs
-from ..losses import kl_estimate, masked_mean, masked_sum
+from ..losses import kl_estimate, masked_mean, masked_sum, row_chunks
 from ..models import adapter_disabled
 from ..rewards import RewardFunctionError, completion_ids
 from ..sampling import generate, rollout_rows
@@ -106,9 +106,13 @@ def sequence_advantage_metrics(exp: Experience, rewards: torch.Tensor, adv: torc
 
 @torch.no_grad()
 def entropy(logits_NV: torch.Tensor) -> float:
-    """Mean entropy of the (N, V) logits of the response positions (the only ones computed)."""
-    logp_NV = torch.log_softmax(logits_NV.float(), -1)
-    return float(-(logp_NV.exp() * logp_NV).sum() / max(logp_NV.shape[0], 1))
+    """Mean entropy of the (N, V) logits of the response positions (the only ones computed), a
+    cache-sized block of rows at a time on the CPU (``losses.row_chunks``: 2.5x faster there)."""
+    total = logits_NV.new_zeros((), dtype=torch.float32)
+    for rows in row_chunks(logits_NV):
+        logp_nV = torch.log_softmax(logits_NV[rows].float(), -1)
+        total += (logp_nV.exp() * logp_nV).sum()
+    return float(-total / max(logits_NV.shape[0], 1))
 
 
 class RunningMoments:
@@ -213,8 +217,11 @@ def _collect(eng, step: int, values: Callable | None) -> Experience:
     ids, attn, mask, old = ids.to(dev), attn.to(dev), mask.to(dev), old.to(dev)
     ref_logp, kl = None, torch.zeros_like(old)
     if eng.ref is not None:
-        with run.accelerator.autocast(), adapter_disabled(eng.ref):  # a LoRA policy as its own reference
+        # a LoRA policy as its own reference; inference_mode: each op skips the autograd dispatch
+        # layer, and the result is copied out (an inference tensor cannot enter the KL loss's graph)
+        with run.accelerator.autocast(), adapter_disabled(eng.ref), torch.inference_mode():
             ref_logp = response_logprobs(eng.ref, ids, attn, mask, cfg.temperature, eng.pack, eng.share)[0].float()
+        ref_logp = ref_logp.clone()
         kl = kl_estimate(old, ref_logp, cfg.kl_estimator) * mask
     exp = Experience(ids, attn, mask, old, ref_logp, kl, scores.to(dev), raw.to(dev), rollout.ended.to(dev),
                      rollout.texts, all_sum=eng.all_sum)
