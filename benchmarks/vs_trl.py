@@ -298,11 +298,14 @@ def main() -> None:
         print(json.dumps(worker(*args.worker, args.workdir, args.steps, args.threads, json.loads(args.opts), args.shape,
                                 args.grpo_beta)))
         return
-    prepare(args.workdir, args.shape)
     variants = {"trl": {}, "trl-precompute": {"precompute_ref_log_probs": True}}
     padding_free = {"trl-padding-free": {"padding_free": True},  # TRL's own packing (SFT: max_length None)
                     "trl-precompute-padding-free": {"precompute_ref_log_probs": True, "padding_free": True}}
     variants.update(padding_free if args.shape != "small" else {})
+    keep = set(args.trl_variants.split(",")) if args.trl_variants else set(variants)
+    if keep - set(variants):
+        sys.exit(f"--trl-variants: unknown {sorted(keep - set(variants))}; known at this shape: {sorted(variants)}")
+    prepare(args.workdir, args.shape)
     raw: list[dict] = []
     rows = []
     for stage in args.stages.split(","):
@@ -310,14 +313,9 @@ def main() -> None:
                  + [v for v in padding_free if args.shape != "small" and (stage == "dpo" or "precompute" not in v)
                     and stage in ("sft", "dpo")]
                  + (["rlhfkit-base"] if args.baseline_src else []))
-        if args.trl_variants:
-            keep = set(args.trl_variants.split(","))
-            unknown = keep - set(variants)
-            if unknown:
-                sys.exit(f"--trl-variants: unknown {sorted(unknown)}; known: {sorted(variants)}")
-            sides = [s for s in sides if not s.startswith("trl") or s in keep]
-            if not any(s.startswith("trl") for s in sides):
-                sys.exit(f"--trl-variants {args.trl_variants}: none of them applies to stage {stage}")
+        sides = [s for s in sides if not s.startswith("trl") or s in keep]
+        if not any(s.startswith("trl") for s in sides):
+            sys.exit(f"--trl-variants {args.trl_variants}: none of them applies to stage {stage}")
         got: dict[str, list[dict]] = {s: [] for s in sides}
         for rep in range(args.reps):
             for side in [s for s in (sides if rep % 2 == 0 else sides[::-1]) if s in got]:

@@ -99,6 +99,25 @@ def test_entropy_at_response_positions_equals_full_masked_mean(monkeypatch):
     assert want > 0.5  # 17-way distributions from N(0, 9) logits are far from one-hot
 
 
+def test_rollout_rows_places_prompt_response_and_logprobs_by_hand():
+    """Prompts of 2, 1 and 3 tokens with responses of 3, 1 and 0 tokens (pad 99; response ids past
+    a row's mask are junk, 77): rows are prompt + response, right-padded to 5; the response mask and
+    the sampler log-probs sit in the shifted layout (position t concerns token t + 1)."""
+    from rlhfkit.sampling import Rollout, rollout_rows
+
+    prompts = [[5, 6], [7], [8, 9, 10]]
+    resp = torch.tensor([[11, 12, 13], [14, 77, 77], [77, 77, 77]])
+    rmask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    logp = torch.tensor([[-0.1, -0.2, -0.3], [-0.4, -9.0, -9.0], [-9.0, -9.0, -9.0]])
+    ids, attn, mask, old = rollout_rows(prompts, Rollout(prompts, resp, logp, rmask, torch.ones(3, dtype=torch.bool),
+                                                         [""] * 3), pad_id=99)
+    assert ids.tolist() == [[5, 6, 11, 12, 13], [7, 14, 99, 99, 99], [8, 9, 10, 99, 99]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]]
+    assert mask.tolist() == [[0, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]]
+    torch.testing.assert_close(old, torch.tensor([[0, -0.1, -0.2, -0.3], [-0.4, 0, 0, 0], [0, 0, 0, 0]]),
+                               rtol=0, atol=0)
+
+
 def test_response_logprobs_packed_equals_policy_logprobs():
     """Packed rows, LM head at response positions (fast path) == full logits on padded rows
     (reference path), values and gradients, at a temperature != 1."""
