@@ -29,6 +29,7 @@ from ..kl import make_kl_controller
 from ..logprobs import packing_works, prompt_sharing_works, response_logprobs
 from ..losses import ppo_policy_loss
 from ..models import load_causal_lm
+from ..resources import keep_freed_memory
 from ..rewards import make_reward
 from .checkpoint import finish, full_state_dict, on_main
 from .distributed import (TrainingError, all_sum, batch_plan, gather, inner, mean_over_processes,
@@ -136,6 +137,8 @@ def start_online(cfg, stage: str, build_model: Callable = lambda policy, run: po
         raise ValueError("online RL samples from the policy: temperature must be > 0")
     run, prompts, _ = open_run(cfg, stage, load_prompts, "gen", with_eval=False)
     _check_online_engine(run, cfg)
+    if run.device.type == "cpu":  # a step's tensors reuse freed pages, not fresh ones (resources.keep_freed_memory)
+        keep_freed_memory()
     tokenizer, policy, ref, reward, module = _load_models(cfg, run, prompts, build_model)
     run.start_clock()
     steps_per_epoch, total, _ = batch_plan(len(prompts), cfg, run.accelerator.num_processes)
