@@ -88,8 +88,8 @@ for _ in range(3):  # a step's worth of tensors: 8 MiB and 64 x 1 MiB, written, 
 @pytest.mark.parametrize("defaults", ["1", "0"])
 def test_keep_freed_memory_reuses_pages(defaults):
     """72 MiB of tensors allocated and freed three times in a fresh process: with
-    ``keep_freed_memory`` the later rounds reuse the first round's pages (under 2000 faults where
-    the first takes ~18000; glibc's own thresholds fault the second round in anew on glibc 2.36)."""
+    ``keep_freed_memory`` the second round reuses the first round's pages (0.8k-2.6k faults where
+    the first takes ~18k; glibc 2.36's own thresholds fault the second round in anew, ~18k)."""
     import os
     import platform
     import subprocess
@@ -105,7 +105,7 @@ def test_keep_freed_memory_reuses_pages(defaults):
     assert kept == ("False" if defaults == "1" else "True")
     assert int(faults[0]) > 16000  # the first round's 18432 pages
     if defaults == "0":
-        assert all(int(f) < 2000 for f in faults[1:]), faults
+        assert int(faults[1]) < 6000 and int(faults[2]) < 2000, faults
 
 
 def test_keep_freed_memory_opt_out_and_other_platforms(monkeypatch):
