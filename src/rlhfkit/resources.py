@@ -10,12 +10,20 @@ process holds one of the cores, every op waits for the thread that was deschedul
 one thread per core that is actually free, measured from ``/proc/stat`` over a short sample,
 never more than the cores this process may use (affinity, cgroup quota); ``OMP_NUM_THREADS``
 set by the user always wins, and so does a multi-process launcher (``LOCAL_WORLD_SIZE`` > 1).
+
+Freed memory (``keep_freed_memory``): glibc's malloc hands freed blocks of a few MB back to the
+kernel (``munmap`` above the mmap threshold, heap trimming above the trim threshold), so each
+training step's activations are fresh pages that fault in one by one (9.7k faults, ~20 ms of a
+340 ms GRPO training pass on the benchmark model). The online trainers raise both thresholds on
+the CPU: freed blocks stay in the heap and are reused; the peak RSS is the same.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import platform
 import resource
 import sys
 import time
@@ -132,3 +140,29 @@ def set_cpu_threads(log=logging.getLogger("rlhfkit").info) -> int:
         seen = "unknown" if busy is None else f"{busy:.1f}"
         log(f"threads: {n} (cores usable {len(cpus)}, busy elsewhere {seen}; set OMP_NUM_THREADS to choose)")
     return n
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+KEEP_FREED = {"mmap": 32 * 2**20, "trim": 256 * 2**20}  # glibc's own dynamic mmap threshold stops at 32 MiB
+_KEPT: list[bool] = []
+
+
+def keep_freed_memory(mmap_bytes: int = KEEP_FREED["mmap"], trim_bytes: int = KEEP_FREED["trim"]) -> bool:
+    """Have glibc's malloc keep freed memory for reuse: blocks up to ``mmap_bytes`` come from the heap
+    (not a fresh ``mmap`` each time) and up to ``trim_bytes`` of free heap top stay mapped, so a
+    step's tensors reuse the last step's pages instead of faulting in new ones (see the module
+    docstring). Process-wide and idempotent; values are unchanged. Returns whether it is in effect:
+    False off glibc Linux, or with ``RLHFKIT_MALLOC_DEFAULTS=1`` (glibc's own thresholds kept)."""
+    if _KEPT:
+        return _KEPT[0]
+    ok = False
+    if os.environ.get("RLHFKIT_MALLOC_DEFAULTS", "") not in ("", "0") or sys.platform != "linux":
+        pass
+    elif platform.libc_ver()[0] == "glibc":
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            ok = libc.mallopt(M_MMAP_THRESHOLD, mmap_bytes) == 1 and libc.mallopt(M_TRIM_THRESHOLD, trim_bytes) == 1
+        except (OSError, AttributeError):  # pragma: no cover - a libc without mallopt
+            ok = False
+    _KEPT.append(ok)
+    return ok

@@ -187,3 +187,27 @@ def test_a_failing_reward_function_names_the_prompt_record(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and f"{path}:f" in msg and "ZeroDivisionError" in msg and "example 1 of 3" in msg
     assert "prompts.jsonl:1" in msg, msg
+
+
+def test_models_to_check_skips_a_reference_of_the_policys_own_architecture(tmp_path):
+    """A reference loaded from the policy's folder (same class, config, dtype, device) or the policy
+    itself is not checked again; another config, dtype or class is; and such a reference does pass
+    the checks exactly when the policy does (both pass here)."""
+    from rlhfkit.logprobs import packing_works, prompt_sharing_works
+    from rlhfkit.models import load_causal_lm
+    from rlhfkit.tiny_models import build_word_tokenizer, make_tiny_model_dir, tiny_causal_lm
+    from rlhfkit.train.online import models_to_check
+
+    texts = ["a b c d e f g h"]
+    path = make_tiny_model_dir(tmp_path / "m", texts, hidden_size=32, num_layers=2)
+    policy, ref = load_causal_lm(path), load_causal_lm(path)
+    assert models_to_check(policy, None) == [policy]
+    assert models_to_check(policy, policy) == [policy]
+    assert models_to_check(policy, ref) == [policy]
+    assert all(packing_works(m) and prompt_sharing_works(m) for m in (policy, ref))
+    wider = tiny_causal_lm(build_word_tokenizer(texts), hidden_size=48, num_layers=2)
+    assert models_to_check(policy, wider) == [policy, wider]
+    other = load_causal_lm(path).to(torch.float64)
+    assert models_to_check(policy, other) == [policy, other]
+    wrapped = torch.nn.Sequential(ref)
+    assert models_to_check(policy, wrapped) == [policy, wrapped]
