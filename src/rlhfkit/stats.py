@@ -255,8 +255,8 @@ def krippendorff_alpha(units: dict, categories: Sequence[str] = CATEGORIES) -> f
     for j, votes in enumerate(units.values()):
         for u, c in votes.items():
             data[row[u], j] = code[c]
-    values = set(data[~np.isnan(data)].tolist())
-    if len(values) < 2:  # one category used throughout: alpha is undefined (0/0)
+    pairable = data[:, (~np.isnan(data)).sum(0) >= 2]  # a unit labelled once adds nothing
+    if len(set(pairable[~np.isnan(pairable)].tolist())) < 2:  # one value among them: alpha is 0/0, undefined
         return None
     return float(krippendorff.alpha(reliability_data=data, level_of_measurement="nominal"))
 

@@ -65,6 +65,19 @@ def test_krippendorff_alpha_by_hand():
     assert st.krippendorff_alpha({1: {"u": "a"}, 2: {"v": "b"}}) is None  # nothing pairable
 
 
+def test_alpha_is_undefined_when_the_pairable_labels_use_one_value():
+    """Early in a round: the pairs labelled twice all agree on "a"; a pair labelled once says "b".
+    Only pairable values count (D_e = 0/0 among them), so alpha is undefined (None), never NaN,
+    and ``GET /api/stats`` (strict JSON) can send the statistics (it answered 500 on the NaN)."""
+    import json
+
+    units = {1: {"x": "a", "y": "a"}, 2: {"x": "a", "y": "a"}, 3: {"z": "b"}}
+    assert st.krippendorff_alpha(units) is None
+    rows = [{"task_id": t, "annotator": u, "kind": "pair", "choice": c, "left": "a", "gold": None}
+            for t, votes in units.items() for u, c in votes.items()]
+    json.dumps(ag.compute_stats(rows), allow_nan=False)  # raises on NaN or inf
+
+
 def test_position_bias_counts_left_wins_among_decided_labels():
     # (choice, left): decided labels 4, of which (a, left a) and (b, left b) chose the left one.
     labels = [("a", "a"), ("b", "a"), ("a", "b"), ("tie", "a"), ("b", "b")]
