@@ -156,13 +156,12 @@ def keep_freed_memory(mmap_bytes: int = KEEP_FREED["mmap"], trim_bytes: int = KE
     if _KEPT:
         return _KEPT[0]
     ok = False
-    if os.environ.get("RLHFKIT_MALLOC_DEFAULTS", "") not in ("", "0") or sys.platform != "linux":
-        pass
-    elif platform.libc_ver()[0] == "glibc":
+    opted_out = os.environ.get("RLHFKIT_MALLOC_DEFAULTS", "") not in ("", "0")
+    if not opted_out and sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
         try:
             libc = ctypes.CDLL("libc.so.6")
             ok = libc.mallopt(M_MMAP_THRESHOLD, mmap_bytes) == 1 and libc.mallopt(M_TRIM_THRESHOLD, trim_bytes) == 1
         except (OSError, AttributeError):  # pragma: no cover - a libc without mallopt
-            ok = False
+            pass
     _KEPT.append(ok)
     return ok
